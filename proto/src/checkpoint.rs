@@ -1,0 +1,280 @@
+//! The checkpoint: a paused task's whole state, and its file encoding.
+//!
+//! A [`Manifest`] names memory by 64 KiB chunks (blake3 each, all-zero chunks
+//! left out), lists every mutable global and the WASI state, and names the
+//! exact module it belongs to. A [`CheckpointFile`] is a manifest plus the
+//! bytes of the chunks it references, as written by `wmig run --checkpoint-out`.
+//!
+//! File layout: `MAGIC (8) | format version (u16 LE) | postcard body | blake3
+//! of everything before it (32)`. The trailing hash catches truncation and bit
+//! flips before any field is trusted; an unknown version is refused by number.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wasi::WasiSnapshot;
+use crate::{Hash, TaskId};
+
+/// Memory is cut into chunks of this size; it equals the wasm page size.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+pub const MAGIC: [u8; 8] = *b"\0wmigckp";
+pub const FORMAT_VERSION: u16 = 1;
+
+/// A paused task's state with memory referenced by chunk hashes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// blake3 of the module as the user supplied it.
+    pub module: Hash,
+    /// Version of the rewrite that instrumented it; a checkpoint only restores
+    /// into the same rewrite because global and memory layout depend on it.
+    pub rewriter: u32,
+    /// blake3 of the instrumented module the state was captured from.
+    pub instrumented: Hash,
+    pub task: Option<TaskId>,
+    /// 1 for a task's first checkpoint, then increasing.
+    pub seq: u64,
+    /// Ownership epoch of the node that captured it (fencing).
+    pub epoch: u64,
+    pub memories: Vec<MemoryImage>,
+    /// Every mutable global, by the export name the rewrite gave it.
+    pub globals: Vec<(String, GlobalValue)>,
+    pub wasi: WasiSnapshot,
+    pub counters: Counters,
+}
+
+/// One linear memory: its size and the non-zero chunks in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryImage {
+    /// Export name in the instrumented module (`memory`, `wmig:stack`).
+    pub name: String,
+    /// Size in bytes (a multiple of [`CHUNK_SIZE`]).
+    pub byte_len: u64,
+    /// Chunk index → content hash, ascending, zero chunks omitted.
+    pub chunks: Vec<(u32, Hash)>,
+}
+
+/// The bit pattern of a global's value (floats as raw bits: exact, and NaN-safe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GlobalValue {
+    I32(i32),
+    I64(i64),
+    F32(u32),
+    F64(u64),
+    V128(u128),
+}
+
+/// Accounting carried across restores so statistics and fuel limits stay whole.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Host-visible yields so far.
+    pub yields: u64,
+    /// Fuel consumed so far (yield points passed).
+    pub fuel: u64,
+}
+
+impl Manifest {
+    /// Every distinct chunk hash the manifest references.
+    pub fn chunk_hashes(&self) -> Vec<Hash> {
+        let mut all: Vec<Hash> = self
+            .memories
+            .iter()
+            .flat_map(|m| m.chunks.iter().map(|(_, h)| *h))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
+/// A manifest with the bytes of every chunk it references: a self-contained
+/// checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointFile {
+    pub manifest: Manifest,
+    /// Each distinct chunk once, ascending by hash.
+    pub chunks: Vec<(Hash, Vec<u8>)>,
+}
+
+/// Why a checkpoint could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("not a wmig checkpoint: the file does not start with the checkpoint magic bytes")]
+    NotACheckpoint,
+    #[error("checkpoint is truncated: {len} bytes is shorter than any valid checkpoint")]
+    Truncated { len: usize },
+    #[error(
+        "checkpoint format version {found} is not supported (this wmig reads version {supported}); \
+         resume it with the wmig release that wrote it"
+    )]
+    UnknownVersion { found: u16, supported: u16 },
+    #[error(
+        "checkpoint is corrupt: its integrity hash does not match its contents \
+         (expected {expected}, computed {actual}); it was truncated or modified"
+    )]
+    IntegrityMismatch { expected: Hash, actual: Hash },
+    #[error("checkpoint is corrupt: {0}")]
+    Malformed(String),
+    #[error("checkpoint is corrupt: chunk {claimed} holds data whose blake3 is {actual}")]
+    ChunkMismatch { claimed: Hash, actual: Hash },
+    #[error("checkpoint is incomplete: chunk {0} is referenced but missing")]
+    MissingChunk(Hash),
+    #[error("could not encode checkpoint: {0}")]
+    Encode(String),
+}
+
+const HEADER_LEN: usize = MAGIC.len() + 2;
+const TRAILER_LEN: usize = 32;
+
+impl CheckpointFile {
+    /// Encode with magic, version and integrity hash.
+    pub fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + TRAILER_LEN + 1024 + self.chunks.len() * (CHUNK_SIZE + 40),
+        );
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let out = postcard::to_extend(self, out).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        let mut out = out;
+        let digest = Hash::of(&out);
+        out.extend_from_slice(digest.as_bytes());
+        Ok(out)
+    }
+
+    /// Decode and verify: magic, version, integrity hash, then every chunk's
+    /// hash and that every referenced chunk is present.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+            if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
+                return Err(CheckpointError::Truncated { len: bytes.len() });
+            }
+            return Err(CheckpointError::NotACheckpoint);
+        }
+        if bytes.len() < HEADER_LEN + TRAILER_LEN {
+            return Err(CheckpointError::Truncated { len: bytes.len() });
+        }
+        let version = u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]);
+        if version != FORMAT_VERSION {
+            return Err(CheckpointError::UnknownVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let (signed, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
+        let mut expected = [0u8; 32];
+        expected.copy_from_slice(trailer);
+        let expected = Hash(expected);
+        let actual = Hash::of(signed);
+        if expected != actual {
+            return Err(CheckpointError::IntegrityMismatch { expected, actual });
+        }
+        let file: CheckpointFile = postcard::from_bytes(&signed[HEADER_LEN..])
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        file.verify()?;
+        Ok(file)
+    }
+
+    /// Check chunk contents against their names and that none is missing.
+    pub fn verify(&self) -> Result<(), CheckpointError> {
+        for (claimed, data) in &self.chunks {
+            if data.len() != CHUNK_SIZE {
+                return Err(CheckpointError::Malformed(format!(
+                    "chunk {claimed} is {} bytes, expected {CHUNK_SIZE}",
+                    data.len()
+                )));
+            }
+            let actual = Hash::of(data);
+            if actual != *claimed {
+                return Err(CheckpointError::ChunkMismatch {
+                    claimed: *claimed,
+                    actual,
+                });
+            }
+        }
+        for h in self.manifest.chunk_hashes() {
+            if self.chunks.binary_search_by(|(c, _)| c.cmp(&h)).is_err() {
+                return Err(CheckpointError::MissingChunk(h));
+            }
+        }
+        for m in &self.manifest.memories {
+            let max_chunks = m.byte_len / CHUNK_SIZE as u64;
+            if let Some((idx, _)) = m.chunks.iter().find(|(i, _)| u64::from(*i) >= max_chunks) {
+                return Err(CheckpointError::Malformed(format!(
+                    "memory `{}` has chunk {idx} beyond its size of {} bytes",
+                    m.name, m.byte_len
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of chunk `hash`, if present.
+    pub fn chunk(&self, hash: &Hash) -> Option<&[u8]> {
+        self.chunks
+            .binary_search_by(|(c, _)| c.cmp(hash))
+            .ok()
+            .map(|i| self.chunks[i].1.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CheckpointFile {
+        let chunk = vec![7u8; CHUNK_SIZE];
+        let h = Hash::of(&chunk);
+        CheckpointFile {
+            manifest: Manifest {
+                module: Hash::of(b"module"),
+                rewriter: 1,
+                instrumented: Hash::of(b"instrumented"),
+                task: Some(TaskId(3)),
+                seq: 2,
+                epoch: 1,
+                memories: vec![MemoryImage {
+                    name: "memory".into(),
+                    byte_len: 4 * CHUNK_SIZE as u64,
+                    chunks: vec![(0, h), (3, h)],
+                }],
+                globals: vec![("wmig:global:0".into(), GlobalValue::I32(-5))],
+                wasi: WasiSnapshot::default(),
+                counters: Counters { yields: 4, fuel: 400 },
+            },
+            chunks: vec![(h, chunk)],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = sample();
+        let bytes = f.encode().expect("encodes");
+        assert_eq!(CheckpointFile::decode(&bytes).expect("decodes"), f);
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bytes = sample().encode().expect("encodes");
+        for len in (0..bytes.len()).step_by(997).chain([bytes.len() - 1]) {
+            assert!(CheckpointFile::decode(&bytes[..len]).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn bit_flips_are_refused() {
+        let bytes = sample().encode().expect("encodes");
+        for pos in (0..bytes.len()).step_by(1013) {
+            let mut b = bytes.clone();
+            b[pos] ^= 0x10;
+            assert!(CheckpointFile::decode(&b).is_err(), "flip at {pos}");
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut bytes = sample().encode().expect("encodes");
+        bytes[8] = 9;
+        match CheckpointFile::decode(&bytes) {
+            Err(CheckpointError::UnknownVersion { found: 9, .. }) => {}
+            other => panic!("expected UnknownVersion, got {other:?}"),
+        }
+    }
+}

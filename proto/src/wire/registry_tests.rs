@@ -1,0 +1,292 @@
+//! Property tests of the registry messages over the frame codec: every
+//! message round-trips, and truncated or corrupted frames are errors, never
+//! panics.
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use super::*;
+use crate::checkpoint::{Counters, GlobalValue, MemoryImage};
+use crate::frame::{self, FrameError, MAX_FRAME_LEN};
+use crate::wasi::{FdKind, FdSnapshot, WasiSnapshot};
+use crate::wire::ErrorCode;
+
+fn hash() -> impl Strategy<Value = Hash> {
+    any::<[u8; 32]>().prop_map(Hash)
+}
+
+fn hashes() -> impl Strategy<Value = Vec<Hash>> {
+    vec(hash(), 0..40)
+}
+
+fn name_tag() -> impl Strategy<Value = NameTag> {
+    ("[a-z0-9][a-z0-9._/-]{0,20}", "[a-z0-9][a-z0-9._-]{0,10}")
+        .prop_map(|(n, t)| NameTag::new(&n, &t).expect("strategy yields valid names"))
+}
+
+fn bundle_ref() -> impl Strategy<Value = BundleRef> {
+    prop_oneof![hash().prop_map(BundleRef::Hash), name_tag().prop_map(BundleRef::Name)]
+}
+
+fn global() -> impl Strategy<Value = GlobalValue> {
+    prop_oneof![
+        any::<i32>().prop_map(GlobalValue::I32),
+        any::<i64>().prop_map(GlobalValue::I64),
+        any::<u32>().prop_map(GlobalValue::F32),
+        any::<u64>().prop_map(GlobalValue::F64),
+        any::<u128>().prop_map(GlobalValue::V128),
+    ]
+}
+
+fn fd() -> impl Strategy<Value = FdSnapshot> {
+    let kind = prop_oneof![
+        ".*".prop_map(|guest_path| FdKind::Preopen { guest_path }),
+        (any::<u32>(), ".*").prop_map(|(preopen, path)| FdKind::Dir { preopen, path }),
+        (any::<u32>(), ".*", any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(preopen, path, offset, read, write)| FdKind::File {
+                preopen,
+                path,
+                offset,
+                read,
+                write
+            }
+        ),
+    ];
+    (any::<u32>(), any::<u64>(), any::<u64>(), any::<u16>(), kind).prop_map(
+        |(fd, rights_base, rights_inheriting, fdflags, kind)| FdSnapshot {
+            fd,
+            rights_base,
+            rights_inheriting,
+            fdflags,
+            kind,
+        },
+    )
+}
+
+fn manifest() -> impl Strategy<Value = Manifest> {
+    let memory = (".{0,8}", any::<u64>(), vec((any::<u32>(), hash()), 0..8)).prop_map(
+        |(name, byte_len, chunks)| MemoryImage {
+            name,
+            byte_len,
+            chunks,
+        },
+    );
+    let wasi = (
+        vec(".{0,8}", 0..3),
+        vec((".{0,8}", ".{0,8}"), 0..3),
+        any::<[u64; 4]>(),
+        vec(fd(), 0..3),
+    )
+        .prop_map(|(args, env, n, fds)| WasiSnapshot {
+            args,
+            env,
+            stdin_offset: n[0],
+            stdout_offset: n[1],
+            stderr_offset: n[2],
+            monotonic_ns: n[3],
+            fds,
+        });
+    (
+        (hash(), any::<u32>(), hash(), proptest::option::of(any::<u64>())),
+        any::<[u64; 4]>(),
+        vec(memory, 0..3),
+        vec((".{0,8}", global()), 0..4),
+        wasi,
+    )
+        .prop_map(|((module, rewriter, instrumented, task), n, memories, globals, wasi)| {
+            Manifest {
+                module,
+                rewriter,
+                instrumented,
+                task: task.map(TaskId),
+                seq: n[0],
+                epoch: n[1],
+                memories,
+                globals,
+                wasi,
+                counters: Counters {
+                    yields: n[2],
+                    fuel: n[3],
+                },
+            }
+        })
+}
+
+fn request() -> impl Strategy<Value = RegistryRequest> {
+    let chunk = (hash(), any::<u32>()).prop_map(|(hash, len)| ChunkHeader { hash, len });
+    prop_oneof![
+        (hash(), any::<u64>(), proptest::option::of(name_tag()))
+            .prop_map(|(hash, len, name)| RegistryRequest::PutBundle { hash, len, name }),
+        bundle_ref().prop_map(|bundle| RegistryRequest::GetBundle { bundle }),
+        Just(RegistryRequest::ListBundles),
+        hashes().prop_map(|hashes| RegistryRequest::CanStore { hashes }),
+        vec(chunk, 0..20).prop_map(|chunks| RegistryRequest::PutChunks { chunks }),
+        hashes().prop_map(|hashes| RegistryRequest::GetChunks { hashes }),
+        hashes().prop_map(|hashes| RegistryRequest::HasPrefix { hashes }),
+        manifest().prop_map(|m| RegistryRequest::PutManifest {
+            manifest: Box::new(m)
+        }),
+        (any::<u64>(), proptest::option::of(any::<u64>()))
+            .prop_map(|(t, seq)| RegistryRequest::GetManifest { task: TaskId(t), seq }),
+        any::<u64>().prop_map(|t| RegistryRequest::ListManifests { task: TaskId(t) }),
+        Just(RegistryRequest::Gc),
+        Just(RegistryRequest::Stats),
+    ]
+}
+
+fn code() -> impl Strategy<Value = ErrorCode> {
+    use ErrorCode::*;
+    proptest::sample::select(vec![
+        Malformed,
+        UnsupportedVersion,
+        TooLarge,
+        HashMismatch,
+        NotWasm,
+        NotFound,
+        MissingChunks,
+        InvalidName,
+        Conflict,
+        Timeout,
+        Internal,
+    ])
+}
+
+fn response() -> impl Strategy<Value = RegistryResponse> {
+    let lease = proptest::sample::select(vec![
+        LeaseStatus::Granted,
+        LeaseStatus::AlreadyStored,
+        LeaseStatus::Leased,
+    ]);
+    let count = any::<[u64; 2]>().prop_map(|n| ObjectCount {
+        count: n[0],
+        bytes: n[1],
+    });
+    let stats = (count.clone(), count.clone(), count, any::<[u64; 8]>()).prop_map(
+        |(bundles, chunks, manifests, n)| RegistryStats {
+            bundles,
+            chunks,
+            manifests,
+            names: n[0],
+            tasks: n[1],
+            leases: LeaseStats {
+                active: n[2],
+                granted: n[3],
+                expired: n[4],
+                completed: n[5],
+            },
+            chunks_written: n[6],
+            chunks_deduplicated: n[7],
+        },
+    );
+    prop_oneof![
+        (hash(), any::<u64>(), any::<bool>()).prop_map(|(hash, len, created)| {
+            RegistryResponse::BundleStored(BundleStored { hash, len, created })
+        }),
+        (hash(), any::<u64>()).prop_map(|(hash, len)| RegistryResponse::Bundle { hash, len }),
+        vec((hash(), any::<u64>(), vec(name_tag(), 0..3)), 0..5).prop_map(|v| {
+            RegistryResponse::Bundles(
+                v.into_iter()
+                    .map(|(hash, len, names)| BundleInfo { hash, len, names })
+                    .collect(),
+            )
+        }),
+        vec(lease, 0..50).prop_map(RegistryResponse::Leases),
+        any::<[u64; 2]>().prop_map(|n| RegistryResponse::ChunksStored(PutReport {
+            written: n[0],
+            already_stored: n[1]
+        })),
+        vec(any::<u32>(), 0..20).prop_map(|lens| RegistryResponse::Chunks { lens }),
+        any::<u64>().prop_map(|stored| RegistryResponse::Prefix { stored }),
+        (any::<u64>(), any::<u64>(), vec(any::<u64>(), 0..4)).prop_map(|(t, seq, pruned)| {
+            RegistryResponse::ManifestStored(ManifestStored {
+                task: TaskId(t),
+                seq,
+                pruned,
+            })
+        }),
+        manifest().prop_map(|m| RegistryResponse::Manifest(Box::new(m))),
+        vec(any::<u64>(), 0..5).prop_map(RegistryResponse::Manifests),
+        any::<[u64; 3]>().prop_map(|n| RegistryResponse::Gc(GcReport {
+            chunks_removed: n[0],
+            bytes_freed: n[1],
+            chunks_protected: n[2]
+        })),
+        stats.prop_map(RegistryResponse::Stats),
+        (code(), ".{0,40}").prop_map(|(c, m)| RegistryResponse::Error(RemoteError::new(c, m))),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(req in request()) {
+        let bytes = frame::encode(&req).expect("encodes");
+        let (back, used) = frame::decode::<RegistryRequest>(&bytes, MAX_FRAME_LEN).expect("decodes");
+        prop_assert_eq!(back, req);
+        prop_assert_eq!(used, bytes.len());
+    }
+
+    #[test]
+    fn responses_round_trip(resp in response()) {
+        let bytes = frame::encode(&resp).expect("encodes");
+        let (back, _) = frame::decode::<RegistryResponse>(&bytes, MAX_FRAME_LEN).expect("decodes");
+        prop_assert_eq!(back, resp);
+    }
+
+    #[test]
+    fn truncated_frames_are_errors(req in request(), cut in any::<prop::sample::Index>()) {
+        let bytes = frame::encode(&req).expect("encodes");
+        let cut = cut.index(bytes.len());
+        let truncated = frame::decode::<RegistryRequest>(&bytes[..cut], MAX_FRAME_LEN);
+        prop_assert!(
+            matches!(truncated, Err(FrameError::Truncated { .. })),
+            "expected Truncated, got {:?}", truncated
+        );
+    }
+
+    /// Flipping bytes may still yield a valid (different) message; what must
+    /// never happen is a panic, and a damaged header must be named.
+    #[test]
+    fn corrupted_frames_never_panic(
+        resp in response(),
+        flips in vec((any::<prop::sample::Index>(), 1u8..), 1..4),
+    ) {
+        let mut bytes = frame::encode(&resp).expect("encodes");
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        let _ = frame::decode::<RegistryResponse>(&bytes, MAX_FRAME_LEN);
+        let _ = frame::decode::<RegistryRequest>(&bytes, MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in vec(any::<u8>(), 0..300)) {
+        let _ = frame::decode::<RegistryRequest>(&bytes, MAX_FRAME_LEN);
+        let _ = frame::decode_body::<RegistryRequest>(&bytes);
+        let _ = frame::decode_body::<RegistryResponse>(&bytes);
+    }
+}
+
+#[test]
+fn names_parse_and_print() {
+    let n: NameTag = "hello/world".parse().expect("valid");
+    assert_eq!(n.to_string(), "hello/world:latest");
+    let n: NameTag = "app:v1.2".parse().expect("valid");
+    assert_eq!((n.name(), n.tag()), ("app", "v1.2"));
+    for bad in ["", ":x", "a:", "-a", "a b", "a:b:c", "a:b/c", &"x".repeat(129)] {
+        assert!(bad.parse::<NameTag>().is_err(), "{bad:?} should be refused");
+    }
+    let h = Hash::of(b"x");
+    assert_eq!(h.to_hex().parse::<BundleRef>(), Ok(BundleRef::Hash(h)));
+    assert!(matches!("app".parse::<BundleRef>(), Ok(BundleRef::Name(_))));
+}
+
+#[test]
+fn a_name_smuggled_past_the_constructor_is_caught_by_validate() {
+    let good = NameTag::new("app", "v1").expect("valid");
+    let mut bytes = postcard::to_stdvec(&good).expect("encodes");
+    // The name's first byte: after its one-byte length.
+    bytes[1] = b'/';
+    let decoded: NameTag = postcard::from_bytes(&bytes).expect("still decodes");
+    assert!(decoded.validate().is_err());
+}

@@ -1,0 +1,65 @@
+//! Binaryen Asyncify through the `wasm-opt` crate.
+//!
+//! Chosen over a pass of our own because Asyncify is a mature, widely used
+//! implementation of exactly the unwind/rewind transform wmig needs (every
+//! control-flow shape, multi-value, indirect calls), and its cost is measured
+//! in the README. Two Binaryen runs: Asyncify alone (with its internal local
+//! optimisations), then the standard -O2 pipeline — the crate would otherwise
+//! run the default passes *before* Asyncify and leave its output unoptimised.
+
+use std::fs;
+
+use wasm_opt::{Feature, OptimizationOptions, Pass};
+
+use crate::{RewriteError, HOST_MODULE, SDK_PAUSE_IMPORTS, STACK_PAGES, YIELD_IMPORT};
+
+/// Features the input may use and Binaryen must accept and preserve.
+const FEATURES: [Feature; 8] = [
+    Feature::MutableGlobals,
+    Feature::TruncSat,
+    Feature::Simd,
+    Feature::BulkMemory,
+    Feature::SignExt,
+    Feature::ReferenceTypes,
+    Feature::Multivalue,
+    Feature::MultiMemory,
+];
+
+/// Run Asyncify (pausing at the yield import and the SDK's pause imports,
+/// unwind buffer in a secondary memory) and then -O2.
+pub fn run(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
+    let err = |e: &dyn std::fmt::Display| RewriteError::Asyncify(e.to_string());
+    let dir = tempfile::tempdir().map_err(|e| err(&e))?;
+    let input = dir.path().join("in.wasm");
+    let mid = dir.path().join("mid.wasm");
+    let out = dir.path().join("out.wasm");
+    fs::write(&input, wasm).map_err(|e| err(&e))?;
+
+    let mut imports = vec![format!("{HOST_MODULE}.{YIELD_IMPORT}")];
+    imports.extend(SDK_PAUSE_IMPORTS.iter().map(|n| format!("{HOST_MODULE}.{n}")));
+
+    let mut asyncify = OptimizationOptions::new_opt_level_2();
+    asyncify
+        .add_default_passes(false)
+        .add_pass(Pass::Asyncify)
+        .set_pass_arg("asyncify-imports", &imports.join(","))
+        .set_pass_arg("asyncify-in-secondary-memory", "")
+        .set_pass_arg("asyncify-secondary-memory-size", &STACK_PAGES.to_string())
+        .debug_info(true);
+    enable(&mut asyncify);
+    asyncify.run(&input, &mid).map_err(|e| err(&e))?;
+
+    let mut optimize = OptimizationOptions::new_opt_level_2();
+    optimize.debug_info(true);
+    enable(&mut optimize);
+    optimize.run(&mid, &out).map_err(|e| err(&e))?;
+
+    fs::read(&out).map_err(|e| err(&e))
+}
+
+fn enable(opts: &mut OptimizationOptions) {
+    opts.mvp_features_only();
+    for f in FEATURES {
+        opts.enable_feature(f);
+    }
+}

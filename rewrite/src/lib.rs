@@ -1,0 +1,113 @@
+//! The rewrite that makes any wasm32-wasip1 module pausable.
+//!
+//! Wasmtime cannot serialize a running instance — a paused call keeps native
+//! frames — so wmig changes the program instead:
+//!
+//! 1. [`validate`]: refuse what the rewrite cannot handle (not wasm, no
+//!    `_start`, shared memory, table mutation, foreign imports) with an error
+//!    that names the problem.
+//! 2. [`yields`]: inject **fuel-based yield points**. A counter global is
+//!    decremented at every loop header and at the entry of every function that
+//!    can recurse; when it reaches zero the module calls the host import
+//!    `wmig.yield_point`, which refills it and decides whether to pause.
+//!    Functions that neither loop nor recurse run a bounded amount of work and
+//!    get no check, which keeps hot leaf code untouched.
+//! 3. [`asyncify`]: Binaryen's Asyncify lets the host unwind every frame into
+//!    a buffer and rewind it later. The buffer lives in a secondary memory
+//!    (`wmig:stack`) so the guest's own memory, `memory.size` and allocator
+//!    never see it. Only functions that can reach a yield are instrumented.
+//! 4. [`exports`]: export every mutable global (Asyncify's and LLVM's
+//!    `__stack_pointer` included) so the host can capture and restore them.
+//!
+//! The result is deterministic (same input bytes → same output bytes) and
+//! cached on disk by (module blake3, [`REWRITER_VERSION`]) in [`cache`].
+
+pub mod asyncify;
+pub mod cache;
+pub mod exports;
+pub mod validate;
+pub mod yields;
+
+use std::time::Instant;
+
+pub use cache::RewriteCache;
+pub use validate::ModuleError;
+
+/// Bump whenever the rewrite's output changes: checkpoints record it and only
+/// restore into the same rewrite, and the cache keys on it.
+pub const REWRITER_VERSION: u32 = 1;
+
+/// Import module of every host function wmig provides besides WASI.
+pub const HOST_MODULE: &str = "wmig";
+/// The injected import called when fuel runs out.
+pub const YIELD_IMPORT: &str = "yield_point";
+/// Guest-SDK imports at which the host may pause (Asyncify must treat them as
+/// unwind points). `progress` is informational and never pauses.
+pub const SDK_PAUSE_IMPORTS: [&str; 2] = ["yield_now", "checkpoint_now"];
+/// Guest-SDK imports that never pause.
+pub const SDK_OTHER_IMPORTS: [&str; 1] = ["progress"];
+/// Export name of the fuel counter global.
+pub const FUEL_EXPORT: &str = "wmig:fuel";
+/// Export name of the secondary memory holding Asyncify's unwound stack.
+pub const STACK_MEMORY_EXPORT: &str = "wmig:stack";
+/// Prefix of the exports naming every mutable global: `wmig:global:<index>`.
+pub const GLOBAL_EXPORT_PREFIX: &str = "wmig:global:";
+/// Size of the unwind buffer in 64 KiB pages. Each unwound frame stores its
+/// live locals (tens of bytes), so 16 MiB holds hundreds of thousands of
+/// frames; untouched pages cost no memory.
+pub const STACK_PAGES: u32 = 256;
+/// Where the Asyncify data header (current, end pointers) sits in `wmig:stack`.
+pub const STACK_HEADER_OFFSET: u32 = 0;
+
+/// Why a module could not be made pausable.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error("could not instrument the module with yield points: {0}")]
+    Yields(String),
+    #[error("Binaryen Asyncify failed on this module: {0}")]
+    Asyncify(String),
+    #[error("could not export the module's globals after Asyncify: {0}")]
+    Exports(String),
+    #[error("rewrite cache at {path}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The instrumented module and what the rewrite saw.
+#[derive(Debug, Clone)]
+pub struct Instrumented {
+    pub bytes: Vec<u8>,
+    /// blake3 of the original module.
+    pub module_hash: blake3::Hash,
+    pub stats: RewriteStats,
+}
+
+/// What the rewrite did, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RewriteStats {
+    pub functions: usize,
+    pub loop_checks: usize,
+    pub entry_checks: usize,
+    pub mutable_globals: usize,
+    pub millis: u64,
+}
+
+/// Validate and rewrite `wasm` (no caching; see [`RewriteCache`]).
+pub fn instrument(wasm: &[u8]) -> Result<Instrumented, RewriteError> {
+    let start = Instant::now();
+    validate::validate(wasm)?;
+    let (with_yields, mut stats) = yields::inject(wasm)?;
+    let asyncified = asyncify::run(&with_yields)?;
+    let (bytes, mutable_globals) = exports::export_state(&asyncified)?;
+    stats.mutable_globals = mutable_globals;
+    stats.millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(Instrumented {
+        bytes,
+        module_hash: blake3::hash(wasm),
+        stats,
+    })
+}
