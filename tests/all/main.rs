@@ -1,1 +1,5 @@
+//! wmig's end-to-end tests: one binary, a module per feature. Every test
+//! starts the real `wmig` binary as a separate process.
 
+mod runtime;
+mod support;

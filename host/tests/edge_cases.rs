@@ -1,0 +1,228 @@
+//! Runtime edge cases as small WAT programs: each runs uninterrupted, under
+//! plain wasmtime-wasi, and with a checkpoint + restore into a fresh engine
+//! at every yield point; output and exit status must be identical.
+
+use std::sync::{Arc, Mutex};
+
+use wmig_host::baseline::Baseline;
+use wmig_host::local::{run_local, Finish, LocalOptions, RunStats, SinkFactory, WasiSpec};
+use wmig_host::wasi::OutputSink;
+use wmig_host::{HostError, RuntimeConfig};
+
+const PRELUDE: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  ;; Print $n in decimal and a newline (scratch space at 1000..1210).
+  (func $print (param $n i32)
+    (local $p i32)
+    (local.set $p (i32.const 1100))
+    (i32.store8 (local.get $p) (i32.const 10))
+    (loop $digits
+      (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+      (i32.store8 (local.get $p) (i32.add (i32.const 48) (i32.rem_u (local.get $n) (i32.const 10))))
+      (local.set $n (i32.div_u (local.get $n) (i32.const 10)))
+      (br_if $digits (local.get $n)))
+    (i32.store (i32.const 1200) (local.get $p))
+    (i32.store (i32.const 1204) (i32.sub (i32.const 1101) (local.get $p)))
+    (drop (call $fd_write (i32.const 1) (i32.const 1200) (i32.const 1) (i32.const 1208))))
+"#;
+
+fn module(body: &str) -> Vec<u8> {
+    wat::parse_str(format!("(module {PRELUDE} {body})")).expect("test WAT parses")
+}
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl OutputSink for Buf {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// (stdout, exit code or "trap", stats)
+fn run(wasm: &[u8], opts: LocalOptions) -> (String, String, RunStats) {
+    let out = Buf::default();
+    let err = Buf::default();
+    let (o, e) = (out.clone(), err.clone());
+    let sinks: SinkFactory = Arc::new(move || {
+        (
+            Box::new(o.clone()) as Box<dyn OutputSink>,
+            Box::new(e.clone()) as Box<dyn OutputSink>,
+        )
+    });
+    let spec = WasiSpec {
+        args: vec!["edge.wasm".into()],
+        ..WasiSpec::default()
+    };
+    let wasm = wasm.to_vec();
+    let result = wmig_host::on_guest_thread(move || run_local(&wasm, &spec, &sinks, &opts))
+        .expect("guest thread");
+    let (status, stats) = match result {
+        Ok((Finish::Exited(code), stats)) => (code.to_string(), stats),
+        Ok((other, _)) => panic!("unexpected finish {other:?}"),
+        Err(HostError::Trap(_)) => ("trap".to_string(), RunStats::default()),
+        Err(e) => panic!("run failed: {e}"),
+    };
+    let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+    (text, status, stats)
+}
+
+fn opts() -> LocalOptions {
+    LocalOptions {
+        runtime: RuntimeConfig { cache_dir: None },
+        yield_fuel: 40,
+        ..LocalOptions::default()
+    }
+}
+
+/// Uninterrupted, migrated at every yield, and plain wasmtime agree.
+fn check(name: &str, wasm: &[u8]) -> String {
+    let (plain, plain_status, _) = run(wasm, opts());
+    let migrating = LocalOptions {
+        checkpoint_every: Some(1),
+        restore_each_checkpoint: true,
+        ..opts()
+    };
+    let (moved, moved_status, stats) = run(wasm, migrating);
+    assert_eq!(moved, plain, "{name}: output differs after restores");
+    assert_eq!(moved_status, plain_status, "{name}: exit status differs");
+    if moved_status != "trap" {
+        assert!(stats.restores >= 10, "{name}: only {} restores", stats.restores);
+    }
+
+    let baseline = Baseline::new().expect("baseline");
+    let reference = baseline
+        .run(&baseline.compile(wasm).expect("compile"), &["edge.wasm".into()], &[], &[])
+        .expect("plain wasmtime");
+    assert_eq!(plain, String::from_utf8_lossy(&reference.stdout), "{name}: differs from wasmtime");
+    let ref_status = if reference.trap.is_some() { "trap".to_string() } else { reference.exit_code.to_string() };
+    assert_eq!(plain_status, ref_status, "{name}: exit differs from wasmtime");
+    plain
+}
+
+#[test]
+fn indirect_calls() {
+    let wasm = module(
+        r#"
+        (type $op (func (param i32) (result i32)))
+        (table 3 funcref)
+        (elem (i32.const 0) $inc $triple $dec2)
+        (func $inc (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+        (func $triple (param i32) (result i32) (i32.and (i32.mul (local.get 0) (i32.const 3)) (i32.const 0xffff)))
+        (func $dec2 (param i32) (result i32) (i32.sub (local.get 0) (i32.const 2)))
+        (func (export "_start")
+          (local $i i32) (local $acc i32)
+          (local.set $acc (i32.const 7))
+          (loop $l
+            (local.set $acc (call_indirect (type $op) (local.get $acc) (i32.rem_u (local.get $i) (i32.const 3))))
+            (if (i32.eqz (i32.rem_u (local.get $i) (i32.const 150))) (then (call $print (local.get $acc))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 3000)))))"#,
+    );
+    let out = check("indirect_calls", &wasm);
+    assert_eq!(out.lines().count(), 20);
+}
+
+#[test]
+fn multi_value() {
+    let wasm = module(
+        r#"
+        (func $divmod (param i32 i32) (result i32 i32)
+          (i32.div_u (local.get 0) (local.get 1)) (i32.rem_u (local.get 0) (local.get 1)))
+        (func (export "_start")
+          (local $i i32) (local $q i32) (local $r i32) (local $sum i32)
+          (loop $l
+            (call $divmod (i32.add (local.get $i) (i32.const 1000)) (i32.const 7))
+            (local.set $r) (local.set $q)
+            (local.set $sum (i32.add (local.get $sum) (i32.add (local.get $q) (local.get $r))))
+            (if (i32.eqz (i32.rem_u (local.get $i) (i32.const 250))) (then (call $print (local.get $sum))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 2500)))))"#,
+    );
+    check("multi_value", &wasm);
+}
+
+#[test]
+fn memory_grows_between_checkpoint_and_restore() {
+    let wasm = module(
+        r#"
+        (func (export "_start")
+          (local $i i32) (local $j i32) (local $page i32) (local $sum i32)
+          (loop $grow
+            (local.set $page (memory.grow (i32.const 1)))
+            (i32.store (i32.mul (local.get $page) (i32.const 65536)) (i32.add (local.get $i) (i32.const 100)))
+            ;; burn fuel so checkpoints fall between grows
+            (local.set $j (i32.const 0))
+            (loop $burn
+              (local.set $j (i32.add (local.get $j) (i32.const 1)))
+              (br_if $burn (i32.lt_u (local.get $j) (i32.const 200))))
+            (call $print (memory.size))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $grow (i32.lt_u (local.get $i) (i32.const 24))))
+          ;; read back every grown page
+          (local.set $i (i32.const 1))
+          (loop $read
+            (local.set $sum (i32.add (local.get $sum) (i32.load (i32.mul (local.get $i) (i32.const 65536)))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $read (i32.lt_u (local.get $i) (memory.size))))
+          (call $print (local.get $sum)))"#,
+    );
+    let out = check("memory_grow", &wasm);
+    assert_eq!(out.lines().last(), Some(((0..24).map(|i| i + 100).sum::<i32>()).to_string().as_str()));
+}
+
+#[test]
+fn trap_after_resume() {
+    let wasm = module(
+        r#"
+        (func (export "_start")
+          (local $i i32)
+          (loop $l
+            (if (i32.eqz (i32.rem_u (local.get $i) (i32.const 200))) (then (call $print (local.get $i))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 2000))))
+          unreachable)"#,
+    );
+    let (_, status, _) = run(&wasm, opts());
+    assert_eq!(status, "trap");
+    check("trap_after_resume", &wasm);
+}
+
+#[test]
+fn proc_exit_in_the_middle() {
+    let wasm = module(
+        r#"
+        (func (export "_start")
+          (local $i i32)
+          (loop $l
+            (if (i32.eq (local.get $i) (i32.const 1500)) (then (call $proc_exit (i32.const 42))))
+            (if (i32.eqz (i32.rem_u (local.get $i) (i32.const 100))) (then (call $print (local.get $i))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 3000)))))"#,
+    );
+    let (out, status, _) = run(&wasm, opts());
+    assert_eq!(status, "42");
+    assert_eq!(out.lines().count(), 15);
+    check("proc_exit", &wasm);
+}
+
+#[test]
+fn recursion_is_paused_inside_deep_frames() {
+    let wasm = module(
+        r#"
+        (func $down (param $n i32) (result i32)
+          (if (result i32) (i32.eqz (local.get $n))
+            (then (i32.const 0))
+            (else (i32.add (i32.const 1) (call $down (i32.sub (local.get $n) (i32.const 1)))))))
+        (func (export "_start")
+          (local $i i32)
+          (loop $l
+            (call $print (call $down (i32.add (i32.const 500) (local.get $i))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 8)))))"#,
+    );
+    check("recursion", &wasm);
+}
