@@ -1,1 +1,27 @@
-//! placeholder
+//! The one crate that knows QUIC and TLS: every wmig role talks through it.
+//!
+//! - [`certs`]: the cluster CA (rcgen) and the identities it issues.
+//! - [`cluster`]: the cluster directory on disk and its `config.toml`.
+//! - [`endpoint`]: quinn endpoints with mutual TLS (rustls + ring), tuned
+//!   transport, bounded concurrent streams per connection.
+//! - [`stream`]: one request per bidirectional stream; frames (from
+//!   `wmig_proto::frame`) and raw payloads, with timeouts.
+//!
+//! Protocols (the registry's, the control plane's) live above this crate and
+//! use only these pieces plus `quinn::{Connection, SendStream, RecvStream}`,
+//! which are re-exported so they need no direct quinn dependency.
+
+pub mod certs;
+pub mod cluster;
+pub mod endpoint;
+pub mod error;
+pub mod stream;
+
+pub use certs::{ClusterCa, Credentials, Identity, OPERATOR};
+pub use cluster::{ClusterConfig, ClusterDir, DEFAULT_CLUSTER_DIR, REGISTRY_NODE};
+pub use endpoint::{client_endpoint, connect, server_endpoint, EndpointConfig};
+pub use error::{ClusterError, NetError};
+pub use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+
+#[cfg(test)]
+mod tests;

@@ -39,7 +39,9 @@ pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame is truncated: {have} bytes of a {need}-byte frame arrived before the stream ended")]
+    #[error(
+        "frame is truncated: {have} bytes of a {need}-byte frame arrived before the stream ended"
+    )]
     Truncated { have: usize, need: usize },
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },

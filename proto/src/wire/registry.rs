@@ -55,14 +55,21 @@ pub enum RegistryRequest {
 pub enum RegistryResponse {
     BundleStored(BundleStored),
     /// Followed by `len` payload bytes: the bundle.
-    Bundle { hash: Hash, len: u64 },
+    Bundle {
+        hash: Hash,
+        len: u64,
+    },
     Bundles(Vec<BundleInfo>),
     /// One answer per requested hash, in request order.
     Leases(Vec<LeaseStatus>),
     ChunksStored(PutReport),
     /// Followed by the chunks' bytes back to back, in request order.
-    Chunks { lens: Vec<u32> },
-    Prefix { stored: u64 },
+    Chunks {
+        lens: Vec<u32>,
+    },
+    Prefix {
+        stored: u64,
+    },
     ManifestStored(ManifestStored),
     Manifest(Box<Manifest>),
     Manifests(Vec<u64>),
@@ -254,7 +261,8 @@ fn check_part(s: &str, max: usize, slash: bool) -> Result<(), &'static str> {
     if s.starts_with(['.', '-', '/']) {
         return Err("a name or tag must not start with `.`, `-` or `/`");
     }
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slash && c == '/');
+    let ok =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slash && c == '/');
     if !s.chars().all(ok) {
         return Err("use only letters, digits, `.`, `_`, `-` (and `/` in names)");
     }

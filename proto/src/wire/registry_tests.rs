@@ -25,7 +25,10 @@ fn name_tag() -> impl Strategy<Value = NameTag> {
 }
 
 fn bundle_ref() -> impl Strategy<Value = BundleRef> {
-    prop_oneof![hash().prop_map(BundleRef::Hash), name_tag().prop_map(BundleRef::Name)]
+    prop_oneof![
+        hash().prop_map(BundleRef::Hash),
+        name_tag().prop_map(BundleRef::Name)
+    ]
 }
 
 fn global() -> impl Strategy<Value = GlobalValue> {
@@ -48,23 +51,31 @@ fn manifest() -> impl Strategy<Value = Manifest> {
     );
     // Only the fields this protocol cares to vary; the rest of the WASI
     // image belongs to the runtime and round-trips as a whole either way.
-    let wasi = (vec(".{0,8}", 0..3), vec((".{0,8}", ".{0,8}"), 0..3), any::<u64>()).prop_map(
-        |(args, env, stdout_offset)| WasiSnapshot {
+    let wasi = (
+        vec(".{0,8}", 0..3),
+        vec((".{0,8}", ".{0,8}"), 0..3),
+        any::<u64>(),
+    )
+        .prop_map(|(args, env, stdout_offset)| WasiSnapshot {
             args,
             env,
             stdout_offset,
             ..WasiSnapshot::default()
-        },
-    );
+        });
     (
-        (hash(), any::<u32>(), hash(), proptest::option::of(any::<u64>())),
+        (
+            hash(),
+            any::<u32>(),
+            hash(),
+            proptest::option::of(any::<u64>()),
+        ),
         any::<[u64; 4]>(),
         vec(memory, 0..3),
         vec((".{0,8}", global()), 0..4),
         wasi,
     )
-        .prop_map(|((module, rewriter, instrumented, task), n, memories, globals, wasi)| {
-            Manifest {
+        .prop_map(
+            |((module, rewriter, instrumented, task), n, memories, globals, wasi)| Manifest {
                 module,
                 rewriter,
                 instrumented,
@@ -78,8 +89,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     yields: n[2],
                     fuel: n[3],
                 },
-            }
-        })
+            },
+        )
 }
 
 fn request() -> impl Strategy<Value = RegistryRequest> {
@@ -96,8 +107,12 @@ fn request() -> impl Strategy<Value = RegistryRequest> {
         manifest().prop_map(|m| RegistryRequest::PutManifest {
             manifest: Box::new(m)
         }),
-        (any::<u64>(), proptest::option::of(any::<u64>()))
-            .prop_map(|(t, seq)| RegistryRequest::GetManifest { task: TaskId(t), seq }),
+        (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(t, seq)| {
+            RegistryRequest::GetManifest {
+                task: TaskId(t),
+                seq,
+            }
+        }),
         any::<u64>().prop_map(|t| RegistryRequest::ListManifests { task: TaskId(t) }),
         Just(RegistryRequest::Gc),
         Just(RegistryRequest::Stats),
@@ -243,7 +258,16 @@ fn names_parse_and_print() {
     assert_eq!(n.to_string(), "hello/world:latest");
     let n: NameTag = "app:v1.2".parse().expect("valid");
     assert_eq!((n.name(), n.tag()), ("app", "v1.2"));
-    for bad in ["", ":x", "a:", "-a", "a b", "a:b:c", "a:b/c", &"x".repeat(129)] {
+    for bad in [
+        "",
+        ":x",
+        "a:",
+        "-a",
+        "a b",
+        "a:b:c",
+        "a:b/c",
+        &"x".repeat(129),
+    ] {
         assert!(bad.parse::<NameTag>().is_err(), "{bad:?} should be refused");
     }
     let h = Hash::of(b"x");
