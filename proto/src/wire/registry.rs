@@ -161,6 +161,8 @@ pub struct LeaseStats {
     pub expired: u64,
     /// Leases released because their chunk was stored.
     pub completed: u64,
+    /// Leases dropped because their holder disconnected.
+    pub released: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -146,7 +146,7 @@ fn response() -> impl Strategy<Value = RegistryResponse> {
         count: n[0],
         bytes: n[1],
     });
-    let stats = (count.clone(), count.clone(), count, any::<[u64; 8]>()).prop_map(
+    let stats = (count.clone(), count.clone(), count, any::<[u64; 9]>()).prop_map(
         |(bundles, chunks, manifests, n)| RegistryStats {
             bundles,
             chunks,
@@ -158,9 +158,10 @@ fn response() -> impl Strategy<Value = RegistryResponse> {
                 granted: n[3],
                 expired: n[4],
                 completed: n[5],
+                released: n[6],
             },
-            chunks_written: n[6],
-            chunks_deduplicated: n[7],
+            chunks_written: n[7],
+            chunks_deduplicated: n[8],
         },
     );
     prop_oneof![

@@ -1,0 +1,230 @@
+//! Checkpoint manifests per task, retention, and garbage collection.
+//!
+//! A manifest is stored as a record under `t-<task>/<seq, 20 digits>` in a
+//! small envelope of our own: `MAGIC (8) | version (u16 LE) | postcard
+//! Manifest`, so a future layout is refused by number instead of misread.
+//! (The store adds an integrity hash around every record.)
+//!
+//! Committing a manifest requires every chunk it references to be stored,
+//! so a kept manifest is always restorable; then all but the newest
+//! `keep_checkpoints` of the task are deleted. Garbage collection deletes
+//! chunks no kept manifest references, sparing those a live lease or a
+//! recent upload protects.
+
+use std::collections::HashSet;
+use std::time::{Instant, SystemTime};
+
+use wmig_proto::checkpoint::Manifest;
+use wmig_proto::wire::registry::{GcReport, ManifestStored};
+use wmig_proto::{Hash, TaskId};
+
+use crate::error::{RegistryError, StoreError};
+use crate::service::{lock, Registry};
+use crate::store::{ObjectKind, RefSpace};
+
+pub const MANIFEST_MAGIC: [u8; 8] = *b"\0wmigmnf";
+pub const MANIFEST_VERSION: u16 = 1;
+
+pub(crate) fn key(task: TaskId, seq: u64) -> String {
+    format!("t-{}/{seq:020}", task.0)
+}
+
+pub(crate) fn parse_key(key: &str) -> Option<(TaskId, u64)> {
+    let (task, seq) = key.strip_prefix("t-")?.split_once('/')?;
+    Some((TaskId(task.parse().ok()?), seq.parse().ok()?))
+}
+
+/// Encode a manifest in the registry's envelope.
+pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&MANIFEST_MAGIC);
+    out.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+    postcard::to_extend(m, out)
+}
+
+/// Decode the envelope; the error says what is wrong with it.
+pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let rest = bytes
+        .strip_prefix(&MANIFEST_MAGIC)
+        .ok_or("not a manifest envelope")?;
+    let (version, body) = rest.split_first_chunk::<2>().ok_or("truncated envelope")?;
+    let version = u16::from_le_bytes(*version);
+    if version != MANIFEST_VERSION {
+        return Err(format!(
+            "manifest envelope version {version}, this wmig reads {MANIFEST_VERSION}"
+        ));
+    }
+    postcard::from_bytes(body).map_err(|e| e.to_string())
+}
+
+impl Registry {
+    /// Commit a checkpoint manifest. Idempotent for identical bytes; a
+    /// different manifest under an existing seq is a conflict.
+    pub fn put_manifest(&self, m: &Manifest) -> Result<ManifestStored, RegistryError> {
+        let task = m.task.ok_or_else(|| {
+            RegistryError::Invalid(
+                "the manifest names no task; only task checkpoints can be stored".into(),
+            )
+        })?;
+        let seq = m.seq;
+        let body = encode_manifest(m)
+            .map_err(|e| RegistryError::Invalid(format!("manifest does not encode: {e}")))?;
+        let max = self.config.limits.max_manifest;
+        if body.len() as u64 > max {
+            return Err(RegistryError::TooLarge {
+                what: "manifest",
+                len: body.len() as u64,
+                max,
+            });
+        }
+        let _gc = self.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+        let mut index = lock(&self.manifests);
+        let seqs = index.entry(task).or_default();
+        let keep = self.config.keep_checkpoints.max(1);
+        if seqs.contains_key(&seq) {
+            let existing = self.store.get_ref(RefSpace::Manifests, &key(task, seq))?;
+            if existing.as_deref() == Some(body.as_slice()) {
+                return Ok(ManifestStored {
+                    task,
+                    seq,
+                    pruned: Vec::new(),
+                });
+            }
+            let next = seqs.keys().next_back().map_or(1, |s| s + 1);
+            return Err(RegistryError::Conflict(format!(
+                "task {task} already has a different checkpoint with seq {seq}; \
+                 checkpoints are immutable, commit this one as seq {next}"
+            )));
+        }
+        if seqs.len() >= keep {
+            if let Some(&oldest) = seqs.keys().next() {
+                if seq < oldest {
+                    return Err(RegistryError::Conflict(format!(
+                        "task {task} keeps {keep} newer checkpoints (oldest seq {oldest}); \
+                         seq {seq} is stale and would be deleted at once"
+                    )));
+                }
+            }
+        }
+        let hashes = m.chunk_hashes();
+        let present = self.store.contains_many(ObjectKind::Chunk, &hashes);
+        let missing: Vec<Hash> = hashes
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|(h, _)| *h)
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(RegistryError::MissingChunks {
+                count: missing.len(),
+                first: *first,
+            });
+        }
+        self.store
+            .put_ref(RefSpace::Manifests, &key(task, seq), &body)?;
+        seqs.insert(seq, body.len() as u64);
+        let mut pruned = Vec::new();
+        while seqs.len() > keep {
+            let Some((old, _)) = seqs.pop_first() else {
+                break;
+            };
+            self.store
+                .delete_ref(RefSpace::Manifests, &key(task, old))?;
+            pruned.push(old);
+        }
+        Ok(ManifestStored { task, seq, pruned })
+    }
+
+    /// A task's manifest by seq, or its newest.
+    pub fn manifest(&self, task: TaskId, seq: Option<u64>) -> Result<Manifest, RegistryError> {
+        let not_found = || RegistryError::NoManifest { task, seq };
+        let seq = match seq {
+            Some(s) => s,
+            None => *lock(&self.manifests)
+                .get(&task)
+                .and_then(|s| s.keys().next_back())
+                .ok_or_else(not_found)?,
+        };
+        let k = key(task, seq);
+        let body = self
+            .store
+            .get_ref(RefSpace::Manifests, &k)?
+            .ok_or_else(not_found)?;
+        decode_manifest(&body).map_err(|reason| {
+            tracing::error!(key = %k, %reason, "stored manifest is unreadable");
+            StoreError::CorruptRef { key: k }.into()
+        })
+    }
+
+    /// The seqs kept for a task, ascending.
+    pub fn manifests(&self, task: TaskId) -> Vec<u64> {
+        lock(&self.manifests)
+            .get(&task)
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Delete chunks that no kept manifest references and nothing protects.
+    /// Refuses to delete anything if a kept manifest cannot be read.
+    pub fn gc(&self, now: Instant) -> Result<GcReport, RegistryError> {
+        let _gc = self.gc_lock.write().unwrap_or_else(|e| e.into_inner());
+        let kept: Vec<(TaskId, u64)> = lock(&self.manifests)
+            .iter()
+            .flat_map(|(t, seqs)| seqs.keys().map(move |s| (*t, *s)))
+            .collect();
+        let mut referenced = HashSet::new();
+        for (task, seq) in kept {
+            referenced.extend(self.manifest(task, Some(seq))?.chunk_hashes());
+        }
+        let wall = SystemTime::now();
+        let grace = self.config.gc_grace;
+        let mut report = GcReport::default();
+        // Hold the lease table while deleting so no `AlreadyStored` answer is
+        // given for a chunk that is about to go.
+        let leases = lock(&self.leases);
+        for o in self.store.objects(ObjectKind::Chunk) {
+            if referenced.contains(&o.hash) {
+                continue;
+            }
+            let young = wall
+                .duration_since(o.stored_at)
+                .map_or(true, |age| age < grace);
+            if young || leases.is_protected(&o.hash, now) {
+                report.chunks_protected += 1;
+                continue;
+            }
+            if let Some(len) = self.store.delete_object(ObjectKind::Chunk, &o.hash)? {
+                report.chunks_removed += 1;
+                report.bytes_freed += len;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_sort_by_seq() {
+        assert_eq!(parse_key(&key(TaskId(12), 5)), Some((TaskId(12), 5)));
+        assert!(key(TaskId(1), 9) < key(TaskId(1), 10));
+        for bad in ["", "t-", "t-1", "t-x/1", "t-1/y", "u-1/1"] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_envelopes_are_named() {
+        assert!(decode_manifest(b"junk").is_err());
+        let mut v = MANIFEST_MAGIC.to_vec();
+        v.extend_from_slice(&7u16.to_le_bytes());
+        assert!(decode_manifest(&v)
+            .err()
+            .unwrap_or_default()
+            .contains("version 7"));
+        v.truncate(9);
+        assert!(decode_manifest(&v).is_err());
+    }
+}

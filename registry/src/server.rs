@@ -1,0 +1,388 @@
+//! The registry server: QUIC connections in, [`Registry`] calls out.
+//!
+//! `run(endpoint, registry, config, shutdown)` takes its socket and its stop
+//! signal from the caller (tests bind 127.0.0.1:0 and stop it cleanly). Each
+//! connection's id owns the leases it is granted, which are released when it
+//! closes. Each stream carries one request: the frame is read under a
+//! timeout, any payload under a timeout that grows with its declared size,
+//! and declared sizes are checked against the limits before a byte of
+//! payload is buffered. Payload memory across all requests is bounded by a
+//! budget; a request that would exceed it waits (backpressure), it does not
+//! allocate. Malformed requests are answered with an error frame, never a
+//! panic or silence.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wmig_net::stream::{read_exact, read_frame, timed, transfer_limit, write_frame};
+use wmig_net::{EndpointConfig, NetError};
+use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
+use wmig_proto::wire::registry::{RegistryRequest, RegistryResponse};
+use wmig_proto::wire::{ErrorCode, RemoteError, REGISTRY_ALPN};
+
+use crate::error::RegistryError;
+use crate::service::Registry;
+
+/// Transport-side settings of the server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub endpoint: EndpointConfig,
+    /// Time for a request frame to arrive, and the base time of transfers.
+    pub request_timeout: Duration,
+    /// Slowest accepted transfer, in bytes/s; payload timeouts grow with size.
+    pub min_transfer_rate: u64,
+    /// Largest request frame.
+    pub max_frame: usize,
+    /// Payload bytes all requests together may hold in memory.
+    pub memory_budget: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            endpoint: EndpointConfig::new(REGISTRY_ALPN),
+            request_timeout: Duration::from_secs(30),
+            min_transfer_rate: 4 << 20,
+            max_frame: MAX_FRAME_LEN,
+            memory_budget: 1 << 30,
+        }
+    }
+}
+
+struct Shared {
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    /// The payload memory budget, in KiB.
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+}
+
+/// Serve `registry` on `endpoint` until `shutdown` resolves, then close
+/// every connection and return.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let budget_kib = u32::try_from(config.memory_budget / 1024)
+        .unwrap_or(u32::MAX >> 3)
+        .max(1);
+    let shared = Arc::new(Shared {
+        budget: Arc::new(Semaphore::new(budget_kib as usize)),
+        budget_kib,
+        registry: registry.clone(),
+        config,
+    });
+    let mut cleanup = tokio::time::interval(registry.config().lease_cleanup_interval);
+    let mut gc_timer = registry.config().gc_interval.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(serve_connection(incoming, shared.clone()));
+                }
+                None => break,
+            },
+            _ = cleanup.tick() => {
+                let expired = registry.expire_leases(Instant::now());
+                if expired > 0 {
+                    tracing::debug!(expired, "expired leases");
+                }
+            }
+            _ = async { match gc_timer.as_mut() { Some(t) => t.tick().await, None => std::future::pending().await } } => {
+                let r = registry.clone();
+                match tokio::task::spawn_blocking(move || r.gc(Instant::now())).await {
+                    Ok(Ok(report)) => tracing::info!(?report, "periodic garbage collection"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "periodic garbage collection failed"),
+                    Err(e) => tracing::error!(error = %e, "periodic garbage collection panicked"),
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"registry shutting down");
+    connections.abort_all();
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            // Typically a client without a cluster certificate.
+            let reason = wmig_net::error::describe_connection_error(&e);
+            tracing::info!(%remote, %reason, "refused connection");
+            return;
+        }
+    };
+    let owner = conn.stable_id() as u64;
+    tracing::debug!(%remote, owner, "connection open");
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_stream(send, recv, shared.clone(), owner));
+    }
+    let released = shared.registry.release_owner(owner);
+    tracing::debug!(%remote, owner, released, "connection closed");
+}
+
+/// What a request is answered with: a response frame and raw payload pieces.
+struct Reply {
+    response: RegistryResponse,
+    payload: Vec<Bytes>,
+}
+
+impl Reply {
+    fn new(response: RegistryResponse) -> Self {
+        Reply {
+            response,
+            payload: Vec::new(),
+        }
+    }
+
+    fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Reply::new(RegistryResponse::Error(RemoteError::new(code, message)))
+    }
+}
+
+impl From<RegistryError> for Reply {
+    fn from(e: RegistryError) -> Self {
+        if matches!(e, RegistryError::Store(_) | RegistryError::Internal(_)) {
+            tracing::error!(error = %e, "request failed");
+        }
+        Reply::new(RegistryResponse::Error(e.to_remote()))
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    owner: u64,
+) {
+    let cfg = &shared.config;
+    let request = timed(
+        cfg.request_timeout,
+        read_frame::<RegistryRequest>(&mut recv, cfg.max_frame),
+    )
+    .await;
+    let reply = match request {
+        Ok(req) => match dispatch(req, &mut recv, &shared, owner).await {
+            Some(reply) => reply,
+            None => return,
+        },
+        Err(NetError::Frame(e)) => {
+            let code = match e {
+                FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+                FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                _ => ErrorCode::Malformed,
+            };
+            Reply::error(code, format!("bad request: {e}"))
+        }
+        Err(NetError::Timeout(d)) => Reply::error(
+            ErrorCode::Timeout,
+            format!("the request did not arrive within {d:?}"),
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "stream ended before a request arrived");
+            return;
+        }
+    };
+    if matches!(reply.response, RegistryResponse::Error(_)) {
+        // Refuse whatever payload is still on its way.
+        let _ = recv.stop(quinn::VarInt::from_u32(1));
+    }
+    let bytes: u64 = reply.payload.iter().map(|p| p.len() as u64).sum();
+    let limit = transfer_limit(cfg.request_timeout, bytes, cfg.min_transfer_rate);
+    let sent = timed(limit, async {
+        write_frame(&mut send, &reply.response).await?;
+        for piece in reply.payload {
+            send.write_chunk(piece).await?;
+        }
+        send.finish()?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "could not send the reply");
+    }
+}
+
+/// Run `f` on the blocking pool: stores do file IO.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(RegistryError::Internal("a request handler panicked")))
+}
+
+impl Shared {
+    /// Reserve payload memory, waiting while the budget is used up.
+    async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget_kib);
+        self.budget.clone().acquire_many_owned(kib).await.ok()
+    }
+
+    fn payload_limit(&self, bytes: u64) -> Duration {
+        transfer_limit(
+            self.config.request_timeout,
+            bytes,
+            self.config.min_transfer_rate,
+        )
+    }
+}
+
+/// Read a request's payload; `Err` is the reply to send (or `None` when the
+/// stream is gone and nobody is listening).
+async fn read_upload(
+    recv: &mut quinn::RecvStream,
+    shared: &Shared,
+    bufs: &mut [Vec<u8>],
+) -> Result<(), Option<Reply>> {
+    let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+    let read = timed(shared.payload_limit(total), async {
+        for buf in bufs.iter_mut() {
+            read_exact(recv, buf).await?;
+        }
+        Ok(())
+    });
+    match read.await {
+        Ok(()) => Ok(()),
+        Err(NetError::Truncated { .. }) => Err(Some(Reply::error(
+            ErrorCode::Malformed,
+            format!(
+                "the upload ended before its announced {total} bytes arrived; nothing was stored"
+            ),
+        ))),
+        Err(NetError::Timeout(d)) => Err(Some(Reply::error(
+            ErrorCode::Timeout,
+            format!(
+                "the upload of {total} bytes did not complete within {d:?}; nothing was stored"
+            ),
+        ))),
+        Err(e) => {
+            tracing::debug!(error = %e, "upload aborted");
+            Err(None)
+        }
+    }
+}
+
+async fn dispatch(
+    req: RegistryRequest,
+    recv: &mut quinn::RecvStream,
+    shared: &Shared,
+    owner: u64,
+) -> Option<Reply> {
+    use RegistryRequest as Q;
+    use RegistryResponse as A;
+    let reg = shared.registry.clone();
+    let limits = &reg.config().limits;
+    let reply = match req {
+        Q::PutBundle { hash, len, name } => {
+            if len > limits.max_bundle {
+                return Some(
+                    RegistryError::TooLarge {
+                        what: "bundle",
+                        len,
+                        max: limits.max_bundle,
+                    }
+                    .into(),
+                );
+            }
+            let _permit = shared.reserve(len).await?;
+            let mut bufs = [vec![0u8; usize::try_from(len).ok()?]];
+            if let Err(reply) = read_upload(recv, shared, &mut bufs).await {
+                return reply;
+            }
+            let [bytes] = bufs;
+            blocking(move || reg.put_bundle(hash, &bytes, name.as_ref()))
+                .await
+                .map(|s| Reply::new(A::BundleStored(s)))
+        }
+        Q::GetBundle { bundle } => {
+            blocking(move || reg.bundle(&bundle))
+                .await
+                .map(|(hash, bytes)| Reply {
+                    response: A::Bundle {
+                        hash,
+                        len: bytes.len() as u64,
+                    },
+                    payload: vec![Bytes::from(bytes)],
+                })
+        }
+        Q::ListBundles => Ok(Reply::new(A::Bundles(reg.list_bundles()))),
+        Q::CanStore { hashes } => Ok(Reply::new(A::Leases(reg.can_store(
+            owner,
+            &hashes,
+            Instant::now(),
+        )))),
+        Q::PutChunks { chunks } => {
+            if let Err(e) = reg.check_chunk_count(chunks.len()) {
+                return Some(e.into());
+            }
+            let max = limits.max_chunk;
+            if let Some(c) = chunks.iter().find(|c| c.len > max) {
+                let e = RegistryError::TooLarge {
+                    what: "chunk",
+                    len: u64::from(c.len),
+                    max: u64::from(max),
+                };
+                return Some(e.into());
+            }
+            let total = chunks.iter().map(|c| u64::from(c.len)).sum();
+            let _permit = shared.reserve(total).await?;
+            let mut bufs: Vec<Vec<u8>> = chunks.iter().map(|c| vec![0u8; c.len as usize]).collect();
+            if let Err(reply) = read_upload(recv, shared, &mut bufs).await {
+                return reply;
+            }
+            blocking(move || {
+                let items: Vec<_> = chunks
+                    .iter()
+                    .zip(&bufs)
+                    .map(|(c, b)| (c.hash, b.as_slice()))
+                    .collect();
+                reg.put_chunks(&items, Instant::now())
+            })
+            .await
+            .map(|r| Reply::new(A::ChunksStored(r)))
+        }
+        Q::GetChunks { hashes } => {
+            blocking(move || reg.chunks(&hashes))
+                .await
+                .map(|chunks| Reply {
+                    response: A::Chunks {
+                        lens: chunks.iter().map(|c| c.len() as u32).collect(),
+                    },
+                    payload: chunks.into_iter().map(Bytes::from).collect(),
+                })
+        }
+        Q::HasPrefix { hashes } => Ok(Reply::new(A::Prefix {
+            stored: reg.has_prefix(&hashes, Instant::now()),
+        })),
+        Q::PutManifest { manifest } => blocking(move || reg.put_manifest(&manifest))
+            .await
+            .map(|s| Reply::new(A::ManifestStored(s))),
+        Q::GetManifest { task, seq } => blocking(move || reg.manifest(task, seq))
+            .await
+            .map(|m| Reply::new(A::Manifest(Box::new(m)))),
+        Q::ListManifests { task } => Ok(Reply::new(A::Manifests(reg.manifests(task)))),
+        Q::Gc => blocking(move || reg.gc(Instant::now()))
+            .await
+            .map(|r| Reply::new(A::Gc(r))),
+        Q::Stats => Ok(Reply::new(A::Stats(reg.stats(Instant::now())))),
+    };
+    Some(reply.unwrap_or_else(Reply::from))
+}

@@ -1,0 +1,440 @@
+//! `FsStore`: the embedded default backend, one file per object.
+//!
+//! ```text
+//! DATA/FORMAT                   "wmig-registry-store/1"
+//! DATA/tmp/                     writes in progress; emptied on open
+//! DATA/bundles/<blake3 hex>     a wasm module
+//! DATA/chunks/<blake3 hex>      a 64 KiB checkpoint chunk
+//! DATA/refs/names/<key>         name:tag  -> hash      (value ‖ blake3(value))
+//! DATA/refs/manifests/<key>     t-N/seq   -> manifest  (value ‖ blake3(value))
+//! ```
+//!
+//! Every write goes to `tmp/`, is fdatasynced, then renamed into place, and the
+//! target directory is fsynced once per batch: a crash (or `kill -9`) leaves
+//! either the whole object under its name or nothing but a temp file, which
+//! the next open deletes. Objects are read back whole and hashed before they
+//! are returned, so a bit flip on disk is reported, never served.
+//!
+//! One fsync per object is what limits write throughput on ordinary disks
+//! (a few ms each on this class of VM), so a batch is written by several
+//! threads at once: the filesystem's journal then commits many objects per
+//! flush. Directories are flat (ext4 and xfs index large directories), which
+//! keeps it to one directory fsync per batch.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use wmig_proto::wire::registry::ObjectCount;
+use wmig_proto::Hash;
+
+use super::{verify_all, ObjectInfo, ObjectKind, RefSpace, Store};
+use crate::error::StoreError;
+
+/// The on-disk format this build reads and writes.
+pub const STORE_FORMAT: &str = "wmig-registry-store/1";
+
+#[derive(Clone, Copy)]
+struct Entry {
+    len: u64,
+    stored_at: SystemTime,
+}
+
+type Index = RwLock<HashMap<Hash, Entry>>;
+
+pub struct FsStore {
+    root: PathBuf,
+    bundles: Index,
+    chunks: Index,
+    /// Threads that write (and fsync) one batch in parallel.
+    write_threads: usize,
+    /// Makes temp file names unique within this process.
+    seq: AtomicU64,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FsStore {
+    /// Open (or create) a store under `root`: check its format, delete
+    /// leftover temp files, and index every object.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
+        let format_path = root.join("FORMAT");
+        match fs::read_to_string(&format_path) {
+            Ok(found) if found.trim() == STORE_FORMAT => {}
+            Ok(found) => {
+                return Err(StoreError::UnknownFormat {
+                    path: root,
+                    found: found.trim().chars().take(64).collect(),
+                    supported: STORE_FORMAT,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let foreign = fs::read_dir(&root)
+                    .map_err(StoreError::io(&root))?
+                    .filter_map(Result::ok)
+                    .any(|e| !is_store_entry(&e.file_name().to_string_lossy()));
+                if foreign {
+                    return Err(StoreError::UnknownFormat {
+                        path: root,
+                        found: "no FORMAT file, and other files present".into(),
+                        supported: STORE_FORMAT,
+                    });
+                }
+            }
+            Err(e) => return Err(StoreError::io(&format_path)(e)),
+        }
+        for dir in ["tmp", "bundles", "chunks", "refs/names", "refs/manifests"] {
+            fs::create_dir_all(root.join(dir)).map_err(StoreError::io(root.join(dir)))?;
+        }
+        let store = FsStore {
+            bundles: RwLock::new(HashMap::new()),
+            chunks: RwLock::new(HashMap::new()),
+            write_threads: 16,
+            seq: AtomicU64::new(0),
+            root,
+        };
+        if !format_path.exists() {
+            store.write_file(&format_path, format!("{STORE_FORMAT}\n").as_bytes())?;
+        }
+        store.clear_tmp()?;
+        for kind in [ObjectKind::Bundle, ObjectKind::Chunk] {
+            let index = store.scan(kind)?;
+            *write(store.index(kind)) = index;
+        }
+        Ok(store)
+    }
+
+    /// How many threads write one batch (default 16).
+    pub fn with_write_threads(mut self, n: usize) -> Self {
+        self.write_threads = n.max(1);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn index(&self, kind: ObjectKind) -> &Index {
+        match kind {
+            ObjectKind::Bundle => &self.bundles,
+            ObjectKind::Chunk => &self.chunks,
+        }
+    }
+
+    fn object_path(&self, kind: ObjectKind, hash: &Hash) -> PathBuf {
+        self.root.join(kind.dir_name()).join(hash.to_hex())
+    }
+
+    fn ref_path(&self, space: RefSpace, key: &str) -> PathBuf {
+        self.root
+            .join("refs")
+            .join(space.dir_name())
+            .join(escape(key))
+    }
+
+    fn clear_tmp(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(StoreError::io(&tmp))? {
+            let entry = entry.map_err(StoreError::io(&tmp))?;
+            let path = entry.path();
+            fs::remove_file(&path).map_err(StoreError::io(&path))?;
+        }
+        Ok(())
+    }
+
+    fn scan(&self, kind: ObjectKind) -> Result<HashMap<Hash, Entry>, StoreError> {
+        let dir = self.root.join(kind.dir_name());
+        let mut index = HashMap::new();
+        for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let Ok(hash) = entry.file_name().to_string_lossy().parse::<Hash>() else {
+                tracing::warn!(path = %entry.path().display(), "ignoring a file that is not named by a hash");
+                continue;
+            };
+            let meta = entry.metadata().map_err(StoreError::io(entry.path()))?;
+            let stored_at = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            index.insert(
+                hash,
+                Entry {
+                    len: meta.len(),
+                    stored_at,
+                },
+            );
+        }
+        Ok(index)
+    }
+
+    /// Write `bytes` to a temp file, fdatasync, rename to `path`. The caller
+    /// fsyncs `path`'s directory.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{n}", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(StoreError::io(&tmp))?;
+            f.write_all(bytes).map_err(StoreError::io(&tmp))?;
+            f.sync_data().map_err(StoreError::io(&tmp))?;
+            fs::rename(&tmp, path).map_err(StoreError::io(path))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(StoreError::io(dir))
+    }
+}
+
+fn is_store_entry(name: &str) -> bool {
+    matches!(name, "FORMAT" | "tmp" | "bundles" | "chunks" | "refs")
+}
+
+impl Store for FsStore {
+    fn put_objects(
+        &self,
+        kind: ObjectKind,
+        items: &[(Hash, &[u8])],
+    ) -> Result<Vec<bool>, StoreError> {
+        verify_all(items)?;
+        let todo: Vec<usize> = {
+            let index = read(self.index(kind));
+            let mut seen = HashSet::new();
+            (0..items.len())
+                .filter(|&i| !index.contains_key(&items[i].0) && seen.insert(items[i].0))
+                .collect()
+        };
+        let write_one = |i: usize| -> Result<(), StoreError> {
+            let (hash, bytes) = items[i];
+            self.write_file(&self.object_path(kind, &hash), bytes)
+        };
+        let threads = self.write_threads.min(todo.len());
+        let results: Vec<(usize, Result<(), StoreError>)> = if threads <= 1 {
+            todo.iter().map(|&i| (i, write_one(i))).collect()
+        } else {
+            let per = todo.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = todo
+                    .chunks(per)
+                    .map(|part| {
+                        s.spawn(|| part.iter().map(|&i| (i, write_one(i))).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        // A writer thread that panicked returns no results for its items.
+        let all_reported = results.len() == todo.len();
+        let mut fresh = vec![false; items.len()];
+        let mut first_err = None;
+        let now = SystemTime::now();
+        let mut written = Vec::new();
+        for (i, r) in results {
+            match r {
+                Ok(()) => {
+                    fresh[i] = true;
+                    written.push(i);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if !all_reported && first_err.is_none() {
+            first_err = Some(StoreError::Io {
+                path: self.root.join("tmp"),
+                source: std::io::Error::other("a writer thread failed"),
+            });
+        }
+        if !written.is_empty() {
+            self.sync_dir(&self.root.join(kind.dir_name()))?;
+            let mut index = write(self.index(kind));
+            for i in written {
+                let (hash, bytes) = items[i];
+                index.insert(
+                    hash,
+                    Entry {
+                        len: bytes.len() as u64,
+                        stored_at: now,
+                    },
+                );
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(fresh),
+        }
+    }
+
+    fn object(&self, kind: ObjectKind, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        let path = self.object_path(kind, hash);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                write(self.index(kind)).remove(hash);
+                return Err(StoreError::NotFound(*hash));
+            }
+            Err(e) => return Err(StoreError::io(path)(e)),
+        };
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(StoreError::Corrupt {
+                hash: *hash,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn contains_many(&self, kind: ObjectKind, hashes: &[Hash]) -> Vec<bool> {
+        let index = read(self.index(kind));
+        hashes.iter().map(|h| index.contains_key(h)).collect()
+    }
+
+    fn delete_object(&self, kind: ObjectKind, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        let Some(entry) = write(self.index(kind)).remove(hash) else {
+            return Ok(None);
+        };
+        let path = self.object_path(kind, hash);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(Some(entry.len)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                write(self.index(kind)).insert(*hash, entry);
+                Err(StoreError::io(path)(e))
+            }
+        }
+    }
+
+    fn objects(&self, kind: ObjectKind) -> Vec<ObjectInfo> {
+        read(self.index(kind))
+            .iter()
+            .map(|(h, e)| ObjectInfo {
+                hash: *h,
+                len: e.len,
+                stored_at: e.stored_at,
+            })
+            .collect()
+    }
+
+    fn count(&self, kind: ObjectKind) -> ObjectCount {
+        let index = read(self.index(kind));
+        ObjectCount {
+            count: index.len() as u64,
+            bytes: index.values().map(|e| e.len).sum(),
+        }
+    }
+
+    fn put_ref(&self, space: RefSpace, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut body = Vec::with_capacity(value.len() + 32);
+        body.extend_from_slice(value);
+        body.extend_from_slice(Hash::of(value).as_bytes());
+        let path = self.ref_path(space, key);
+        self.write_file(&path, &body)?;
+        self.sync_dir(path.parent().unwrap_or(&self.root))
+    }
+
+    fn get_ref(&self, space: RefSpace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.ref_path(space, key);
+        let mut body = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(path)(e)),
+        };
+        let corrupt = || StoreError::CorruptRef {
+            key: key.to_owned(),
+        };
+        let split = body.len().checked_sub(32).ok_or_else(corrupt)?;
+        let (value, trailer) = body.split_at(split);
+        if Hash::of(value).as_bytes().as_slice() != trailer {
+            return Err(corrupt());
+        }
+        body.truncate(split);
+        Ok(Some(body))
+    }
+
+    fn delete_ref(&self, space: RefSpace, key: &str) -> Result<bool, StoreError> {
+        let path = self.ref_path(space, key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io(path)(e)),
+        }
+    }
+
+    fn refs(&self, space: RefSpace) -> Result<Vec<(String, u64)>, StoreError> {
+        let dir = self.root.join("refs").join(space.dir_name());
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let Some(key) = unescape(&entry.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let len = entry
+                .metadata()
+                .map_err(StoreError::io(entry.path()))?
+                .len();
+            out.push((key, len.saturating_sub(32)));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// A record key as a file name: bytes outside `[A-Za-z0-9_-]` (and a `.`
+/// that would start the name) become `%XX`, so no key can name another
+/// directory or a hidden file.
+fn escape(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 8);
+    for (i, b) in key.bytes().enumerate() {
+        let safe = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if safe {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn unescape(name: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut bytes = name.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;
