@@ -115,6 +115,11 @@ impl RegistryClient {
         &self.inner.config
     }
 
+    /// Transport counters of the connection (RTT, path MTU, bytes, losses).
+    pub fn transport_stats(&self) -> quinn::ConnectionStats {
+        self.inner.conn.stats()
+    }
+
     /// Send one request with its payload; return the (non-error) response
     /// and the stream to read a response payload from.
     async fn call(

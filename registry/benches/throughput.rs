@@ -1,0 +1,257 @@
+//! Registry benchmark: chunk upload throughput over loopback QUIC (mutual
+//! TLS, real server, real store) and the `can_store` rate for batches of
+//! 1,000 hashes. Prints a table: metric, result, goal, ratio to goal.
+//!
+//! `cargo bench -p wmig-registry`; `WMIG_BENCH_MIB` changes the upload size
+//! (default 256), `WMIG_BENCH_DIR` where the file store lives (default: the
+//! system temp dir).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wmig_net::{ClusterCa, OPERATOR};
+use wmig_proto::checkpoint::CHUNK_SIZE;
+use wmig_proto::Hash;
+use wmig_registry::{
+    ClientConfig, FsStore, MemStore, Registry, RegistryClient, RegistryConfig, ServerConfig, Store,
+};
+
+struct Row {
+    metric: String,
+    result: f64,
+    unit: &'static str,
+    goal: Option<f64>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    ca: ClusterCa,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    udp: Option<u16>,
+}
+
+async fn serve(
+    store: Arc<dyn Store>,
+    udp: Option<u16>,
+) -> Result<Server, Box<dyn std::error::Error>> {
+    let registry = Arc::new(Registry::open(store, RegistryConfig::default())?);
+    let ca = ClusterCa::generate()?;
+    let mut config = ServerConfig::default();
+    tune(&mut config.endpoint, udp);
+    let endpoint = wmig_net::server_endpoint(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &ca.credentials("registry")?,
+        &config.endpoint,
+    )?;
+    let addr = endpoint.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(wmig_registry::run(endpoint, registry, config, async move {
+        let _ = stopped.await;
+    }));
+    Ok(Server {
+        addr,
+        ca,
+        stop,
+        task,
+        udp,
+    })
+}
+
+impl Server {
+    async fn client(&self) -> Result<RegistryClient, Box<dyn std::error::Error>> {
+        let creds = self.ca.credentials(OPERATOR)?;
+        let mut config = ClientConfig::default();
+        tune(&mut config.endpoint, self.udp);
+        if let Some(n) = env("WMIG_BENCH_CPR") {
+            config.chunks_per_request = n;
+        }
+        if let Some(n) = env("WMIG_BENCH_PAR") {
+            config.parallel_requests = n;
+        }
+        Ok(RegistryClient::connect(self.addr, &creds, config).await?)
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn env(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// Transport settings: `udp` overrides the maximum UDP payload; the
+/// environment can override more for experiments (WMIG_BENCH_STREAMS).
+fn tune(e: &mut wmig_net::EndpointConfig, udp: Option<u16>) {
+    if let Some(n) = udp {
+        e.max_udp_payload = n;
+    }
+    if let Some(n) = env("WMIG_BENCH_STREAMS") {
+        e.max_streams = n as u32;
+    }
+}
+
+/// `n` distinct pseudo-random chunks with their hashes.
+fn chunks(n: usize, seed: u64) -> Vec<(Hash, Bytes)> {
+    (0..n)
+        .map(|i| {
+            let mut x = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut c = vec![0u8; CHUNK_SIZE];
+            for word in c.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                word.copy_from_slice(&x.to_le_bytes());
+            }
+            (Hash::of(&c), Bytes::from(c))
+        })
+        .collect()
+}
+
+async fn upload(
+    store: Arc<dyn Store>,
+    mib: usize,
+    udp: Option<u16>,
+    label: &str,
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, mib as u64);
+    let server = serve(store, udp).await?;
+    let client = server.client().await?;
+    // Warm up the connection (congestion window, MTU discovery).
+    client.put_chunks(chunks(64, 1 << 40)).await?;
+    let start = Instant::now();
+    let report = client.put_chunks(data).await?;
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(report.written as usize, mib * 1024 * 1024 / CHUNK_SIZE);
+    let s = client.transport_stats();
+    eprintln!(
+        "{label}: {secs:.2} s; path MTU {}, {} datagrams in {} sends, {} lost",
+        s.path.current_mtu, s.udp_tx.datagrams, s.udp_tx.ios, s.path.lost_packets
+    );
+    client.close().await;
+    server.shutdown().await;
+    Ok(Row {
+        metric: format!("upload {mib} MiB of chunks, {label}"),
+        result: (mib * 1024 * 1024) as f64 / secs / 1e9,
+        unit: "GB/s",
+        goal: Some(1.0),
+    })
+}
+
+async fn can_store_rate(concurrency: usize) -> Result<Row, Box<dyn std::error::Error>> {
+    let server = serve(Arc::new(MemStore::new()), None).await?;
+    let client = server.client().await?;
+    let batch = |round: u64| -> Vec<Hash> {
+        (0..1000u64)
+            .map(|i| {
+                let mut h = [0u8; 32];
+                h[..8].copy_from_slice(&round.to_le_bytes());
+                h[8..16].copy_from_slice(&i.to_le_bytes());
+                Hash(h)
+            })
+            .collect()
+    };
+    client.can_store(&batch(u64::MAX)).await?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..concurrency as u64 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            let mut round = t << 32;
+            while Instant::now() < deadline {
+                client.can_store(&batch(round)).await?;
+                round += 1;
+                done += 1000;
+            }
+            Ok::<u64, wmig_registry::ClientError>(done)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    client.close().await;
+    server.shutdown().await;
+    Ok(Row {
+        metric: format!("can_store, 1,000 new hashes per request, {concurrency} in flight"),
+        result: total as f64 / secs / 1e6,
+        unit: "M hashes/s",
+        goal: Some(1.0),
+    })
+}
+
+/// The same call without QUIC: what the lease table and index cost.
+fn can_store_in_process() -> Row {
+    let registry = match Registry::open(Arc::new(MemStore::new()), RegistryConfig::default()) {
+        Ok(r) => r,
+        Err(e) => panic!("open: {e}"),
+    };
+    let hashes: Vec<Hash> = (0..1_000_000u64)
+        .map(|i| Hash::of(&i.to_le_bytes()))
+        .collect();
+    let now = Instant::now();
+    let start = Instant::now();
+    for batch in hashes.chunks(1000) {
+        registry.can_store(1, batch, now);
+    }
+    Row {
+        metric: "can_store in process (no network), 1,000 per call".into(),
+        result: 1e6 / start.elapsed().as_secs_f64() / 1e6,
+        unit: "M hashes/s",
+        goal: None,
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    std::env::var_os("WMIG_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mib: usize = std::env::var("WMIG_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        let mem = || Arc::new(MemStore::new());
+        rows.push(upload(mem(), mib, None, "memory store").await?);
+        rows.push(upload(mem(), mib, Some(3000), "memory store, 3000 B UDP").await?);
+        if std::env::var_os("WMIG_BENCH_ONLY_MEM").is_some() {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir_in(bench_dir())?;
+        let store = Arc::new(FsStore::open(dir.path())?);
+        rows.push(upload(store, mib, None, "file store (fsync each)").await?);
+        rows.push(can_store_rate(4).await?);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    rows.push(can_store_in_process());
+    println!(
+        "\n{:<62} {:>16} {:>14} {:>8}",
+        "metric", "result", "goal", "ratio"
+    );
+    for r in &rows {
+        let goal = r
+            .goal
+            .map_or("-".to_owned(), |g| format!("{g:.2} {}", r.unit));
+        let ratio = r
+            .goal
+            .map_or("-".to_owned(), |g| format!("{:.2}", r.result / g));
+        println!(
+            "{:<62} {:>10.3} {:<5} {:>14} {:>8}",
+            r.metric, r.result, r.unit, goal, ratio
+        );
+    }
+    Ok(())
+}
