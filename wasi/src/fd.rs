@@ -1,0 +1,427 @@
+//! The `fd_*` calls that read, write and describe an open descriptor.
+//!
+//! All file IO is positional (`read_at`/`write_at`) against an offset wmig
+//! keeps in the table, so a snapshot knows every position without a syscall
+//! and a restored file continues exactly where it was. As in wasmtime-wasi,
+//! one call transfers at most the first non-empty iovec (guests loop on short
+//! transfers), and append-mode writes go to the current end of file.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use crate::errno::{Errno, WasiResult};
+use crate::memory::GuestMemory;
+use crate::stat::{self, filetype, Filestat};
+use crate::table::{fdflags, rights, Desc};
+use crate::WasiCtx;
+
+const WHENCE_SET: u32 = 0;
+const WHENCE_CUR: u32 = 1;
+const WHENCE_END: u32 = 2;
+const ADVICE_MAX: u32 = 5;
+
+/// Write at end of file regardless of other writers' positions: flip the
+/// open file description to `O_APPEND` for one `write(2)`, as wasmtime-wasi
+/// does where `pwritev2(RWF_APPEND)` is unavailable.
+fn append_write(file: &std::fs::File, data: &[u8]) -> std::io::Result<usize> {
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` stays open for the duration (borrowed from `file`);
+    // F_GETFL/F_SETFL only read and set status flags.
+    let old = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if old < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, old | libc::O_APPEND) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let result = (&*file).write(data);
+    // SAFETY: as above; restores the flags read before.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, old) };
+    result
+}
+
+/// Where an `fd_write`/`fd_pwrite` goes.
+#[derive(Clone, Copy)]
+enum WriteAt {
+    Cursor,
+    Offset(u64),
+}
+
+impl WasiCtx {
+    pub(crate) fn fd_read(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        iovs: u32,
+        n: u32,
+        out: u32,
+    ) -> WasiResult {
+        let iov = mem.first_nonempty_iovec(iovs, n)?;
+        mem.check(out, 4)?;
+        let buf = mem.slice_mut(iov.ptr, iov.len)?;
+        let nread = match self.table.get(fd)? {
+            Desc::File(_) => {
+                let f = self.table.file_mut(fd)?;
+                let nread = f.file.read_at(buf, f.offset)?;
+                f.offset = f.offset.checked_add(nread as u64).ok_or(Errno::OVERFLOW)?;
+                nread
+            }
+            Desc::Stdin => {
+                let nread = self.stdin.read(buf)?;
+                self.stdin_offset += nread as u64;
+                nread
+            }
+            _ => return Err(Errno::BADF),
+        };
+        mem.write_u32(out, u32::try_from(nread)?)
+    }
+
+    pub(crate) fn fd_pread(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        iovs: u32,
+        n: u32,
+        offset: u64,
+        out: u32,
+    ) -> WasiResult {
+        let iov = mem.first_nonempty_iovec(iovs, n)?;
+        mem.check(out, 4)?;
+        let buf = mem.slice_mut(iov.ptr, iov.len)?;
+        let nread = match self.table.get(fd)? {
+            Desc::File(f) => f.file.read_at(buf, offset)?,
+            Desc::Stdin => return Err(Errno::SPIPE),
+            _ => return Err(Errno::BADF),
+        };
+        mem.write_u32(out, u32::try_from(nread)?)
+    }
+
+    pub(crate) fn fd_write(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        iovs: u32,
+        n: u32,
+        out: u32,
+    ) -> WasiResult {
+        self.write_impl(mem, fd, iovs, n, WriteAt::Cursor, out)
+    }
+
+    pub(crate) fn fd_pwrite(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        iovs: u32,
+        n: u32,
+        offset: u64,
+        out: u32,
+    ) -> WasiResult {
+        self.write_impl(mem, fd, iovs, n, WriteAt::Offset(offset), out)
+    }
+
+    fn write_impl(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        iovs: u32,
+        n: u32,
+        at: WriteAt,
+        out: u32,
+    ) -> WasiResult {
+        let iov = mem.first_nonempty_iovec(iovs, n)?;
+        mem.check(out, 4)?;
+        let data = mem.slice(iov.ptr, iov.len)?;
+        let written = match self.table.get(fd)? {
+            Desc::File(_) => {
+                let f = self.table.file_mut(fd)?;
+                // Linux pwrite semantics: append mode ignores the offset.
+                let written = match (f.append, at) {
+                    (true, _) => append_write(&f.file, data)?,
+                    (false, WriteAt::Offset(pos)) => f.file.write_at(data, pos)?,
+                    (false, WriteAt::Cursor) => f.file.write_at(data, f.offset)?,
+                };
+                if let WriteAt::Cursor = at {
+                    f.offset = if f.append {
+                        f.file.metadata()?.len()
+                    } else {
+                        f.offset
+                            .checked_add(written as u64)
+                            .ok_or(Errno::OVERFLOW)?
+                    };
+                }
+                written
+            }
+            Desc::Stdout | Desc::Stderr if matches!(at, WriteAt::Offset(_)) => {
+                return Err(Errno::SPIPE);
+            }
+            Desc::Stdout => {
+                self.stdout.write(data)?;
+                self.stdout_offset += data.len() as u64;
+                data.len()
+            }
+            Desc::Stderr => {
+                self.stderr.write(data)?;
+                self.stderr_offset += data.len() as u64;
+                data.len()
+            }
+            _ => return Err(Errno::BADF),
+        };
+        mem.write_u32(out, u32::try_from(written)?)
+    }
+
+    pub(crate) fn fd_seek(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        delta: i64,
+        whence: u32,
+        out: u32,
+    ) -> WasiResult {
+        if whence > WHENCE_END {
+            return Err(Errno::INVAL);
+        }
+        mem.check(out, 8)?;
+        let f = self.table.seekable(fd)?;
+        let pos = match whence {
+            WHENCE_SET => u64::try_from(delta).map_err(|_| Errno::INVAL)?,
+            WHENCE_CUR => f.offset.checked_add_signed(delta).ok_or(Errno::INVAL)?,
+            _ => {
+                let size = f.file.metadata()?.len();
+                size.checked_add_signed(delta).ok_or(Errno::INVAL)?
+            }
+        };
+        f.offset = pos;
+        mem.write_u64(out, pos)
+    }
+
+    pub(crate) fn fd_tell(&mut self, mem: &mut GuestMemory<'_>, fd: u32, out: u32) -> WasiResult {
+        mem.check(out, 8)?;
+        let pos = self.table.seekable(fd)?.offset;
+        mem.write_u64(out, pos)
+    }
+
+    pub(crate) fn fd_close(&mut self, fd: u32) -> WasiResult {
+        self.table.remove(fd).map(drop)
+    }
+
+    pub(crate) fn fd_renumber(&mut self, from: u32, to: u32) -> WasiResult {
+        self.table.renumber(from, to)
+    }
+
+    pub(crate) fn fd_advise(&mut self, fd: u32, offset: u64, len: u64, advice: u32) -> WasiResult {
+        if advice > ADVICE_MAX {
+            return Err(Errno::INVAL);
+        }
+        let file = &self.table.file(fd)?.file;
+        advise(file, offset, len, advice)
+    }
+
+    pub(crate) fn fd_allocate(&mut self, fd: u32) -> WasiResult {
+        self.table.file(fd)?;
+        Err(Errno::NOTSUP)
+    }
+
+    pub(crate) fn fd_datasync(&mut self, fd: u32) -> WasiResult {
+        Ok(self.table.file(fd)?.file.sync_data()?)
+    }
+
+    pub(crate) fn fd_sync(&mut self, fd: u32) -> WasiResult {
+        Ok(self.table.file(fd)?.file.sync_all()?)
+    }
+
+    pub(crate) fn fd_fdstat_get(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        out: u32,
+    ) -> WasiResult {
+        mem.check(out, 24)?;
+        let (ftype, flags, base, inheriting) = match self.table.get(fd)? {
+            Desc::Stdin => (filetype::UNKNOWN, 0, rights::FD_READ, rights::FD_READ),
+            Desc::Stdout | Desc::Stderr => {
+                let tty = match self.table.get(fd)? {
+                    Desc::Stdout => self.stdout.is_terminal(),
+                    _ => self.stderr.is_terminal(),
+                };
+                let ftype = if tty {
+                    filetype::CHARACTER_DEVICE
+                } else {
+                    filetype::UNKNOWN
+                };
+                (ftype, 0, rights::FD_WRITE, rights::FD_WRITE)
+            }
+            Desc::Dir(d) if d.is_preopen => {
+                (filetype::DIRECTORY, 0, d.rights_base, d.rights_inheriting)
+            }
+            Desc::Dir(_) => {
+                // wasmtime: all rights but seeking/sizing, and no FD_WRITE
+                // since directories never carry the WRITE flag.
+                let r = rights::ALL
+                    & !(rights::FD_SEEK
+                        | rights::FD_FILESTAT_SET_SIZE
+                        | rights::PATH_FILESTAT_SET_SIZE
+                        | rights::FD_WRITE);
+                (filetype::DIRECTORY, 0, r, r)
+            }
+            Desc::File(f) => {
+                let ftype = stat::filetype_of(f.file.metadata()?.file_type());
+                let mut r = rights::ALL;
+                if ftype == filetype::DIRECTORY {
+                    r &= !(rights::FD_SEEK
+                        | rights::FD_FILESTAT_SET_SIZE
+                        | rights::PATH_FILESTAT_SET_SIZE);
+                }
+                if !f.read {
+                    r &= !(rights::FD_READ | rights::FD_READDIR);
+                }
+                if !f.write {
+                    r &= !rights::FD_WRITE;
+                }
+                (ftype, f.fdflags(), r, r)
+            }
+        };
+        let mut buf = [0u8; 24];
+        buf[0] = ftype;
+        buf[2..4].copy_from_slice(&flags.to_le_bytes());
+        buf[8..16].copy_from_slice(&base.to_le_bytes());
+        buf[16..24].copy_from_slice(&inheriting.to_le_bytes());
+        mem.write(out, &buf)
+    }
+
+    pub(crate) fn fd_fdstat_set_flags(&mut self, fd: u32, flags: u32) -> WasiResult {
+        let flags = u16::try_from(flags).map_err(|_| Errno::INVAL)?;
+        if flags & !fdflags::ALL != 0 {
+            return Err(Errno::INVAL);
+        }
+        let f = self.table.file_mut(fd)?;
+        // Only APPEND and NONBLOCK can change, as in wasmtime-wasi.
+        if flags & (fdflags::DSYNC | fdflags::SYNC | fdflags::RSYNC) != 0 {
+            return Err(Errno::INVAL);
+        }
+        f.append = flags & fdflags::APPEND != 0;
+        f.nonblock = flags & fdflags::NONBLOCK != 0;
+        Ok(())
+    }
+
+    pub(crate) fn fd_fdstat_set_rights(
+        &mut self,
+        fd: u32,
+        base: u64,
+        inheriting: u64,
+    ) -> WasiResult {
+        if (base | inheriting) & !rights::ALL != 0 {
+            return Err(Errno::INVAL);
+        }
+        self.table.handle(fd)?;
+        Err(Errno::NOTSUP)
+    }
+
+    pub(crate) fn fd_filestat_get(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        out: u32,
+    ) -> WasiResult {
+        mem.check(out, stat::FILESTAT_SIZE)?;
+        let st = match self.table.get(fd)? {
+            Desc::Stdin => Filestat::of_type(filetype::UNKNOWN),
+            Desc::Stdout | Desc::Stderr => {
+                let tty = match self.table.get(fd)? {
+                    Desc::Stdout => self.stdout.is_terminal(),
+                    _ => self.stderr.is_terminal(),
+                };
+                Filestat::of_type(if tty {
+                    filetype::CHARACTER_DEVICE
+                } else {
+                    filetype::UNKNOWN
+                })
+            }
+            Desc::File(f) => Filestat::from_meta(&f.file.metadata()?),
+            Desc::Dir(d) => Filestat::from_meta(&d.handle.metadata()?),
+        };
+        st.write(mem, out)
+    }
+
+    pub(crate) fn fd_filestat_set_size(&mut self, fd: u32, size: u64) -> WasiResult {
+        Ok(self.table.file(fd)?.file.set_len(size)?)
+    }
+
+    pub(crate) fn fd_filestat_set_times(
+        &mut self,
+        fd: u32,
+        atim: u64,
+        mtim: u64,
+        fst: u32,
+    ) -> WasiResult {
+        let fst = u16::try_from(fst).map_err(|_| Errno::INVAL)?;
+        let times = stat::timespecs(atim, mtim, fst)?;
+        stat::set_times_fd(self.table.handle(fd)?, &times)
+    }
+
+    pub(crate) fn fd_prestat_get(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        out: u32,
+    ) -> WasiResult {
+        mem.check(out, 8)?;
+        let name_len = match self.table.get(fd)? {
+            Desc::Dir(d) if d.is_preopen => self.preopen_guest(d.preopen)?.len(),
+            _ => return Err(Errno::BADF),
+        };
+        mem.write(out, &[0; 4])?; // tag 0: a directory
+        mem.write_u32(out + 4, u32::try_from(name_len)?)
+    }
+
+    pub(crate) fn fd_prestat_dir_name(
+        &mut self,
+        mem: &mut GuestMemory<'_>,
+        fd: u32,
+        ptr: u32,
+        len: u32,
+    ) -> WasiResult {
+        let name = match self.table.get(fd)? {
+            Desc::Dir(d) if d.is_preopen => self.preopen_guest(d.preopen)?,
+            _ => return Err(Errno::NOTDIR),
+        };
+        if name.len() > len as usize {
+            return Err(Errno::NAMETOOLONG);
+        }
+        mem.write(ptr, name.as_bytes())
+    }
+
+    fn preopen_guest(&self, index: u32) -> WasiResult<&str> {
+        self.preopens
+            .get(index as usize)
+            .map(|p| p.guest.as_str())
+            .ok_or(Errno::BADF)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn advise(file: &std::fs::File, offset: u64, len: u64, advice: u32) -> WasiResult {
+    let advice = match advice {
+        0 => libc::POSIX_FADV_NORMAL,
+        1 => libc::POSIX_FADV_SEQUENTIAL,
+        2 => libc::POSIX_FADV_RANDOM,
+        3 => libc::POSIX_FADV_WILLNEED,
+        4 => libc::POSIX_FADV_DONTNEED,
+        _ => libc::POSIX_FADV_NOREUSE,
+    };
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno::INVAL)?;
+    let len = libc::off_t::try_from(len).map_err(|_| Errno::INVAL)?;
+    // SAFETY: the fd is open for the call's duration (borrowed from `file`).
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, advice) };
+    if rc != 0 {
+        return Err(Errno::from(std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
+/// Advice is only a hint; other hosts ignore it, as wasmtime-wasi does on macOS.
+#[cfg(not(target_os = "linux"))]
+fn advise(_file: &std::fs::File, _offset: u64, _len: u64, _advice: u32) -> WasiResult {
+    Ok(())
+}
