@@ -27,7 +27,6 @@
 //! benchmark). A single-file B-tree would batch better but rewrite pages
 //! for data that never changes.
 
-mod batch;
 pub mod client;
 pub mod config;
 pub mod error;

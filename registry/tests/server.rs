@@ -1,126 +1,20 @@
-//! A real registry server on 127.0.0.1 port 0 with real clients: round trips,
-//! concurrent dedup with leases, lease expiry, and every kind of bad input.
+//! A real registry server on 127.0.0.1 port 0 with real clients: round
+//! trips, concurrent dedup with leases, lease expiry, batched uploads,
+//! manifests with retention, and garbage collection.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Barrier};
-use wmig_net::stream::{read_frame, write_frame};
-use wmig_net::{ClusterCa, EndpointConfig, OPERATOR};
-use wmig_proto::checkpoint::{Counters, Manifest, MemoryImage, CHUNK_SIZE};
-use wmig_proto::frame::{self, PROTOCOL_VERSION};
-use wmig_proto::wasi::WasiSnapshot;
-use wmig_proto::wire::registry::{
-    BundleRef, ChunkHeader, LeaseStatus, RegistryRequest, RegistryResponse,
-};
-use wmig_proto::wire::{ErrorCode, REGISTRY_ALPN};
+use common::{chunk, manifest, remote_code, TestServer, EMPTY_WASM};
+use tokio::sync::Barrier;
+use wmig_net::OPERATOR;
+use wmig_proto::wire::registry::{BundleRef, LeaseStatus};
+use wmig_proto::wire::ErrorCode;
 use wmig_proto::{Hash, TaskId};
-use wmig_registry::{
-    ClientConfig, ClientError, FsStore, Registry, RegistryClient, RegistryConfig, ServerConfig,
-};
-
-const EMPTY_WASM: &[u8] = b"\0asm\x01\0\0\0";
-
-struct TestServer {
-    addr: SocketAddr,
-    ca: ClusterCa,
-    registry: Arc<Registry>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestServer {
-    async fn start(config: RegistryConfig) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FsStore::open(dir.path().join("data")).expect("store");
-        let registry = Arc::new(Registry::open(Arc::new(store), config).expect("registry"));
-        let ca = ClusterCa::generate().expect("ca");
-        let creds = ca.credentials("registry").expect("creds");
-        let server_config = ServerConfig::default();
-        let endpoint = wmig_net::server_endpoint(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &creds,
-            &server_config.endpoint,
-        )
-        .expect("bind");
-        let addr = endpoint.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(wmig_registry::run(
-            endpoint,
-            registry.clone(),
-            server_config,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        TestServer {
-            addr,
-            ca,
-            registry,
-            stop: Some(stop),
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    async fn client(&self, name: &str) -> RegistryClient {
-        let creds = self.ca.credentials(name).expect("creds");
-        RegistryClient::connect(self.addr, &creds, ClientConfig::default())
-            .await
-            .expect("connect")
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .expect("server stops in time")
-                .expect("server task");
-        }
-    }
-}
-
-fn chunk(i: u32) -> Bytes {
-    let mut c = vec![(i % 251) as u8; CHUNK_SIZE];
-    c[..4].copy_from_slice(&i.to_le_bytes());
-    Bytes::from(c)
-}
-
-fn manifest(task: u64, seq: u64, chunks: &[Hash]) -> Manifest {
-    Manifest {
-        module: Hash::of(EMPTY_WASM),
-        rewriter: 1,
-        instrumented: Hash::of(EMPTY_WASM),
-        task: Some(TaskId(task)),
-        seq,
-        epoch: 1,
-        memories: vec![MemoryImage {
-            name: "memory".into(),
-            byte_len: (chunks.len() * CHUNK_SIZE) as u64,
-            chunks: chunks
-                .iter()
-                .enumerate()
-                .map(|(i, h)| (i as u32, *h))
-                .collect(),
-        }],
-        globals: Vec::new(),
-        wasi: WasiSnapshot::default(),
-        counters: Counters::default(),
-    }
-}
-
-fn remote_code(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
-    match r {
-        Err(ClientError::Remote(e)) => e.code,
-        other => panic!("expected a registry error, got {other:?}"),
-    }
-}
+use wmig_registry::RegistryConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_round_trip_by_hash_and_name() {
@@ -318,137 +212,6 @@ async fn batched_chunks_manifests_prefix_and_gc() {
     assert_eq!(
         (stats.chunks.count, stats.manifests.count, stats.tasks),
         (110, 2, 1)
-    );
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_uploads_are_refused_and_store_nothing() {
-    let mut config = RegistryConfig::default();
-    config.limits.max_bundle = 1024;
-    let server = TestServer::start(config).await;
-    let client = server.client(OPERATOR).await;
-    let e = client.upload_bundle(b"#!/bin/sh\n", None).await;
-    assert_eq!(remote_code(e), ErrorCode::NotWasm);
-    let e = client
-        .upload_bundle(&vec![0u8; 4096], None)
-        .await
-        .expect_err("too big");
-    assert!(
-        e.to_string()
-            .contains("bundle of 4096 bytes exceeds the registry's limit of 1024"),
-        "{e}"
-    );
-    let unknown = BundleRef::Hash(Hash::of(b"unknown"));
-    assert_eq!(
-        remote_code(client.download_bundle(&unknown).await),
-        ErrorCode::NotFound
-    );
-    let unknown = BundleRef::Name("ghost:v9".parse().expect("name"));
-    let e = client
-        .download_bundle(&unknown)
-        .await
-        .expect_err("unknown name");
-    assert!(e.to_string().contains("no bundle named ghost:v9"), "{e}");
-    // A chunk whose bytes do not match its hash.
-    let lie = vec![(Hash::of(b"claimed"), chunk(1))];
-    let e = client.put_chunks(lie).await.expect_err("mismatch");
-    assert_eq!(e.code(), Some(ErrorCode::HashMismatch), "{e}");
-    let big = Bytes::from(vec![1u8; CHUNK_SIZE + 1]);
-    let e = client
-        .put_chunks(vec![(Hash::of(&big), big)])
-        .await
-        .expect_err("big chunk");
-    assert_eq!(e.code(), Some(ErrorCode::TooLarge), "{e}");
-    let stats = client.stats().await.expect("the connection survives");
-    assert_eq!((stats.bundles.count, stats.chunks.count), (0, 0));
-    server.stop().await;
-}
-
-/// Send raw bytes on a fresh stream and return the server's answer.
-async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> RegistryResponse {
-    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    send.write_all(bytes).await.expect("write");
-    send.finish().expect("finish");
-    read_frame(&mut recv, 1 << 20)
-        .await
-        .expect("an answer frame")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_frames_get_an_error_answer() {
-    let server = TestServer::start(RegistryConfig::default()).await;
-    let creds = server.ca.credentials(OPERATOR).expect("creds");
-    let ep = wmig_net::client_endpoint(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        &creds,
-        &EndpointConfig::new(REGISTRY_ALPN),
-    )
-    .expect("client");
-    let conn = wmig_net::connect(&ep, server.addr, "registry", Duration::from_secs(5))
-        .await
-        .expect("connect");
-    let code = |r: RegistryResponse| match r {
-        RegistryResponse::Error(e) => (e.code, e.message),
-        other => panic!("expected an error, got {other:?}"),
-    };
-    let (c, m) = code(raw_exchange(&conn, &[3, 0, 0, 0, PROTOCOL_VERSION, 0xee, 0xff]).await);
-    assert_eq!(c, ErrorCode::Malformed, "{m}");
-    let mut future = frame::encode(&RegistryRequest::Stats).expect("encode");
-    future[4] = PROTOCOL_VERSION + 1;
-    let (c, m) = code(raw_exchange(&conn, &future).await);
-    assert_eq!(c, ErrorCode::UnsupportedVersion, "{m}");
-    let (c, m) = code(raw_exchange(&conn, &[0xff, 0xff, 0xff, 0x7f]).await);
-    assert_eq!(c, ErrorCode::TooLarge, "{m}");
-    let (c, m) = code(raw_exchange(&conn, &[9, 0, 0, 0, PROTOCOL_VERSION, 1]).await);
-    assert!(c == ErrorCode::Malformed && m.contains("truncated"), "{m}");
-    // A PutChunks that promises more payload than it sends.
-    let h = Hash::of(&chunk(3));
-    let req = RegistryRequest::PutChunks {
-        chunks: vec![ChunkHeader {
-            hash: h,
-            len: CHUNK_SIZE as u32,
-        }],
-    };
-    let mut bytes = frame::encode(&req).expect("encode");
-    bytes.extend_from_slice(&[0u8; 100]);
-    let (c, m) = code(raw_exchange(&conn, &bytes).await);
-    assert!(
-        c == ErrorCode::Malformed && m.contains("nothing was stored"),
-        "{m}"
-    );
-    // The connection still serves well-formed requests.
-    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    write_frame(&mut send, &RegistryRequest::Stats)
-        .await
-        .expect("write");
-    send.finish().expect("finish");
-    let answer: RegistryResponse = read_frame(&mut recv, 1 << 20).await.expect("answer");
-    assert!(matches!(answer, RegistryResponse::Stats(s) if s.chunks.count == 0));
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_from_another_cluster_is_refused() {
-    let server = TestServer::start(RegistryConfig::default()).await;
-    let stranger = ClusterCa::generate().expect("ca");
-    let mut creds = stranger.credentials(OPERATOR).expect("creds");
-    // It even trusts the right CA; its own certificate is still foreign.
-    creds.ca = server.ca.credentials("x").expect("x").ca;
-    let outcome = async {
-        let c = RegistryClient::connect(server.addr, &creds, ClientConfig::default()).await?;
-        c.stats().await
-    }
-    .await;
-    let e = outcome.expect_err("refused");
-    assert!(e.to_string().contains("refused the TLS handshake"), "{e}");
-    assert_eq!(
-        server
-            .registry
-            .stats(std::time::Instant::now())
-            .chunks
-            .count,
-        0
     );
     server.stop().await;
 }

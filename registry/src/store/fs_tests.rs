@@ -1,5 +1,6 @@
 //! FsStore: the shared contract plus what only a disk can get wrong.
 
+use super::records::{escape, unescape};
 use super::*;
 use crate::store::contract;
 

@@ -18,7 +18,7 @@ use wmig_net::NetError;
 use wmig_proto::wire::registry::PutReport;
 use wmig_proto::Hash;
 
-use crate::client::RegistryClient;
+use super::RegistryClient;
 use crate::error::ClientError;
 
 type Pending = JoinHandle<Result<PutReport, ClientError>>;

@@ -1,0 +1,341 @@
+//! `wmig registry serve | ls | get | stats | gc`, and how every registry
+//! client command finds its registry.
+//!
+//! Lookup order for the cluster directory: `--cluster`, `WMIG_CLUSTER`,
+//! `.wmig`; for the registry address: `--registry`, `WMIG_REGISTRY`, then
+//! `registry = "..."` in the cluster's `config.toml`, which `serve` writes
+//! once it is listening.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, OPERATOR, REGISTRY_NODE};
+use wmig_proto::wire::registry::BundleRef;
+use wmig_registry::{
+    ClientConfig, FsStore, Registry, RegistryClient, RegistryConfig, ServerConfig,
+};
+
+#[derive(clap::Args)]
+pub struct RegistryCommand {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Run the registry; prints `listening on ADDR` once ready.
+    Serve(Serve),
+    /// List stored bundles with their names.
+    Ls(Target),
+    /// Download a bundle by hash or NAME[:TAG].
+    Get(Get),
+    /// Object, byte and lease counts.
+    Stats(Stats),
+    /// Delete checkpoint chunks no kept checkpoint references.
+    Gc(Target),
+}
+
+/// Where the registry is and which cluster's certificates to use.
+#[derive(clap::Args)]
+pub struct Target {
+    /// Registry address (default: the cluster's config.toml).
+    #[arg(long, env = "WMIG_REGISTRY")]
+    registry: Option<String>,
+    /// Cluster directory with the CA and the operator's certificate.
+    #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+    cluster: PathBuf,
+}
+
+impl Target {
+    /// Connect as the operator.
+    pub async fn connect(&self) -> anyhow::Result<RegistryClient> {
+        let dir = ClusterDir::new(&self.cluster);
+        let addr = match &self.registry {
+            Some(a) => a.clone(),
+            None => dir.config()?.registry.with_context(|| {
+                format!(
+                    "no registry address: pass --registry ADDR, set WMIG_REGISTRY, or start \
+                     `wmig registry serve --cluster {}`, which records it in config.toml there",
+                    self.cluster.display()
+                )
+            })?,
+        };
+        let sock: SocketAddr = tokio::net::lookup_host(&addr)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| {
+                format!("`{addr}` is not a usable registry address (want HOST:PORT)")
+            })?;
+        let creds = dir.credentials(OPERATOR)?;
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        };
+        RegistryClient::connect(sock, &creds, config)
+            .await
+            .with_context(|| format!("could not reach the registry at {addr}"))
+    }
+}
+
+#[derive(clap::Args)]
+struct Serve {
+    #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+    cluster: PathBuf,
+    /// Where objects are stored (default: CLUSTER/registry).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// How long a granted lease stays exclusive (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// Checkpoints kept per task.
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Unreferenced chunks younger than this survive garbage collection.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    gc_grace: Duration,
+    /// Collect garbage this often; 0 means only on `wmig registry gc`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    gc_interval: Duration,
+    /// Largest bundle accepted, in MiB.
+    #[arg(long, default_value_t = 256)]
+    max_bundle_mib: u64,
+}
+
+#[derive(clap::Args)]
+struct Get {
+    /// 64-hex hash or NAME[:TAG].
+    bundle: String,
+    /// Output file (`-` for stdout).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(clap::Args)]
+struct Stats {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 10m, 1h)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+impl RegistryCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let rt = runtime()?;
+        rt.block_on(async {
+            match self.command {
+                Sub::Serve(s) => s.run().await,
+                Sub::Ls(t) => ls(t).await,
+                Sub::Get(g) => get(g).await,
+                Sub::Stats(s) => stats(s).await,
+                Sub::Gc(t) => gc(t).await,
+            }
+        })?;
+        Ok(0)
+    }
+}
+
+impl Serve {
+    async fn run(self) -> anyhow::Result<()> {
+        let dir = ClusterDir::new(&self.cluster);
+        let creds = dir.credentials(REGISTRY_NODE)?;
+        let data = self
+            .data
+            .clone()
+            .unwrap_or_else(|| self.cluster.join("registry"));
+        let store = FsStore::open(&data)
+            .with_context(|| format!("could not open the registry store in {}", data.display()))?;
+        let mut config = RegistryConfig {
+            lease_ttl: self.lease_ttl,
+            keep_checkpoints: self.keep.max(1),
+            gc_grace: self.gc_grace,
+            gc_interval: (!self.gc_interval.is_zero()).then_some(self.gc_interval),
+            ..RegistryConfig::default()
+        };
+        config.limits.max_bundle = self.max_bundle_mib << 20;
+        let registry = Arc::new(Registry::open(Arc::new(store), config)?);
+        let server_config = ServerConfig::default();
+        let endpoint = wmig_net::server_endpoint(self.listen, &creds, &server_config.endpoint)?;
+        let mut addr = endpoint.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        dir.update_config(|c| c.registry = Some(addr.to_string()))?;
+        println!("listening on {addr}");
+        std::io::stdout().flush()?;
+        wmig_registry::run(endpoint, registry, server_config, shutdown_signal()).await;
+        eprintln!("registry stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn ls(t: Target) -> anyhow::Result<()> {
+    let client = t.connect().await?;
+    let bundles = client.list_bundles().await?;
+    client.close().await;
+    if bundles.is_empty() {
+        eprintln!("no bundles stored; `wmig upload FILE.wasm` adds one");
+        return Ok(());
+    }
+    println!("{:<64}  {:>10}  NAMES", "HASH", "SIZE");
+    for b in bundles {
+        let names: Vec<String> = b.names.iter().map(ToString::to_string).collect();
+        println!("{}  {:>10}  {}", b.hash, human(b.len), names.join(", "));
+    }
+    Ok(())
+}
+
+async fn get(g: Get) -> anyhow::Result<()> {
+    let bundle: BundleRef = g.bundle.parse()?;
+    let client = g.target.connect().await?;
+    let (hash, bytes) = client.download_bundle(&bundle).await?;
+    client.close().await;
+    if g.output.as_os_str() == "-" {
+        std::io::stdout().write_all(&bytes)?;
+        return Ok(());
+    }
+    std::fs::write(&g.output, &bytes)
+        .with_context(|| format!("could not write {}", g.output.display()))?;
+    eprintln!(
+        "wrote {} ({hash}) to {}",
+        human(bytes.len() as u64),
+        g.output.display()
+    );
+    Ok(())
+}
+
+async fn stats(s: Stats) -> anyhow::Result<()> {
+    let client = s.target.connect().await?;
+    let st = client.stats().await?;
+    client.close().await;
+    if s.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    let l = st.leases;
+    println!(
+        "bundles    {:>8}  {}",
+        st.bundles.count,
+        human(st.bundles.bytes)
+    );
+    println!(
+        "chunks     {:>8}  {}",
+        st.chunks.count,
+        human(st.chunks.bytes)
+    );
+    println!(
+        "manifests  {:>8}  {} for {} task(s)",
+        st.manifests.count,
+        human(st.manifests.bytes),
+        st.tasks
+    );
+    println!("names      {:>8}", st.names);
+    println!(
+        "leases     {:>8}  active; {} granted, {} completed, {} expired, {} released",
+        l.active, l.granted, l.completed, l.expired, l.released
+    );
+    println!(
+        "since start: {} chunks written, {} deduplicated",
+        st.chunks_written, st.chunks_deduplicated
+    );
+    Ok(())
+}
+
+async fn gc(t: Target) -> anyhow::Result<()> {
+    let client = t.connect().await?;
+    let r = client.gc().await?;
+    client.close().await;
+    println!(
+        "removed {} chunk(s), freed {}",
+        r.chunks_removed,
+        human(r.bytes_freed)
+    );
+    if r.chunks_protected > 0 {
+        println!(
+            "kept {} unreferenced chunk(s) that are leased or recently uploaded",
+            r.chunks_protected
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert_eq!(human(10), "10 B");
+        assert_eq!(human(3 << 20), "3.0 MiB");
+    }
+}
