@@ -168,7 +168,10 @@ fn engine_config() -> Config {
     config
         .cranelift_opt_level(OptLevel::Speed)
         .wasm_multi_memory(true)
-        .max_wasm_stack(MAX_WASM_STACK);
+        .max_wasm_stack(MAX_WASM_STACK)
+        // wasmtime is built with async support (wasmtime-wasi needs it), which
+        // requires the async stack to hold the whole wasm stack; we run sync.
+        .async_stack_size(MAX_WASM_STACK + (1 << 20));
     config
 }
 

@@ -177,8 +177,8 @@ fn task_config(wasi: WasiConfig, opts: &LocalOptions) -> TaskConfig {
 
 #[allow(clippy::too_many_arguments)]
 fn drive(
-    mut rt: Runtime,
-    mut module: Arc<PreparedModule>,
+    rt: Runtime,
+    module: Arc<PreparedModule>,
     mut task: Task,
     wasm: &[u8],
     spec: &WasiSpec,
@@ -188,6 +188,8 @@ fn drive(
 ) -> Result<(Finish, RunStats), HostError> {
     let mut stats = RunStats::default();
     let mut chunks = MemChunks::new();
+    // The engine and module the current task runs on; replaced at each restore.
+    let (mut _rt, mut _module) = (rt, module);
     loop {
         let outcome = task.run();
         let counters = task.counters();
@@ -246,8 +248,8 @@ fn drive(
                     let manifest: Manifest = postcard::from_bytes(&encoded)
                         .map_err(|e| HostError::corrupt(format!("manifest did not decode: {e}")))?;
                     drop(task);
-                    rt = Runtime::new(opts.runtime.clone())?;
-                    module = rt.load(wasm)?;
+                    let rt = Runtime::new(opts.runtime.clone())?;
+                    let module = rt.load(wasm)?;
                     task = Task::restore(
                         &rt,
                         &module,
@@ -255,6 +257,7 @@ fn drive(
                         &manifest,
                         &chunks,
                     )?;
+                    (_rt, _module) = (rt, module);
                     stats.restores += 1;
                     stats.restore_ms += start.elapsed().as_secs_f64() * 1e3;
                 }

@@ -270,9 +270,6 @@ impl Task {
             .instantiate(&mut store)
             .map_err(|e| HostError::Engine(format!("instantiating the module failed: {e:#}")))?;
         let missing = |what: &str| HostError::Engine(format!("instrumented module lacks `{what}`"));
-        let func = |store: &mut Store<HostState>, name: &str| {
-            instance.get_func(&mut *store, name).ok_or_else(|| missing(name))
-        };
         let hooks = Hooks {
             fuel: instance
                 .get_global(&mut store, FUEL_EXPORT)
@@ -280,12 +277,12 @@ impl Task {
             stack: instance
                 .get_memory(&mut store, STACK_MEMORY_EXPORT)
                 .ok_or_else(|| missing(STACK_MEMORY_EXPORT))?,
-            start_unwind: typed(&store, func(&mut store, "asyncify_start_unwind")?)?,
-            stop_unwind: typed(&store, func(&mut store, "asyncify_stop_unwind")?)?,
-            start_rewind: typed(&store, func(&mut store, "asyncify_start_rewind")?)?,
-            stop_rewind: typed(&store, func(&mut store, "asyncify_stop_rewind")?)?,
+            start_unwind: export_func(&instance, &mut store, "asyncify_start_unwind")?,
+            stop_unwind: export_func(&instance, &mut store, "asyncify_stop_unwind")?,
+            start_rewind: export_func(&instance, &mut store, "asyncify_start_rewind")?,
+            stop_rewind: export_func(&instance, &mut store, "asyncify_stop_rewind")?,
         };
-        let start = typed(&store, func(&mut store, "_start")?)?;
+        let start = export_func(&instance, &mut store, "_start")?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| missing("memory"))?;
@@ -421,12 +418,14 @@ impl Task {
     }
 }
 
-fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
-    store: &Store<HostState>,
-    f: wasmtime::Func,
+fn export_func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    instance: &Instance,
+    store: &mut Store<HostState>,
+    name: &str,
 ) -> Result<TypedFunc<P, R>, HostError> {
-    f.typed(store)
-        .map_err(|e| HostError::Engine(format!("instrumented module export has the wrong type: {e:#}")))
+    instance
+        .get_typed_func(&mut *store, name)
+        .map_err(|e| HostError::Engine(format!("instrumented module export `{name}`: {e:#}")))
 }
 
 /// The non-WASI part of a [`TaskConfig`].

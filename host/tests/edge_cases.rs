@@ -72,7 +72,11 @@ fn run(wasm: &[u8], opts: LocalOptions) -> (String, String, RunStats) {
 
 fn opts() -> LocalOptions {
     LocalOptions {
-        runtime: RuntimeConfig { cache_dir: None },
+        // A shared on-disk cache: each restore builds a new engine, and
+        // reloading the compiled module from disk keeps that cheap.
+        runtime: RuntimeConfig {
+            cache_dir: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("wmig-cache")),
+        },
         yield_fuel: 40,
         ..LocalOptions::default()
     }

@@ -84,7 +84,7 @@ pub fn validate(wasm: &[u8]) -> Result<(), ModuleError> {
                 }
             }
             Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
+                for import in reader {
                     let import = import.map_err(|e| ModuleError::Invalid(e.to_string()))?;
                     check_import(import.module, import.name, &import.ty)?;
                     if let TypeRef::Func(t) = import.ty {
@@ -159,7 +159,6 @@ fn check_import(module: &str, name: &str, ty: &TypeRef) -> Result<(), ModuleErro
         TypeRef::Table(_) => Some("table"),
         TypeRef::Global(_) => Some("global"),
         TypeRef::Tag(_) => Some("tag"),
-        _ => Some("non-function item"),
     };
     if let Some(kind) = kind {
         return Err(ModuleError::NonFunctionImport {
