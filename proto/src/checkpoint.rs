@@ -99,6 +99,8 @@ pub struct CheckpointFile {
 pub enum CheckpointError {
     #[error("not a wmig checkpoint: the file does not start with the checkpoint magic bytes")]
     NotACheckpoint,
+    #[error("checkpoint is empty (0 bytes): it was never completely written")]
+    Empty,
     #[error("checkpoint is truncated: {len} bytes is shorter than any valid checkpoint")]
     Truncated { len: usize },
     #[error(
@@ -142,6 +144,9 @@ impl CheckpointFile {
     /// Decode and verify: magic, version, integrity hash, then every chunk's
     /// hash and that every referenced chunk is present.
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        if bytes.is_empty() {
+            return Err(CheckpointError::Empty);
+        }
         if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
             if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
                 return Err(CheckpointError::Truncated { len: bytes.len() });

@@ -160,11 +160,16 @@ fn stop_and_resume_in_another_process_reproduces_the_output() {
     let tmp = TempDir::new().expect("tempdir");
     for case in cases().into_iter().filter(|c| ["counter", "nbody", "fileio", "sieve"].contains(&c.name)) {
         let name = case.name;
-        let (full, full_dir) = case.run(&["--yield-fuel", "20000"]);
+        let full_stats = tmp.path().join(format!("{name}.json"));
+        let (full, full_dir) =
+            case.run(&["--yield-fuel", "20000", "--stats-json", &full_stats.to_string_lossy()]);
+        let yields = stat_u64(&stats(&full_stats), "yields");
+        assert!(yields >= 4, "{name}: only {yields} yields; use a larger workload");
+        let stop_at = (yields / 2).to_string();
         let ckpt = tmp.path().join(format!("{name}.ckpt"));
         let dir = case.fresh_dir();
         let mut cmd = wmig();
-        cmd.args(["run", "--yield-fuel", "20000", "--stop-at", "7", "--checkpoint-out"])
+        cmd.args(["run", "--yield-fuel", "20000", "--stop-at", &stop_at, "--checkpoint-out"])
             .arg(&ckpt);
         if let Some(d) = &dir {
             cmd.arg("--dir").arg(format!("{}::/data", d.path().display()));
@@ -227,7 +232,7 @@ fn bad_input_is_refused_clearly() {
             b[8] = 0x7f;
             b
         }, "format version 127"),
-        ("empty", Vec::new(), "not a wmig checkpoint"),
+        ("empty", Vec::new(), "checkpoint is empty"),
     ];
     for (what, data, expect) in variants {
         let path = tmp.path().join(format!("{what}.ckpt"));
