@@ -20,6 +20,12 @@ enum Command {
     Run(cmd::run::RunCommand),
     /// Continue a checkpoint written by `wmig run --checkpoint-out`.
     Resume(cmd::resume::ResumeCommand),
+    /// Create a cluster: a CA and certificates for the registry and the operator.
+    Init(cmd::init::InitCommand),
+    /// Serve and inspect the registry of bundles and checkpoints.
+    Registry(cmd::registry::RegistryCommand),
+    /// Upload a wasm module to the registry and print its hash.
+    Upload(cmd::upload::UploadCommand),
 }
 
 impl Command {
@@ -27,6 +33,9 @@ impl Command {
         match self {
             Command::Run(c) => c.execute(),
             Command::Resume(c) => c.execute(),
+            Command::Init(c) => c.execute(),
+            Command::Registry(c) => c.execute(),
+            Command::Upload(c) => c.execute(),
         }
     }
 }

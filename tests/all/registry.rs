@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -224,7 +224,7 @@ fn bad_input_is_refused_with_a_clear_error() {
     assert!(!ok && err.contains("not a valid bundle name"), "{err}");
     let (ok, _, err) = cli(
         &dir,
-        &["upload", junk.to_str().expect("utf-8"), "--name", "-x"],
+        &["upload", junk.to_str().expect("utf-8"), "--name=-x"],
     );
     assert!(!ok && err.contains("not a valid bundle name"), "{err}");
     assert!(!Path::new(out).exists(), "nothing written on failure");
@@ -261,34 +261,49 @@ fn kill_9_during_uploads_loses_nothing_acknowledged() {
     let (tmp, dir) = cluster();
     let data = tmp.path().join("data");
     let server = Server::start(&dir, &data);
+    let modules: Vec<(PathBuf, Vec<u8>)> = (0..12u64)
+        .map(|i| {
+            let bytes = wasm_module(12 << 20, 100 + i);
+            let path = tmp.path().join(format!("m{i}.wasm"));
+            std::fs::write(&path, &bytes).expect("write module");
+            (path, bytes)
+        })
+        .collect();
+    // Start uploads a few milliseconds apart and kill the server as soon as
+    // the first is acknowledged: the others are at every stage of flight.
     let mut uploads: Vec<(Vec<u8>, Child)> = Vec::new();
-    for i in 0..12u64 {
-        let bytes = wasm_module(6 << 20, 100 + i);
-        let path = tmp.path().join(format!("m{i}.wasm"));
-        std::fs::write(&path, &bytes).expect("write module");
-        let child: Child = Command::new(env!("CARGO_BIN_EXE_wmig"))
-            .arg("upload")
-            .arg(&path)
-            .arg("--cluster")
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start upload");
-        uploads.push((bytes, child));
-    }
-    // Kill as soon as the first upload is acknowledged: the rest are in flight.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !uploads
-        .iter_mut()
-        .any(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
-    {
+    let mut pending = modules.into_iter();
+    loop {
+        if let Some((path, bytes)) = pending.next() {
+            let child = wmig()
+                .arg("upload")
+                .arg(&path)
+                .arg("--cluster")
+                .arg(&dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start upload");
+            uploads.push((bytes, child));
+        }
+        if uploads
+            .iter_mut()
+            .any(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            break;
+        }
         assert!(Instant::now() < deadline, "no upload finished");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(15));
     }
     server.kill();
+    let started = uploads.len();
     let mut acknowledged = Vec::new();
-    for (bytes, child) in uploads {
+    for (bytes, mut child) in uploads {
+        // Uploads still waiting for their dead server would only time out.
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+        }
         let o = child.wait_with_output().expect("upload exits");
         if o.status.success() {
             assert_eq!(
@@ -332,7 +347,7 @@ fn kill_9_during_uploads_loses_nothing_acknowledged() {
         assert_eq!(&std::fs::read(&out).expect("read"), bytes);
     }
     eprintln!(
-        "{} of 12 uploads acknowledged before the kill",
+        "{} of {started} started uploads acknowledged before the kill",
         acknowledged.len()
     );
     drop(server);

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, OPERATOR, REGISTRY_NODE};
 use wmig_proto::wire::registry::BundleRef;
 use wmig_registry::{
