@@ -281,6 +281,14 @@ pub fn write_checkpoint(path: &std::path::Path, file: &CheckpointFile) -> Result
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     tmp.write_all(&bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
+    // A checkpoint is a user's file: readable like any other output, not 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+    }
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }

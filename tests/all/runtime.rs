@@ -243,3 +243,41 @@ fn bad_input_is_refused_clearly() {
         assert!(!stderr(&out).contains("panicked"), "{what}: {}", stderr(&out));
     }
 }
+
+/// wmig must run every program plain wasmtime runs, although the rewrite
+/// makes frames larger: find the deepest `recursion` plain wasmtime (default
+/// 512 KiB wasm stack) manages, then run exactly that rewritten, pausing and
+/// restoring deep inside the recursion.
+#[test]
+fn recursion_as_deep_as_plain_wasmtime_allows() {
+    let baseline = wmig_host::baseline::Baseline::new().expect("baseline");
+    let wasm = std::fs::read(artifacts::RECURSION).expect("module");
+    let module = baseline.compile(&wasm).expect("compile");
+    let plain = |depth: u32| {
+        let argv = vec!["recursion.wasm".to_string(), depth.to_string(), "20".to_string()];
+        baseline.run(&module, &argv, &[], &[]).expect("plain run")
+    };
+    // Bisect the deepest depth that does not exhaust plain wasmtime's stack.
+    let (mut ok, mut fail) = (1_000u32, 200_000u32);
+    assert_eq!(plain(ok).exit_code, 0);
+    assert!(plain(fail).trap.is_some(), "plain wasmtime should not manage depth {fail}");
+    while fail - ok > 1 {
+        let mid = ok + (fail - ok) / 2;
+        if plain(mid).exit_code == 0 { ok = mid } else { fail = mid }
+    }
+    let reference = plain(ok);
+    let depth = ok.to_string();
+
+    let tmp = TempDir::new().expect("tempdir");
+    let stats_path = tmp.path().join("stats.json");
+    let out = run(wmig()
+        .args(["run", "--yield-fuel", "3000", "--checkpoint-every", "1", "--restore-each-checkpoint"])
+        .arg("--stats-json")
+        .arg(&stats_path)
+        .arg(artifacts::RECURSION)
+        .args([depth.as_str(), "20"]));
+    assert_eq!(out.status.code(), Some(0), "depth {depth}: {}", stderr(&out));
+    assert_eq!(stdout(&out), String::from_utf8_lossy(&reference.stdout), "depth {depth}");
+    let s = stats(&stats_path);
+    assert!(stat_u64(&s, "restores") >= 40, "{s}");
+}

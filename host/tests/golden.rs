@@ -1,0 +1,112 @@
+//! Golden checkpoint files guard format compatibility: a checkpoint written by
+//! an earlier build must still decode, and still resume to the same output.
+//!
+//! Regenerate (only when the format or the rewrite changes on purpose, and
+//! bump `FORMAT_VERSION` / `REWRITER_VERSION` with it):
+//! `WMIG_BLESS=1 cargo test --workspace --test golden`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use wmig_host::local::{resume_local, run_local, Finish, LocalOptions, SinkFactory, WasiSpec};
+use wmig_host::wasi::OutputSink;
+use wmig_host::RuntimeConfig;
+use wmig_proto::checkpoint::{CheckpointFile, FORMAT_VERSION};
+use wmig_proto::Hash;
+
+fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name)
+}
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+impl OutputSink for Buf {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+fn capture_sinks() -> (Buf, SinkFactory) {
+    let out = Buf::default();
+    let o = out.clone();
+    let sinks: SinkFactory = Arc::new(move || {
+        (
+            Box::new(o.clone()) as Box<dyn OutputSink>,
+            Box::new(Buf::default()) as Box<dyn OutputSink>,
+        )
+    });
+    (out, sinks)
+}
+
+fn opts() -> LocalOptions {
+    LocalOptions {
+        yield_fuel: 100,
+        runtime: RuntimeConfig { cache_dir: None },
+        ..LocalOptions::default()
+    }
+}
+
+fn module() -> Vec<u8> {
+    wat::parse_file(golden("countdown.wat")).expect("golden module parses")
+}
+
+#[test]
+fn golden_checkpoint_still_decodes_and_resumes() {
+    let wasm = module();
+    let ckpt_path = golden(&format!("countdown-v{FORMAT_VERSION}.ckpt"));
+    let after_path = golden("countdown.after.txt");
+    if std::env::var_os("WMIG_BLESS").is_some() {
+        let (_, sinks) = capture_sinks();
+        let w = wasm.clone();
+        let opts = LocalOptions {
+            stop_at: Some(12),
+            checkpoint_out: Some(ckpt_path.clone()),
+            ..opts()
+        };
+        let spec = WasiSpec { args: vec!["countdown.wasm".into()], ..WasiSpec::default() };
+        let r = wmig_host::on_guest_thread(move || run_local(&w, &spec, &sinks, &opts))
+            .expect("thread")
+            .expect("golden run");
+        assert!(matches!(r.0, Finish::Stopped { .. }));
+    }
+
+    let bytes = std::fs::read(&ckpt_path).expect("golden checkpoint present");
+    let file = CheckpointFile::decode(&bytes).expect("golden checkpoint decodes");
+    assert_eq!(file.manifest.module, Hash::of(&wasm), "golden checkpoint names its module");
+    assert!(file.manifest.counters.yields >= 12);
+    assert!(file.manifest.wasi.stdout_offset > 0, "output before the checkpoint is accounted");
+
+    let (out, sinks) = capture_sinks();
+    let w = wasm.clone();
+    let spec = WasiSpec::default();
+    let result = wmig_host::on_guest_thread(move || resume_local(&w, &file, &spec, &sinks, &opts()))
+        .expect("thread");
+    let finish = match result {
+        Ok((finish, _)) => finish,
+        Err(e) => panic!(
+            "golden checkpoint no longer resumes ({e}); if the rewrite changed on purpose, \
+             bump REWRITER_VERSION and regenerate with WMIG_BLESS=1"
+        ),
+    };
+    assert_eq!(finish, Finish::Exited(0));
+    let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+    if std::env::var_os("WMIG_BLESS").is_some() {
+        std::fs::write(&after_path, &text).expect("write expected output");
+    }
+    let expected = std::fs::read_to_string(&after_path).expect("expected output present");
+    assert_eq!(text, expected);
+}
+
+#[test]
+fn full_run_equals_output_before_plus_after_the_golden_checkpoint() {
+    let (out, sinks) = capture_sinks();
+    let w = module();
+    let spec = WasiSpec { args: vec!["countdown.wasm".into()], ..WasiSpec::default() };
+    wmig_host::on_guest_thread(move || run_local(&w, &spec, &sinks, &opts()))
+        .expect("thread")
+        .expect("full run");
+    let full = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+    let after = std::fs::read_to_string(golden("countdown.after.txt")).expect("expected output");
+    assert!(full.ends_with(&after) && full.len() > after.len(), "{full:?} vs {after:?}");
+}
