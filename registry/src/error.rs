@@ -81,7 +81,7 @@ impl RegistryError {
     pub fn to_remote(&self) -> RemoteError {
         let code = match self {
             RegistryError::TooLarge { .. } => ErrorCode::TooLarge,
-            RegistryError::Invalid(_) => ErrorCode::InvalidName,
+            RegistryError::Invalid(_) => ErrorCode::Invalid,
             RegistryError::NotWasm(_) => ErrorCode::NotWasm,
             RegistryError::UnknownName(_) | RegistryError::NoManifest { .. } => ErrorCode::NotFound,
             RegistryError::MissingChunks { .. } => ErrorCode::MissingChunks,

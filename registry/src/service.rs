@@ -165,7 +165,7 @@ impl Registry {
         Ok((hash, self.store.object(ObjectKind::Bundle, &hash)?))
     }
 
-    /// Every bundle with the names pointing at it, largest name first.
+    /// Every bundle with the names pointing at it; named bundles first.
     pub fn list_bundles(&self) -> Vec<BundleInfo> {
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<BundleInfo> = self

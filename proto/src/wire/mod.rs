@@ -32,8 +32,8 @@ pub enum ErrorCode {
     NotFound,
     /// A manifest references chunks the registry does not hold.
     MissingChunks,
-    /// A name, tag or id is not well formed.
-    InvalidName,
+    /// A name, tag, id or field of the request is not acceptable.
+    Invalid,
     /// The request contradicts what is stored (e.g. a reused checkpoint seq).
     Conflict,
     /// The request did not arrive in time.

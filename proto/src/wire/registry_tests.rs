@@ -129,7 +129,7 @@ fn code() -> impl Strategy<Value = ErrorCode> {
         NotWasm,
         NotFound,
         MissingChunks,
-        InvalidName,
+        Invalid,
         Conflict,
         Timeout,
         Internal,
