@@ -111,3 +111,75 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, RewriteError> {
         stats,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOOP: &str = r#"(module
+        (memory (export "memory") 1)
+        (global $sp (mut i32) (i32.const 1024))
+        (func $f (param i32) (result i32)
+          (if (result i32) (local.get 0)
+            (then (call $f (i32.sub (local.get 0) (i32.const 1))))
+            (else (global.get $sp))))
+        (func (export "_start")
+          (local i32)
+          (loop $l (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+                   (br_if $l (i32.lt_u (local.get 0) (i32.const 100))))
+          (drop (call $f (i32.const 5)))))"#;
+
+    #[test]
+    fn rewrite_is_deterministic_and_exports_state() {
+        let wasm = wat::parse_str(LOOP).expect("wat");
+        let a = instrument(&wasm).expect("first rewrite");
+        let b = instrument(&wasm).expect("second rewrite");
+        assert_eq!(a.bytes, b.bytes, "same input must give the same bytes");
+        assert_eq!(a.stats.loop_checks, 1);
+        assert_eq!(a.stats.entry_checks, 1);
+        // The guest's global, the fuel counter and Asyncify's two globals.
+        assert!(a.stats.mutable_globals >= 4, "{:?}", a.stats);
+
+        let exports: Vec<String> = wasmparser::Parser::new(0)
+            .parse_all(&a.bytes)
+            .filter_map(|p| match p {
+                Ok(wasmparser::Payload::ExportSection(r)) => Some(r),
+                _ => None,
+            })
+            .flat_map(|r| {
+                r.into_iter()
+                    .filter_map(|e| e.ok().map(|e| e.name.to_string()))
+            })
+            .collect();
+        for name in [
+            FUEL_EXPORT,
+            STACK_MEMORY_EXPORT,
+            "asyncify_start_unwind",
+            "_start",
+            "memory",
+        ] {
+            assert!(
+                exports.iter().any(|e| e == name),
+                "missing export {name}: {exports:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_returns_the_same_bytes() {
+        let wasm = wat::parse_str(LOOP).expect("wat");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = RewriteCache::new(dir.path());
+        let fresh = cache.instrument(&wasm).expect("rewrite");
+        let cached = cache.instrument(&wasm).expect("cached");
+        assert_eq!(fresh.bytes, cached.bytes);
+        // A corrupt entry is ignored and rewritten, never used.
+        for entry in std::fs::read_dir(dir.path()).expect("dir").flatten() {
+            std::fs::write(entry.path(), b"garbage").expect("corrupt");
+        }
+        assert_eq!(
+            cache.instrument(&wasm).expect("rewritten").bytes,
+            fresh.bytes
+        );
+    }
+}

@@ -56,7 +56,11 @@ pub struct RunCommand {
     #[command(flatten)]
     opts: RunOptions,
     /// The module, then the arguments passed to the guest.
-    #[arg(required = true, allow_hyphen_values = true, value_name = "MODULE [ARGS]...")]
+    #[arg(
+        required = true,
+        allow_hyphen_values = true,
+        value_name = "MODULE [ARGS]..."
+    )]
     module_and_args: Vec<String>,
 }
 
@@ -132,8 +136,18 @@ pub fn finish(
     })
 }
 
+/// Read a module; like `wasmtime run`, WebAssembly text is accepted too (it
+/// is converted to binary, and the binary is what checkpoints name).
 pub fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
+    if bytes.starts_with(b"\0asm") {
+        return Ok(bytes);
+    }
+    match wat::parse_bytes(&bytes) {
+        Ok(binary) => Ok(binary.into_owned()),
+        // Neither binary nor text: let validation name the problem.
+        Err(_) => Ok(bytes),
+    }
 }
 
 /// `wasmtime run` passes the module's file name (not its path) as argv[0].
