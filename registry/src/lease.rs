@@ -16,7 +16,7 @@
 //! must not delete it. A hash is *protected* while leased or touched within
 //! the protection window.
 
-use std::collections::HashMap;
+use crate::HashMap;
 use std::time::{Duration, Instant};
 
 use wmig_proto::wire::registry::{LeaseStats, LeaseStatus};
@@ -46,8 +46,8 @@ impl LeaseTable {
         LeaseTable {
             ttl,
             protect_for,
-            leases: HashMap::new(),
-            touched: HashMap::new(),
+            leases: HashMap::default(),
+            touched: HashMap::default(),
             stats: LeaseStats::default(),
         }
     }

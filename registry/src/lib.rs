@@ -37,6 +37,11 @@ mod service;
 pub mod store;
 
 pub use client::{ClientConfig, RegistryClient};
+
+/// Maps keyed by blake3 digests on the hot paths (lease table, object
+/// index): foldhash is several times faster than SipHash on 32-byte keys
+/// and still seeded per map; the keys come only from authenticated peers.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 pub use config::{Limits, RegistryConfig};
 pub use error::{ClientError, RegistryError, StoreError};
 pub use manifests::{decode_manifest, encode_manifest};

@@ -21,7 +21,9 @@
 //! flush. Directories are flat (ext4 and xfs index large directories), which
 //! keeps it to one directory fsync per batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use crate::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -99,8 +101,8 @@ impl FsStore {
             fs::create_dir_all(root.join(dir)).map_err(StoreError::io(root.join(dir)))?;
         }
         let store = FsStore {
-            bundles: RwLock::new(HashMap::new()),
-            chunks: RwLock::new(HashMap::new()),
+            bundles: RwLock::new(HashMap::default()),
+            chunks: RwLock::new(HashMap::default()),
             write_threads: 16,
             seq: AtomicU64::new(0),
             root,
@@ -149,7 +151,7 @@ impl FsStore {
 
     fn scan(&self, kind: ObjectKind) -> Result<HashMap<Hash, Entry>, StoreError> {
         let dir = self.root.join(kind.dir_name());
-        let mut index = HashMap::new();
+        let mut index = HashMap::default();
         for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
             let entry = entry.map_err(StoreError::io(&dir))?;
             let Ok(hash) = entry.file_name().to_string_lossy().parse::<Hash>() else {

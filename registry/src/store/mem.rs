@@ -3,7 +3,9 @@
 //! For tests and for benchmarks that measure the protocol and transport
 //! without the disk; also a reference for what a backend must do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
