@@ -1,0 +1,31 @@
+//! The coordinator's protocol core, with no networking in it.
+//!
+//! Everything the coordinator *decides* lives here: which nodes are members and
+//! whether they are alive ([`membership`]), where a task runs ([`placement`]),
+//! what state a task is in ([`tasks`]), and the durable record of all of it
+//! ([`log`]). [`state::Coordinator`] ties them together as a fold over
+//! [`Event`]s, so a restart that replays the log reaches the identical state.
+//!
+//! Like quinn-proto, nothing here reads a clock or touches a socket: every
+//! method that depends on time takes `now` (milliseconds on a monotonic clock
+//! chosen by the caller), and the server that drives this core decides when to
+//! call [`Coordinator::tick`] from [`Coordinator::next_deadline`]. That makes
+//! hours of heartbeats testable in milliseconds.
+
+pub mod log;
+pub mod membership;
+pub mod placement;
+pub mod state;
+pub mod tasks;
+
+pub use log::{EventLog, LogError, Replay, TornTail};
+pub use membership::{
+    Liveness, Membership, MembershipConfig, MembershipError, MembershipEvent, Node, NodeInfo,
+    NodeView, Role,
+};
+pub use placement::{Placement, PlacementError, Placer};
+pub use state::{Coordinator, CoordinatorConfig, CoordinatorError, Event, Snapshot};
+pub use tasks::{Outcome, Task, TaskError, TaskEvent, TaskSpec, TaskState, TaskTable};
+
+/// Milliseconds on the caller's monotonic clock. Only differences matter.
+pub type Millis = u64;

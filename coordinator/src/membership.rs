@@ -1,0 +1,374 @@
+//! The node table and failure detection: who is a member, and who is alive.
+//!
+//! Nodes (workers and monitors) register once, then heartbeat. A node silent
+//! for `offline_timeout` or longer is declared offline exactly once; a
+//! heartbeat or a re-registration from it later brings it back (recovery: the
+//! same node, keeping its history and tasks). A second *live* node claiming a
+//! name already in use is refused, because two processes answering to one name
+//! would split a task's ownership between them.
+//!
+//! Sans-IO: every method takes `now` from the caller. Each state change is
+//! expressed as a [`MembershipEvent`] and performed by [`Membership::apply`],
+//! the same function the coordinator uses to replay its log, so live decisions
+//! and replays cannot drift apart. Heartbeat times are *not* events (logging
+//! one record per node per second buys nothing): they are volatile, and after
+//! a replay [`Membership::resume`] gives every online node a fresh grace
+//! period.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use wmig_proto::NodeId;
+
+use crate::Millis;
+
+/// What a node does in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Runs tasks; has task slots and receives placements.
+    Worker,
+    /// Receives the live stream of events; never runs tasks.
+    Monitor,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Worker => "worker",
+            Role::Monitor => "monitor",
+        })
+    }
+}
+
+/// What a node says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Unique among live nodes; also the node's id.
+    pub name: NodeId,
+    pub role: Role,
+    /// How many tasks the node runs at once (0 for monitors).
+    pub slots: u32,
+    /// Free-form `key=value` labels, for placement constraints later.
+    pub labels: BTreeMap<String, String>,
+    /// Where the node accepts QUIC connections.
+    pub addr: String,
+    /// The node's OS process id, shown by `wmig nodes`; with `addr` it tells a
+    /// reconnecting process apart from a second process using the same name.
+    pub pid: u32,
+}
+
+/// Whether the failure detector currently believes a node is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Liveness {
+    Online,
+    Offline,
+}
+
+/// One member, as the coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub info: NodeInfo,
+    pub liveness: Liveness,
+    /// A draining worker keeps its tasks but receives no new ones.
+    pub draining: bool,
+    /// Last time we heard from the node (volatile: not in the log).
+    pub last_seen: Millis,
+}
+
+/// A node without its volatile heartbeat time: what a replay must reproduce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub info: NodeInfo,
+    pub liveness: Liveness,
+    pub draining: bool,
+}
+
+/// Failure-detector settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// A node silent this long (or longer) is declared offline.
+    pub offline_timeout: Millis,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            offline_timeout: 5_000,
+        }
+    }
+}
+
+/// A change to the node table; persisted in the event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipEvent {
+    /// A new name joined.
+    Joined(NodeInfo),
+    /// A known node is online again: after a heartbeat (`info: None`) or a
+    /// re-registration, which may update its address, pid, slots or labels.
+    Recovered {
+        node: NodeId,
+        info: Option<NodeInfo>,
+    },
+    /// The node was silent past the offline timeout.
+    Offline(NodeId),
+    /// The worker takes no new tasks.
+    Drained(NodeId),
+    /// The worker takes new tasks again.
+    Uncordoned(NodeId),
+}
+
+/// Why a membership command was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MembershipError {
+    #[error("a live node named `{name}` is already registered (pid {pid} at {addr}); stop it or choose another name with --name")]
+    DuplicateName {
+        name: NodeId,
+        pid: u32,
+        addr: String,
+    },
+    #[error("unknown node `{name}`: it is not registered; register it again (workers re-register on reconnect)")]
+    UnknownNode { name: NodeId },
+    #[error("node `{name}` is a {role}, not a worker; only workers can be drained or uncordoned")]
+    NotAWorker { name: NodeId, role: Role },
+    #[error("node `{name}` was registered as a {was}; it cannot come back as a {now}: use a different name")]
+    RoleChange { name: NodeId, was: Role, now: Role },
+    #[error("invalid node name {name:?}: use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'")]
+    InvalidName { name: String },
+}
+
+/// The node table plus the failure detector.
+#[derive(Clone, Debug, Default)]
+pub struct Membership {
+    config: MembershipConfig,
+    nodes: BTreeMap<NodeId, Node>,
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Membership {
+    pub fn new(config: MembershipConfig) -> Self {
+        Membership {
+            config,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &MembershipConfig {
+        &self.config
+    }
+
+    /// A node announces itself. `Ok(None)` means the same process (same pid
+    /// and address) registered again with nothing new, e.g. after the
+    /// coordinator restarted: it is accepted and counts as a heartbeat.
+    pub fn register(
+        &mut self,
+        info: NodeInfo,
+        now: Millis,
+    ) -> Result<Option<MembershipEvent>, MembershipError> {
+        if !valid_name(&info.name.0) {
+            return Err(MembershipError::InvalidName {
+                name: info.name.0.chars().take(80).collect(),
+            });
+        }
+        let event = match self.nodes.get(&info.name) {
+            None => MembershipEvent::Joined(info),
+            Some(node) => {
+                if node.info.role != info.role {
+                    return Err(MembershipError::RoleChange {
+                        name: info.name,
+                        was: node.info.role,
+                        now: info.role,
+                    });
+                }
+                let same_process = node.info.pid == info.pid && node.info.addr == info.addr;
+                if node.liveness == Liveness::Online && !same_process {
+                    return Err(MembershipError::DuplicateName {
+                        name: info.name,
+                        pid: node.info.pid,
+                        addr: node.info.addr.clone(),
+                    });
+                }
+                if node.liveness == Liveness::Online && node.info == info {
+                    self.touch(&info.name, now);
+                    return Ok(None);
+                }
+                MembershipEvent::Recovered {
+                    node: info.name.clone(),
+                    info: Some(info),
+                }
+            }
+        };
+        self.apply(&event, now);
+        Ok(Some(event))
+    }
+
+    /// A node says it is alive. An offline node's heartbeat recovers it.
+    pub fn heartbeat(
+        &mut self,
+        name: &NodeId,
+        now: Millis,
+    ) -> Result<Option<MembershipEvent>, MembershipError> {
+        let node = self
+            .nodes
+            .get(name)
+            .ok_or_else(|| MembershipError::UnknownNode { name: name.clone() })?;
+        if node.liveness == Liveness::Online {
+            self.touch(name, now);
+            return Ok(None);
+        }
+        let event = MembershipEvent::Recovered {
+            node: name.clone(),
+            info: None,
+        };
+        self.apply(&event, now);
+        Ok(Some(event))
+    }
+
+    /// Declare offline every online node silent for `offline_timeout` or
+    /// longer. Each silence produces exactly one event.
+    pub fn poll_timeouts(&mut self, now: Millis) -> Vec<MembershipEvent> {
+        let timeout = self.config.offline_timeout;
+        let expired: Vec<MembershipEvent> = self
+            .nodes
+            .values()
+            .filter(|n| n.liveness == Liveness::Online)
+            .filter(|n| now.saturating_sub(n.last_seen) >= timeout)
+            .map(|n| MembershipEvent::Offline(n.info.name.clone()))
+            .collect();
+        for event in &expired {
+            self.apply(event, now);
+        }
+        expired
+    }
+
+    /// The earliest time at which [`Self::poll_timeouts`] may have work to do;
+    /// `None` when no node is online.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.nodes
+            .values()
+            .filter(|n| n.liveness == Liveness::Online)
+            .map(|n| n.last_seen.saturating_add(self.config.offline_timeout))
+            .min()
+    }
+
+    /// Stop placing new tasks on a worker. `Ok(None)` if it already drains.
+    pub fn drain(&mut self, name: &NodeId) -> Result<Option<MembershipEvent>, MembershipError> {
+        self.set_draining(name, true)
+    }
+
+    /// Place new tasks on a drained worker again. `Ok(None)` if it was not draining.
+    pub fn uncordon(&mut self, name: &NodeId) -> Result<Option<MembershipEvent>, MembershipError> {
+        self.set_draining(name, false)
+    }
+
+    fn set_draining(
+        &mut self,
+        name: &NodeId,
+        draining: bool,
+    ) -> Result<Option<MembershipEvent>, MembershipError> {
+        let node = self
+            .nodes
+            .get(name)
+            .ok_or_else(|| MembershipError::UnknownNode { name: name.clone() })?;
+        if node.info.role != Role::Worker {
+            return Err(MembershipError::NotAWorker {
+                name: name.clone(),
+                role: node.info.role,
+            });
+        }
+        if node.draining == draining {
+            return Ok(None);
+        }
+        let event = if draining {
+            MembershipEvent::Drained(name.clone())
+        } else {
+            MembershipEvent::Uncordoned(name.clone())
+        };
+        let last_seen = node.last_seen;
+        self.apply(&event, last_seen);
+        Ok(Some(event))
+    }
+
+    /// Perform one state change. `now` becomes the heartbeat time of a node
+    /// that joins or recovers. Events naming unknown nodes are ignored: the
+    /// log only holds events that were valid when written.
+    pub fn apply(&mut self, event: &MembershipEvent, now: Millis) {
+        match event {
+            MembershipEvent::Joined(info) => {
+                self.nodes.insert(
+                    info.name.clone(),
+                    Node {
+                        info: info.clone(),
+                        liveness: Liveness::Online,
+                        draining: false,
+                        last_seen: now,
+                    },
+                );
+            }
+            MembershipEvent::Recovered { node, info } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    if let Some(info) = info {
+                        n.info = info.clone();
+                    }
+                    n.liveness = Liveness::Online;
+                    n.last_seen = now;
+                }
+            }
+            MembershipEvent::Offline(node) => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.liveness = Liveness::Offline;
+                }
+            }
+            MembershipEvent::Drained(node) => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.draining = true;
+                }
+            }
+            MembershipEvent::Uncordoned(node) => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.draining = false;
+                }
+            }
+        }
+    }
+
+    /// After replaying the log: heartbeat times were not persisted, so every
+    /// node believed online gets a full timeout from `now` to prove it.
+    pub fn resume(&mut self, now: Millis) {
+        for node in self.nodes.values_mut() {
+            node.last_seen = now;
+        }
+    }
+
+    fn touch(&mut self, name: &NodeId, now: Millis) {
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.last_seen = n.last_seen.max(now);
+        }
+    }
+
+    pub fn node(&self, name: &NodeId) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// All nodes in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// The replayable part of the table, in name order.
+    pub fn views(&self) -> Vec<NodeView> {
+        self.nodes
+            .values()
+            .map(|n| NodeView {
+                info: n.info.clone(),
+                liveness: n.liveness,
+                draining: n.draining,
+            })
+            .collect()
+    }
+}

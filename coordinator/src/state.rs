@@ -1,0 +1,259 @@
+//! The coordinator's state as a fold over [`Event`]s.
+//!
+//! [`Coordinator::apply`] is the only way state changes. Each command method
+//! (`register`, `heartbeat`, `tick`, `submit`, `place`, `report_*`, `cancel`,
+//! `drain`, `uncordon`) validates against the current state, applies the
+//! events it decides on, and returns them for the caller to append to the
+//! [`EventLog`](crate::EventLog). Replaying that log into a fresh coordinator
+//! ([`Coordinator::replay`]) therefore reaches an identical [`Snapshot`].
+//!
+//! The caller must append the returned events before acknowledging the
+//! command to anyone; if the append fails, memory is ahead of the disk and the
+//! only safe move is to stop and replay (the server treats it as fatal).
+
+use serde::{Deserialize, Serialize};
+use wmig_proto::{NodeId, TaskId};
+
+use crate::membership::{
+    Membership, MembershipConfig, MembershipError, MembershipEvent, Node, NodeInfo, NodeView,
+};
+use crate::placement::{Placement, PlacementError, Placer};
+use crate::tasks::{Outcome, Task, TaskError, TaskEvent, TaskSpec, TaskTable};
+use crate::Millis;
+
+/// One record of the event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Node(MembershipEvent),
+    Task(TaskEvent),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CoordinatorConfig {
+    pub membership: MembershipConfig,
+    /// Seed for the `Random` placement policy.
+    pub placement_seed: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoordinatorError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// Everything a replay must reproduce (heartbeat times and placement cursors
+/// are volatile and excluded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeView>,
+    pub tasks: Vec<Task>,
+    pub next_task_id: TaskId,
+}
+
+#[derive(Clone, Debug)]
+pub struct Coordinator {
+    membership: Membership,
+    tasks: TaskTable,
+    placer: Placer,
+    /// Latest `now` seen, used as the heartbeat time of replayed joins.
+    now: Millis,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig) -> Self {
+        Coordinator {
+            membership: Membership::new(config.membership),
+            tasks: TaskTable::default(),
+            placer: Placer::new(config.placement_seed),
+            now: 0,
+        }
+    }
+
+    /// Rebuild from a log's events; every online node gets a fresh timeout
+    /// from `now` to heartbeat or re-register.
+    pub fn replay<'a>(
+        config: CoordinatorConfig,
+        events: impl IntoIterator<Item = &'a Event>,
+        now: Millis,
+    ) -> Self {
+        let mut c = Coordinator::new(config);
+        c.now = now;
+        for event in events {
+            c.apply(event);
+        }
+        c.membership.resume(now);
+        c
+    }
+
+    /// Fold one event into the state.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Node(e) => self.membership.apply(e, self.now),
+            Event::Task(e) => self.tasks.apply(e),
+        }
+    }
+
+    fn advance(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
+    fn node_events(&mut self, events: impl IntoIterator<Item = MembershipEvent>) -> Vec<Event> {
+        // Membership commands already applied their events to the node table.
+        events.into_iter().map(Event::Node).collect()
+    }
+
+    fn task_event(&mut self, event: TaskEvent) -> Event {
+        self.tasks.apply(&event);
+        Event::Task(event)
+    }
+
+    pub fn register(
+        &mut self,
+        info: NodeInfo,
+        now: Millis,
+    ) -> Result<Vec<Event>, CoordinatorError> {
+        self.advance(now);
+        let event = self.membership.register(info, now)?;
+        Ok(self.node_events(event))
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        node: &NodeId,
+        now: Millis,
+    ) -> Result<Vec<Event>, CoordinatorError> {
+        self.advance(now);
+        let event = self.membership.heartbeat(node, now)?;
+        Ok(self.node_events(event))
+    }
+
+    /// Run the failure detector; call at [`Self::next_deadline`].
+    pub fn tick(&mut self, now: Millis) -> Vec<Event> {
+        self.advance(now);
+        let events = self.membership.poll_timeouts(now);
+        self.node_events(events)
+    }
+
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.membership.next_deadline()
+    }
+
+    pub fn drain(&mut self, node: &NodeId) -> Result<Vec<Event>, CoordinatorError> {
+        let event = self.membership.drain(node)?;
+        Ok(self.node_events(event))
+    }
+
+    pub fn uncordon(&mut self, node: &NodeId) -> Result<Vec<Event>, CoordinatorError> {
+        let event = self.membership.uncordon(node)?;
+        Ok(self.node_events(event))
+    }
+
+    /// Which worker `policy` would choose now (advances round-robin/random).
+    pub fn choose_worker(&mut self, policy: &Placement) -> Result<NodeId, CoordinatorError> {
+        Ok(self
+            .placer
+            .choose(policy, &self.membership, self.tasks.load())?)
+    }
+
+    /// Submit and place a task in one step. If no worker fits, nothing is
+    /// recorded and the error says why (the task is not left pending).
+    pub fn submit(
+        &mut self,
+        spec: TaskSpec,
+        policy: &Placement,
+    ) -> Result<(TaskId, Vec<Event>), CoordinatorError> {
+        let worker = self.choose_worker(policy)?;
+        let (id, mut events) = self.submit_pending(spec);
+        let placed = self.tasks.place(id, worker)?;
+        events.push(self.task_event(placed));
+        Ok((id, events))
+    }
+
+    /// Record a task as pending without placing it.
+    pub fn submit_pending(&mut self, spec: TaskSpec) -> (TaskId, Vec<Event>) {
+        let id = self.tasks.next_id();
+        let event = self.tasks.submit(spec);
+        (id, vec![self.task_event(event)])
+    }
+
+    /// Place a pending task.
+    pub fn place(
+        &mut self,
+        id: TaskId,
+        policy: &Placement,
+    ) -> Result<Vec<Event>, CoordinatorError> {
+        // Validate the task first so an unknown or running task is reported
+        // as such, and the placer's cursor does not move for nothing.
+        self.tasks.place(id, NodeId(String::new()))?;
+        let worker = self.choose_worker(policy)?;
+        let event = self.tasks.place(id, worker)?;
+        Ok(vec![self.task_event(event)])
+    }
+
+    pub fn report_checkpoint(
+        &mut self,
+        id: TaskId,
+        from: &NodeId,
+        epoch: u64,
+        seq: u64,
+        fuel_used: u64,
+    ) -> Result<Vec<Event>, CoordinatorError> {
+        let event = self.tasks.checkpoint(id, from, epoch, seq, fuel_used)?;
+        Ok(vec![self.task_event(event)])
+    }
+
+    pub fn report_finished(
+        &mut self,
+        id: TaskId,
+        from: &NodeId,
+        epoch: u64,
+        outcome: Outcome,
+        fuel_used: u64,
+    ) -> Result<Vec<Event>, CoordinatorError> {
+        let event = self.tasks.finish(id, from, epoch, outcome, fuel_used)?;
+        Ok(vec![self.task_event(event)])
+    }
+
+    /// Cancel a pending or running task. For a running task the caller tells
+    /// its owner (in the returned event's task record) to stop it.
+    pub fn cancel(&mut self, id: TaskId) -> Result<Vec<Event>, CoordinatorError> {
+        let event = self.tasks.cancel(id)?;
+        Ok(vec![self.task_event(event)])
+    }
+
+    pub fn node(&self, name: &NodeId) -> Option<&Node> {
+        self.membership.node(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.membership.nodes()
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&Task> {
+        self.tasks.task(id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.tasks()
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn task_table(&self) -> &TaskTable {
+        &self.tasks
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            nodes: self.membership.views(),
+            tasks: self.tasks.tasks().cloned().collect(),
+            next_task_id: self.tasks.next_id(),
+        }
+    }
+}

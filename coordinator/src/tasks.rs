@@ -1,0 +1,370 @@
+//! Task records and their lifecycle.
+//!
+//! ```text
+//! pending ──place──▶ running ──finish──▶ completed | failed
+//!    │                  │
+//!    └──── cancel ──────┴──────────────▶ cancelled
+//! ```
+//! `Migrating` is defined for the migration issue and not entered yet.
+//!
+//! Every placement bumps the task's `epoch`; reports from a worker must carry
+//! the current owner and epoch, so a stale owner (one that was declared dead
+//! and whose task moved on) cannot overwrite the new owner's progress.
+//!
+//! As in [`crate::membership`], commands validate and build a [`TaskEvent`],
+//! and [`TaskTable::apply`] is the only code that changes a record.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use wmig_proto::{Hash, NodeId, TaskId};
+
+/// What to run: everything a worker needs besides its own settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// blake3 of the wasm bundle in the registry.
+    pub bundle: Hash,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Pending,
+    Running,
+    /// Reserved for live migration (not entered yet).
+    Migrating,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// States in which the task occupies a slot on its owner.
+    pub fn occupies_slot(self) -> bool {
+        matches!(self, TaskState::Running | TaskState::Migrating)
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Migrating => "migrating",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// How a task ended, as reported by its worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Completed {
+        exit_code: i32,
+    },
+    /// A trap, a limit (memory, fuel, wall time) or a host error.
+    Failed {
+        reason: String,
+        exit_code: Option<i32>,
+    },
+}
+
+/// Everything the coordinator knows about one task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    /// The worker that runs (or last ran) the task.
+    pub owner: Option<NodeId>,
+    /// Incremented at every placement; fences reports from stale owners.
+    pub epoch: u64,
+    pub state: TaskState,
+    /// Sequence number of the latest checkpoint stored in the registry.
+    pub checkpoint_seq: Option<u64>,
+    pub fuel_used: u64,
+    pub exit_code: Option<i32>,
+    pub failure: Option<String>,
+}
+
+/// A change to the task table; persisted in the event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskEvent {
+    Submitted {
+        id: TaskId,
+        spec: TaskSpec,
+    },
+    Placed {
+        id: TaskId,
+        worker: NodeId,
+        epoch: u64,
+    },
+    Checkpointed {
+        id: TaskId,
+        seq: u64,
+        fuel_used: u64,
+    },
+    Finished {
+        id: TaskId,
+        outcome: Outcome,
+        fuel_used: u64,
+    },
+    Cancelled {
+        id: TaskId,
+    },
+}
+
+/// Why a task command was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TaskError {
+    #[error("unknown task {id}: see `wmig ps` for task ids")]
+    UnknownTask { id: TaskId },
+    #[error("task {id} is {state}; it cannot be {action}")]
+    IllegalTransition {
+        id: TaskId,
+        state: TaskState,
+        action: &'static str,
+    },
+    #[error("report for task {id} from `{from}` epoch {epoch} is stale: the task is owned by {owner} at epoch {current}")]
+    StaleOwner {
+        id: TaskId,
+        from: NodeId,
+        epoch: u64,
+        owner: String,
+        current: u64,
+    },
+    #[error("checkpoint {seq} of task {id} is not newer than checkpoint {latest}; checkpoint sequence numbers must increase")]
+    CheckpointOutOfOrder { id: TaskId, seq: u64, latest: u64 },
+}
+
+/// All tasks, plus the next id and the per-worker load placement needs.
+#[derive(Clone, Debug)]
+pub struct TaskTable {
+    tasks: BTreeMap<TaskId, Task>,
+    next_id: u64,
+    /// Running/migrating tasks per owner, maintained by `apply`.
+    load: BTreeMap<NodeId, u32>,
+}
+
+impl Default for TaskTable {
+    fn default() -> Self {
+        TaskTable {
+            tasks: BTreeMap::new(),
+            next_id: 1,
+            load: BTreeMap::new(),
+        }
+    }
+}
+
+impl TaskTable {
+    pub fn task(&self, id: TaskId) -> Option<&Task> {
+        self.tasks.get(&id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    /// The id the next submission gets. Ids never repeat, across restarts too,
+    /// because `apply(Submitted)` moves this past every id in the log.
+    pub fn next_id(&self) -> TaskId {
+        TaskId(self.next_id)
+    }
+
+    pub fn load(&self) -> &BTreeMap<NodeId, u32> {
+        &self.load
+    }
+
+    /// Tasks currently occupying a slot on `worker`.
+    pub fn running_on<'a>(&'a self, worker: &'a NodeId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .filter(move |t| t.state.occupies_slot() && t.owner.as_ref() == Some(worker))
+    }
+
+    pub fn submit(&self, spec: TaskSpec) -> TaskEvent {
+        TaskEvent::Submitted {
+            id: self.next_id(),
+            spec,
+        }
+    }
+
+    fn get(&self, id: TaskId) -> Result<&Task, TaskError> {
+        self.tasks.get(&id).ok_or(TaskError::UnknownTask { id })
+    }
+
+    /// Hand a pending task to `worker` (eligibility is the placer's job).
+    pub fn place(&self, id: TaskId, worker: NodeId) -> Result<TaskEvent, TaskError> {
+        let task = self.get(id)?;
+        if task.state != TaskState::Pending {
+            return Err(illegal(task, "placed"));
+        }
+        Ok(TaskEvent::Placed {
+            id,
+            worker,
+            epoch: task.epoch + 1,
+        })
+    }
+
+    fn check_owner(&self, id: TaskId, from: &NodeId, epoch: u64) -> Result<&Task, TaskError> {
+        let task = self.get(id)?;
+        if task.owner.as_ref() != Some(from) || task.epoch != epoch {
+            return Err(TaskError::StaleOwner {
+                id,
+                from: from.clone(),
+                epoch,
+                owner: task
+                    .owner
+                    .as_ref()
+                    .map_or_else(|| "nobody".to_string(), |o| format!("`{o}`")),
+                current: task.epoch,
+            });
+        }
+        Ok(task)
+    }
+
+    pub fn checkpoint(
+        &self,
+        id: TaskId,
+        from: &NodeId,
+        epoch: u64,
+        seq: u64,
+        fuel_used: u64,
+    ) -> Result<TaskEvent, TaskError> {
+        let task = self.check_owner(id, from, epoch)?;
+        if !task.state.occupies_slot() {
+            return Err(illegal(task, "checkpointed"));
+        }
+        if let Some(latest) = task.checkpoint_seq.filter(|latest| seq <= *latest) {
+            return Err(TaskError::CheckpointOutOfOrder { id, seq, latest });
+        }
+        Ok(TaskEvent::Checkpointed { id, seq, fuel_used })
+    }
+
+    pub fn finish(
+        &self,
+        id: TaskId,
+        from: &NodeId,
+        epoch: u64,
+        outcome: Outcome,
+        fuel_used: u64,
+    ) -> Result<TaskEvent, TaskError> {
+        let task = self.check_owner(id, from, epoch)?;
+        if !task.state.occupies_slot() {
+            return Err(illegal(task, "finished"));
+        }
+        Ok(TaskEvent::Finished {
+            id,
+            outcome,
+            fuel_used,
+        })
+    }
+
+    pub fn cancel(&self, id: TaskId) -> Result<TaskEvent, TaskError> {
+        let task = self.get(id)?;
+        if task.state.is_terminal() {
+            return Err(illegal(task, "cancelled"));
+        }
+        Ok(TaskEvent::Cancelled { id })
+    }
+
+    fn release_slot(&mut self, id: TaskId) {
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        if !task.state.occupies_slot() {
+            return;
+        }
+        if let Some(owner) = &task.owner {
+            if let Some(n) = self.load.get_mut(owner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.load.remove(owner);
+                }
+            }
+        }
+    }
+
+    /// Perform one state change. Events that do not fit the current state
+    /// are ignored: the log only holds events that were valid when written.
+    pub fn apply(&mut self, event: &TaskEvent) {
+        match event {
+            TaskEvent::Submitted { id, spec } => {
+                self.next_id = self.next_id.max(id.0.saturating_add(1));
+                self.tasks.insert(
+                    *id,
+                    Task {
+                        id: *id,
+                        spec: spec.clone(),
+                        owner: None,
+                        epoch: 0,
+                        state: TaskState::Pending,
+                        checkpoint_seq: None,
+                        fuel_used: 0,
+                        exit_code: None,
+                        failure: None,
+                    },
+                );
+            }
+            TaskEvent::Placed { id, worker, epoch } => {
+                self.release_slot(*id);
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.owner = Some(worker.clone());
+                    t.epoch = *epoch;
+                    t.state = TaskState::Running;
+                    *self.load.entry(worker.clone()).or_insert(0) += 1;
+                }
+            }
+            TaskEvent::Checkpointed { id, seq, fuel_used } => {
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.checkpoint_seq = Some(*seq);
+                    t.fuel_used = *fuel_used;
+                }
+            }
+            TaskEvent::Finished {
+                id,
+                outcome,
+                fuel_used,
+            } => {
+                self.release_slot(*id);
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.fuel_used = *fuel_used;
+                    match outcome {
+                        Outcome::Completed { exit_code } => {
+                            t.state = TaskState::Completed;
+                            t.exit_code = Some(*exit_code);
+                        }
+                        Outcome::Failed { reason, exit_code } => {
+                            t.state = TaskState::Failed;
+                            t.exit_code = *exit_code;
+                            t.failure = Some(reason.clone());
+                        }
+                    }
+                }
+            }
+            TaskEvent::Cancelled { id } => {
+                self.release_slot(*id);
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.state = TaskState::Cancelled;
+                }
+            }
+        }
+    }
+}
+
+fn illegal(task: &Task, action: &'static str) -> TaskError {
+    TaskError::IllegalTransition {
+        id: task.id,
+        state: task.state,
+        action,
+    }
+}
