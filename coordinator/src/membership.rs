@@ -372,3 +372,222 @@ impl Membership {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn info(name: &str, role: Role, slots: u32) -> NodeInfo {
+        NodeInfo {
+            name: NodeId(name.to_string()),
+            role,
+            slots,
+            labels: BTreeMap::new(),
+            addr: format!("127.0.0.1:{}", 4000 + name.len()),
+            pid: 100,
+        }
+    }
+
+    fn id(name: &str) -> NodeId {
+        NodeId(name.to_string())
+    }
+
+    fn table() -> Membership {
+        Membership::new(MembershipConfig::default())
+    }
+
+    #[test]
+    fn register_then_duplicate_live_name_is_refused() {
+        let mut m = table();
+        let ev = m.register(info("w1", Role::Worker, 2), 0);
+        assert_eq!(
+            ev,
+            Ok(Some(MembershipEvent::Joined(info("w1", Role::Worker, 2))))
+        );
+        let mut other = info("w1", Role::Worker, 2);
+        other.pid = 999;
+        let err = m.register(other, 10).unwrap_err();
+        assert!(matches!(err, MembershipError::DuplicateName { .. }));
+        assert!(err.to_string().contains("already registered"), "{err}");
+        // The original registration is untouched.
+        assert_eq!(m.node(&id("w1")).map(|n| n.info.pid), Some(100));
+    }
+
+    #[test]
+    fn same_process_re_registering_is_idempotent() {
+        let mut m = table();
+        m.register(info("w1", Role::Worker, 2), 0).unwrap();
+        assert_eq!(m.register(info("w1", Role::Worker, 2), 3_000), Ok(None));
+        // Counted as a heartbeat: not offline at 5 000.
+        assert!(m.poll_timeouts(5_000).is_empty());
+        // Same process with new labels: recorded as an update.
+        let mut relabeled = info("w1", Role::Worker, 2);
+        relabeled.labels.insert("gpu".into(), "no".into());
+        let ev = m.register(relabeled.clone(), 3_500).unwrap();
+        assert!(matches!(
+            ev,
+            Some(MembershipEvent::Recovered { info: Some(_), .. })
+        ));
+        assert_eq!(m.node(&id("w1")).map(|n| &n.info), Some(&relabeled));
+    }
+
+    #[test]
+    fn offline_node_re_registering_is_a_recovery() {
+        let mut m = table();
+        m.register(info("w1", Role::Worker, 2), 0).unwrap();
+        assert_eq!(
+            m.poll_timeouts(5_000),
+            vec![MembershipEvent::Offline(id("w1"))]
+        );
+        let mut restarted = info("w1", Role::Worker, 4);
+        restarted.pid = 200;
+        let ev = m.register(restarted.clone(), 6_000).unwrap();
+        assert_eq!(
+            ev,
+            Some(MembershipEvent::Recovered {
+                node: id("w1"),
+                info: Some(restarted)
+            })
+        );
+        let node = m.node(&id("w1")).unwrap();
+        assert_eq!(
+            (node.liveness, node.info.pid, node.info.slots),
+            (Liveness::Online, 200, 4)
+        );
+    }
+
+    #[test]
+    fn role_change_and_bad_names_are_refused() {
+        let mut m = table();
+        m.register(info("n", Role::Worker, 1), 0).unwrap();
+        m.poll_timeouts(10_000);
+        let err = m.register(info("n", Role::Monitor, 0), 10_001).unwrap_err();
+        assert!(matches!(err, MembershipError::RoleChange { .. }), "{err}");
+        for bad in ["", "a b", "x/y", &"z".repeat(65)] {
+            let err = m.register(info(bad, Role::Worker, 1), 0).unwrap_err();
+            assert!(
+                matches!(err, MembershipError::InvalidName { .. }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn heartbeat_from_unknown_node_says_re_register() {
+        let mut m = table();
+        let err = m.heartbeat(&id("ghost"), 0).unwrap_err();
+        assert_eq!(err, MembershipError::UnknownNode { name: id("ghost") });
+        assert!(err.to_string().contains("register it again"), "{err}");
+    }
+
+    /// Hours of simulated time: a steady node never goes offline, a node that
+    /// stops heartbeating goes offline at exactly `last + timeout` (not one
+    /// millisecond before), once, and recovers on its next heartbeat.
+    #[test]
+    fn simulated_hours_of_heartbeats() {
+        let mut m = table();
+        m.register(info("steady", Role::Worker, 1), 0).unwrap();
+        m.register(info("flaky", Role::Worker, 1), 0).unwrap();
+        m.register(info("mon", Role::Monitor, 0), 0).unwrap();
+        let hours = 3 * 3_600_000;
+        let silent_from = 3_600_000; // flaky's last heartbeat
+        let back_at = 7_200_000;
+        let mut offline_events = Vec::new();
+        let mut now = 0;
+        let mut next_beat = 1_000;
+        while now < hours {
+            // Step to whichever comes first: a heartbeat round or a deadline.
+            let deadline = m.next_deadline().unwrap_or(u64::MAX);
+            now = next_beat.min(deadline);
+            for ev in m.poll_timeouts(now) {
+                offline_events.push((now, ev));
+            }
+            if now == next_beat {
+                m.heartbeat(&id("steady"), now).unwrap();
+                m.heartbeat(&id("mon"), now).unwrap();
+                if now <= silent_from || now >= back_at {
+                    let ev = m.heartbeat(&id("flaky"), now).unwrap();
+                    if now == back_at {
+                        assert_eq!(
+                            ev,
+                            Some(MembershipEvent::Recovered {
+                                node: id("flaky"),
+                                info: None
+                            })
+                        );
+                    } else {
+                        assert_eq!(ev, None, "at {now}");
+                    }
+                }
+                next_beat += 1_000;
+            }
+            let flaky = m.node(&id("flaky")).unwrap().liveness;
+            let expect_offline = now >= silent_from + 5_000 && now < back_at;
+            assert_eq!(flaky == Liveness::Offline, expect_offline, "at {now}");
+        }
+        assert_eq!(
+            offline_events,
+            vec![(silent_from + 5_000, MembershipEvent::Offline(id("flaky")))]
+        );
+        assert!(m.nodes().all(|n| n.liveness == Liveness::Online));
+    }
+
+    #[test]
+    fn offline_exactly_at_timeout_and_deadlines() {
+        let mut m = Membership::new(MembershipConfig {
+            offline_timeout: 300,
+        });
+        assert_eq!(m.next_deadline(), None);
+        m.register(info("a", Role::Worker, 1), 100).unwrap();
+        m.register(info("b", Role::Worker, 1), 150).unwrap();
+        assert_eq!(m.next_deadline(), Some(400));
+        assert!(m.poll_timeouts(399).is_empty());
+        assert_eq!(
+            m.poll_timeouts(400),
+            vec![MembershipEvent::Offline(id("a"))]
+        );
+        assert!(m.poll_timeouts(401).is_empty(), "offline is reported once");
+        assert_eq!(m.next_deadline(), Some(450));
+        // A late heartbeat timestamp never moves last_seen backwards.
+        m.heartbeat(&id("b"), 200).unwrap();
+        m.heartbeat(&id("b"), 120).unwrap();
+        assert_eq!(m.next_deadline(), Some(500));
+        m.poll_timeouts(10_000);
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn drain_and_uncordon() {
+        let mut m = table();
+        m.register(info("w", Role::Worker, 1), 0).unwrap();
+        m.register(info("mon", Role::Monitor, 0), 0).unwrap();
+        assert_eq!(
+            m.drain(&id("w")),
+            Ok(Some(MembershipEvent::Drained(id("w"))))
+        );
+        assert_eq!(m.drain(&id("w")), Ok(None));
+        assert!(m.node(&id("w")).unwrap().draining);
+        assert_eq!(
+            m.uncordon(&id("w")),
+            Ok(Some(MembershipEvent::Uncordoned(id("w"))))
+        );
+        assert_eq!(m.uncordon(&id("w")), Ok(None));
+        assert!(matches!(
+            m.drain(&id("mon")),
+            Err(MembershipError::NotAWorker { .. })
+        ));
+        assert!(matches!(
+            m.uncordon(&id("x")),
+            Err(MembershipError::UnknownNode { .. })
+        ));
+    }
+
+    #[test]
+    fn resume_gives_a_fresh_grace_period() {
+        let mut m = table();
+        m.register(info("w", Role::Worker, 1), 0).unwrap();
+        m.resume(1_000_000);
+        assert!(m.poll_timeouts(1_004_999).is_empty());
+        assert_eq!(m.poll_timeouts(1_005_000).len(), 1);
+    }
+}

@@ -170,3 +170,159 @@ fn check_eligible(node: &Node, running: u32) -> Result<(), PlacementError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{MembershipConfig, NodeInfo};
+
+    fn id(name: &str) -> NodeId {
+        NodeId(name.to_string())
+    }
+
+    fn cluster(workers: &[(&str, u32)]) -> Membership {
+        let mut m = Membership::new(MembershipConfig::default());
+        for (name, slots) in workers {
+            let info = NodeInfo {
+                name: id(name),
+                role: Role::Worker,
+                slots: *slots,
+                labels: BTreeMap::new(),
+                addr: format!("127.0.0.1:1/{name}"),
+                pid: 1,
+            };
+            m.register(info, 0).unwrap();
+        }
+        m
+    }
+
+    fn load(pairs: &[(&str, u32)]) -> BTreeMap<NodeId, u32> {
+        pairs.iter().map(|(n, l)| (id(n), *l)).collect()
+    }
+
+    #[test]
+    fn least_loaded_prefers_fewest_tasks_then_name() {
+        let m = cluster(&[("c", 4), ("a", 4), ("b", 4)]);
+        let mut p = Placer::default();
+        let ll = Placement::LeastLoaded;
+        assert_eq!(p.choose(&ll, &m, &load(&[])), Ok(id("a")));
+        assert_eq!(p.choose(&ll, &m, &load(&[("a", 1)])), Ok(id("b")));
+        assert_eq!(
+            p.choose(&ll, &m, &load(&[("a", 2), ("b", 1), ("c", 1)])),
+            Ok(id("b"))
+        );
+        // A full worker is skipped even if it sorts first.
+        let m = cluster(&[("a", 1), ("b", 3)]);
+        assert_eq!(p.choose(&ll, &m, &load(&[("a", 1), ("b", 2)])), Ok(id("b")));
+    }
+
+    #[test]
+    fn round_robin_cycles_in_name_order_and_skips_ineligible() {
+        let mut m = cluster(&[("a", 9), ("b", 9), ("c", 9)]);
+        let mut p = Placer::default();
+        let rr = Placement::RoundRobin;
+        let picks: Vec<_> = (0..4)
+            .map(|_| p.choose(&rr, &m, &load(&[])).unwrap())
+            .collect();
+        assert_eq!(picks, vec![id("a"), id("b"), id("c"), id("a")]);
+        m.drain(&id("b")).unwrap();
+        assert_eq!(p.choose(&rr, &m, &load(&[])), Ok(id("c")));
+        assert_eq!(p.choose(&rr, &m, &load(&[])), Ok(id("a")));
+        assert_eq!(p.choose(&rr, &m, &load(&[("c", 9)])), Ok(id("a")));
+    }
+
+    #[test]
+    fn random_is_seeded_and_spreads() {
+        let m = cluster(&[("a", 99), ("b", 99), ("c", 99)]);
+        let run = |seed| {
+            let mut p = Placer::new(seed);
+            (0..60)
+                .map(|_| p.choose(&Placement::Random, &m, &load(&[])).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let first = run(7);
+        assert_eq!(first, run(7), "same seed, same choices");
+        assert_ne!(first, run(8));
+        for w in ["a", "b", "c"] {
+            assert!(first.contains(&id(w)), "{w} never chosen");
+        }
+    }
+
+    #[test]
+    fn pinned_and_every_refusal() {
+        let mut m = cluster(&[("busy", 1), ("drained", 2), ("dead", 2), ("ok", 2)]);
+        m.register(
+            NodeInfo {
+                name: id("mon"),
+                role: Role::Monitor,
+                slots: 0,
+                labels: BTreeMap::new(),
+                addr: "m".into(),
+                pid: 2,
+            },
+            4_000,
+        )
+        .unwrap();
+        m.drain(&id("drained")).unwrap();
+        m.heartbeat(&id("busy"), 4_000).unwrap();
+        m.heartbeat(&id("drained"), 4_000).unwrap();
+        m.heartbeat(&id("ok"), 4_000).unwrap();
+        m.poll_timeouts(5_000); // "dead" goes offline
+        let mut p = Placer::default();
+        let l = load(&[("busy", 1)]);
+        let pin = |n: &str| Placement::Pinned(id(n));
+        assert_eq!(p.choose(&pin("ok"), &m, &l), Ok(id("ok")));
+        let cases = [
+            ("nope", PlacementError::UnknownWorker { name: id("nope") }),
+            ("mon", PlacementError::NotAWorker { name: id("mon") }),
+            ("dead", PlacementError::WorkerOffline { name: id("dead") }),
+            (
+                "drained",
+                PlacementError::WorkerDraining {
+                    name: id("drained"),
+                },
+            ),
+            (
+                "busy",
+                PlacementError::WorkerFull {
+                    name: id("busy"),
+                    running: 1,
+                    slots: 1,
+                },
+            ),
+        ];
+        for (name, want) in cases {
+            let err = p.choose(&pin(name), &m, &l).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+            assert_eq!(err, want);
+        }
+        // With "ok" full too, nothing is eligible though workers are online.
+        let l = load(&[("busy", 1), ("ok", 2)]);
+        for policy in [
+            Placement::LeastLoaded,
+            Placement::RoundRobin,
+            Placement::Random,
+        ] {
+            assert_eq!(
+                p.choose(&policy, &m, &l),
+                Err(PlacementError::NoFreeSlot { online: 3 })
+            );
+        }
+    }
+
+    #[test]
+    fn no_workers_online() {
+        let mut p = Placer::default();
+        let empty = Membership::new(MembershipConfig::default());
+        let err = p
+            .choose(&Placement::LeastLoaded, &empty, &load(&[]))
+            .unwrap_err();
+        assert_eq!(err, PlacementError::NoWorkersOnline);
+        let mut m = cluster(&[("a", 1)]);
+        m.poll_timeouts(60_000);
+        assert_eq!(
+            p.choose(&Placement::RoundRobin, &m, &load(&[])),
+            Err(PlacementError::NoWorkersOnline)
+        );
+    }
+}

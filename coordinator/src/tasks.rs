@@ -368,3 +368,176 @@ fn illegal(task: &Task, action: &'static str) -> TaskError {
         action,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(n: u8) -> TaskSpec {
+        TaskSpec {
+            bundle: Hash([n; 32]),
+            args: vec![format!("arg{n}")],
+            env: BTreeMap::from([("K".to_string(), n.to_string())]),
+        }
+    }
+
+    fn w(name: &str) -> NodeId {
+        NodeId(name.to_string())
+    }
+
+    /// Run a command and apply its event, as the coordinator does.
+    fn run(
+        t: &mut TaskTable,
+        cmd: impl FnOnce(&TaskTable) -> Result<TaskEvent, TaskError>,
+    ) -> Result<(), TaskError> {
+        let ev = cmd(t)?;
+        t.apply(&ev);
+        Ok(())
+    }
+
+    fn submitted(t: &mut TaskTable, n: u8) -> TaskId {
+        let id = t.next_id();
+        let ev = t.submit(spec(n));
+        t.apply(&ev);
+        id
+    }
+
+    #[test]
+    fn happy_path_pending_running_completed() {
+        let mut t = TaskTable::default();
+        let id = submitted(&mut t, 1);
+        assert_eq!(id, TaskId(1));
+        assert_eq!(t.task(id).map(|t| t.state), Some(TaskState::Pending));
+        run(&mut t, |t| t.place(id, w("a"))).unwrap();
+        assert_eq!(t.load().get(&w("a")), Some(&1));
+        run(&mut t, |t| t.checkpoint(id, &w("a"), 1, 1, 500)).unwrap();
+        run(&mut t, |t| t.checkpoint(id, &w("a"), 1, 2, 900)).unwrap();
+        run(&mut t, |t| {
+            t.finish(id, &w("a"), 1, Outcome::Completed { exit_code: 0 }, 1000)
+        })
+        .unwrap();
+        let task = t.task(id).unwrap();
+        assert_eq!(task.state, TaskState::Completed);
+        assert_eq!(
+            (
+                task.owner.clone(),
+                task.epoch,
+                task.checkpoint_seq,
+                task.fuel_used,
+                task.exit_code
+            ),
+            (Some(w("a")), 1, Some(2), 1000, Some(0))
+        );
+        assert!(t.load().is_empty(), "slot released");
+    }
+
+    #[test]
+    fn failure_records_reason_and_exit_code() {
+        let mut t = TaskTable::default();
+        let id = submitted(&mut t, 1);
+        run(&mut t, |t| t.place(id, w("a"))).unwrap();
+        let out = Outcome::Failed {
+            reason: "fuel limit".into(),
+            exit_code: None,
+        };
+        run(&mut t, |t| t.finish(id, &w("a"), 1, out, 7)).unwrap();
+        let task = t.task(id).unwrap();
+        assert_eq!(
+            (task.state, task.failure.as_deref()),
+            (TaskState::Failed, Some("fuel limit"))
+        );
+    }
+
+    #[test]
+    fn cancel_pending_and_running_but_not_finished() {
+        let mut t = TaskTable::default();
+        let pending = submitted(&mut t, 1);
+        let running = submitted(&mut t, 2);
+        run(&mut t, |t| t.place(running, w("a"))).unwrap();
+        run(&mut t, |t| t.cancel(pending)).unwrap();
+        run(&mut t, |t| t.cancel(running)).unwrap();
+        assert!(t.load().is_empty());
+        for id in [pending, running] {
+            assert_eq!(t.task(id).map(|t| t.state), Some(TaskState::Cancelled));
+            let err = t.cancel(id).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("is cancelled; it cannot be cancelled"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn illegal_transitions_are_errors() {
+        let mut t = TaskTable::default();
+        let id = submitted(&mut t, 1);
+        let illegal = |e: Result<TaskEvent, TaskError>| {
+            assert!(
+                matches!(e, Err(TaskError::IllegalTransition { .. })),
+                "{e:?}"
+            )
+        };
+        // Pending: nobody owns it, so reports are stale rather than illegal.
+        assert!(matches!(
+            t.finish(id, &w("a"), 0, Outcome::Completed { exit_code: 0 }, 0),
+            Err(TaskError::StaleOwner { .. })
+        ));
+        run(&mut t, |t| t.place(id, w("a"))).unwrap();
+        illegal(t.place(id, w("b")));
+        run(&mut t, |t| {
+            t.finish(id, &w("a"), 1, Outcome::Completed { exit_code: 3 }, 0)
+        })
+        .unwrap();
+        illegal(t.place(id, w("b")));
+        illegal(t.finish(id, &w("a"), 1, Outcome::Completed { exit_code: 3 }, 0));
+        illegal(t.checkpoint(id, &w("a"), 1, 9, 0));
+        illegal(t.cancel(id));
+        assert_eq!(
+            t.place(TaskId(99), w("a")),
+            Err(TaskError::UnknownTask { id: TaskId(99) })
+        );
+        assert!(TaskError::UnknownTask { id: TaskId(99) }
+            .to_string()
+            .contains("t-99"));
+    }
+
+    #[test]
+    fn stale_owner_and_checkpoint_order_are_refused() {
+        let mut t = TaskTable::default();
+        let id = submitted(&mut t, 1);
+        run(&mut t, |t| t.place(id, w("a"))).unwrap();
+        let err = t.checkpoint(id, &w("b"), 1, 1, 0).unwrap_err();
+        assert!(err.to_string().contains("owned by `a` at epoch 1"), "{err}");
+        assert!(matches!(
+            t.checkpoint(id, &w("a"), 0, 1, 0),
+            Err(TaskError::StaleOwner { .. })
+        ));
+        run(&mut t, |t| t.checkpoint(id, &w("a"), 1, 5, 0)).unwrap();
+        assert_eq!(
+            t.checkpoint(id, &w("a"), 1, 5, 0),
+            Err(TaskError::CheckpointOutOfOrder {
+                id,
+                seq: 5,
+                latest: 5
+            })
+        );
+    }
+
+    #[test]
+    fn ids_are_monotonic_even_when_replayed_out_of_band() {
+        let mut t = TaskTable::default();
+        t.apply(&TaskEvent::Submitted {
+            id: TaskId(41),
+            spec: spec(0),
+        });
+        assert_eq!(t.next_id(), TaskId(42));
+        t.apply(&TaskEvent::Submitted {
+            id: TaskId(7),
+            spec: spec(0),
+        });
+        assert_eq!(t.next_id(), TaskId(42));
+        assert_eq!(submitted(&mut t, 1), TaskId(42));
+        assert!(TaskState::Migrating.occupies_slot() && !TaskState::Migrating.is_terminal());
+    }
+}
