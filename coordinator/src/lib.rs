@@ -12,6 +12,9 @@
 //! call [`Coordinator::tick`] from [`Coordinator::next_deadline`]. That makes
 //! hours of heartbeats testable in milliseconds.
 
+// Tests may unwrap: a panic there is a test failure with a line number.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod log;
 pub mod membership;
 pub mod placement;
