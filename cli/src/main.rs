@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "wmig", version, about = "WebAssembly task migration", propagate_version = true)]
+#[command(
+    name = "wmig",
+    version,
+    about = "WebAssembly task migration",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

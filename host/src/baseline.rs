@@ -61,7 +61,8 @@ impl Baseline {
         }
         let mut store = Store::new(&self.engine, builder.build_p1());
         let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.engine);
-        p1::add_to_linker_sync(&mut linker, |s| s).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        p1::add_to_linker_sync(&mut linker, |s| s)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let instance = linker
             .instantiate(&mut store, module)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;

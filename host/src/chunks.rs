@@ -174,7 +174,10 @@ mod tests {
         let mut sink = MemChunks::new();
         let mut cost = CaptureCost::default();
         let img = capture("memory", &mem, mem.len(), &mut sink, &mut cost);
-        assert_eq!(img.chunks.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 5]);
+        assert_eq!(
+            img.chunks.iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![1, 5]
+        );
         assert_eq!(cost.copied, 2 * CHUNK_SIZE as u64);
         let mut cost2 = CaptureCost::default();
         let again = capture("memory", &mem, mem.len(), &mut sink, &mut cost2);

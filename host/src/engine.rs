@@ -62,7 +62,8 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, HostError> {
-        let engine = Engine::new(&engine_config()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let engine =
+            Engine::new(&engine_config()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         add_host_functions(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Runtime {
@@ -124,8 +125,9 @@ impl Runtime {
             }
         }
         let start = Instant::now();
-        let module = Module::new(&self.engine, bytes)
-            .map_err(|e| HostError::Engine(format!("compiling the instrumented module failed: {e:#}")))?;
+        let module = Module::new(&self.engine, bytes).map_err(|e| {
+            HostError::Engine(format!("compiling the instrumented module failed: {e:#}"))
+        })?;
         tracing::debug!(ms = start.elapsed().as_millis() as u64, "compiled module");
         if let Some(path) = &path {
             if let Err(e) = store_compiled(path, &module) {

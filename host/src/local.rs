@@ -217,17 +217,17 @@ fn drive(
                 )?;
                 let hashes = captured.manifest.chunk_hashes();
                 chunks.retain(&hashes);
-                let encoded = postcard::to_allocvec(&captured.manifest)
-                    .map_err(|e| HostError::Engine(format!("encoding the checkpoint manifest: {e}")))?;
+                let encoded = postcard::to_allocvec(&captured.manifest).map_err(|e| {
+                    HostError::Engine(format!("encoding the checkpoint manifest: {e}"))
+                })?;
                 stats.checkpoints += 1;
                 stats.checkpoint_ms += captured.millis;
                 stats.checkpoint_bytes += captured.cost.copied + encoded.len() as u64;
 
                 if opts.stop_at == Some(counters.yields) {
-                    let path = opts
-                        .checkpoint_out
-                        .clone()
-                        .ok_or_else(|| HostError::Engine("--stop-at needs --checkpoint-out FILE".into()))?;
+                    let path = opts.checkpoint_out.clone().ok_or_else(|| {
+                        HostError::Engine("--stop-at needs --checkpoint-out FILE".into())
+                    })?;
                     let file = CheckpointFile {
                         manifest: captured.manifest,
                         chunks: chunks.export(&hashes),

@@ -37,7 +37,11 @@ pub struct Captured {
 
 impl Task {
     /// Capture the paused task. Chunks `sink` lacks are copied into it.
-    pub fn capture(&mut self, sink: &mut dyn ChunkSink, meta: CaptureMeta) -> Result<Captured, HostError> {
+    pub fn capture(
+        &mut self,
+        sink: &mut dyn ChunkSink,
+        meta: CaptureMeta,
+    ) -> Result<Captured, HostError> {
         if !self.is_paused() {
             return Err(HostError::NotPaused);
         }
@@ -56,7 +60,13 @@ impl Task {
                 .get(header..header + 4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
                 .unwrap_or(data.len());
-            memories.push(chunks::capture(STACK_MEMORY_EXPORT, data, used, sink, &mut cost));
+            memories.push(chunks::capture(
+                STACK_MEMORY_EXPORT,
+                data,
+                used,
+                sink,
+                &mut cost,
+            ));
         }
         let mut globals = Vec::with_capacity(self.globals.len());
         for (name, g) in self.globals.clone() {
@@ -66,7 +76,11 @@ impl Task {
                 Val::F32(v) => GlobalValue::F32(v),
                 Val::F64(v) => GlobalValue::F64(v),
                 Val::V128(v) => GlobalValue::V128(v.as_u128()),
-                _ => return Err(HostError::Engine(format!("global `{name}` holds a reference"))),
+                _ => {
+                    return Err(HostError::Engine(format!(
+                        "global `{name}` holds a reference"
+                    )))
+                }
             };
             globals.push((name, v));
         }
@@ -129,7 +143,9 @@ impl Task {
         }
         for (name, value) in &manifest.globals {
             let Some((_, global)) = task.globals.iter().find(|(n, _)| n == name) else {
-                return Err(HostError::corrupt(format!("names global `{name}`, which the module lacks")));
+                return Err(HostError::corrupt(format!(
+                    "names global `{name}`, which the module lacks"
+                )));
             };
             let val = match *value {
                 GlobalValue::I32(v) => Val::I32(v),
@@ -158,7 +174,7 @@ fn write_image(
     source: &dyn ChunkSource,
 ) -> Result<(), HostError> {
     let fresh = memory.data_size(&*store) as u64;
-    if image.byte_len % CHUNK_SIZE as u64 != 0 {
+    if !image.byte_len.is_multiple_of(CHUNK_SIZE as u64) {
         return Err(HostError::corrupt(format!(
             "memory `{}` size {} is not a whole number of pages",
             image.name, image.byte_len
@@ -167,7 +183,12 @@ fn write_image(
     if image.byte_len > fresh {
         memory
             .grow(&mut *store, (image.byte_len - fresh) / CHUNK_SIZE as u64)
-            .map_err(|e| HostError::Engine(format!("growing memory `{}` to {} bytes: {e:#}", image.name, image.byte_len)))?;
+            .map_err(|e| {
+                HostError::Engine(format!(
+                    "growing memory `{}` to {} bytes: {e:#}",
+                    image.name, image.byte_len
+                ))
+            })?;
     } else if image.byte_len < fresh {
         return Err(HostError::corrupt(format!(
             "memory `{}` is {} bytes, smaller than the module's initial {fresh}",
@@ -188,11 +209,14 @@ fn write_image(
     for (idx, hash) in &image.chunks {
         let bytes = source.chunk(hash).ok_or(HostError::MissingChunk(*hash))?;
         let start = *idx as usize * CHUNK_SIZE;
-        let dst = data
-            .get_mut(start..start + CHUNK_SIZE)
-            .ok_or_else(|| HostError::corrupt(format!("chunk {idx} lies outside memory `{}`", image.name)))?;
+        let dst = data.get_mut(start..start + CHUNK_SIZE).ok_or_else(|| {
+            HostError::corrupt(format!("chunk {idx} lies outside memory `{}`", image.name))
+        })?;
         if bytes.len() != CHUNK_SIZE {
-            return Err(HostError::corrupt(format!("chunk {hash} is {} bytes", bytes.len())));
+            return Err(HostError::corrupt(format!(
+                "chunk {hash} is {} bytes",
+                bytes.len()
+            )));
         }
         dst.copy_from_slice(bytes);
     }

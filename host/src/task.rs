@@ -13,7 +13,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use wasmtime::{Caller, Global, Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, Val};
+use wasmtime::{
+    Caller, Global, Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
+    Val,
+};
 use wmig_proto::checkpoint::Counters;
 use wmig_rewrite::{
     FUEL_EXPORT, GLOBAL_EXPORT_PREFIX, HOST_MODULE, STACK_HEADER_OFFSET, STACK_MEMORY_EXPORT,
@@ -120,15 +123,19 @@ pub(crate) struct Control {
 /// Host functions under `wmig.*`: the injected yield point and the guest SDK.
 pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wmig_wasi::add_to_linker(linker, |s: &mut HostState| &mut s.wasi)?;
-    linker.func_wrap(HOST_MODULE, YIELD_IMPORT, |caller: Caller<'_, HostState>| {
-        on_yield(caller, YieldKind::Fuel)
-    })?;
+    linker.func_wrap(
+        HOST_MODULE,
+        YIELD_IMPORT,
+        |caller: Caller<'_, HostState>| on_yield(caller, YieldKind::Fuel),
+    )?;
     linker.func_wrap(HOST_MODULE, "yield_now", |caller: Caller<'_, HostState>| {
         on_yield(caller, YieldKind::Voluntary)
     })?;
-    linker.func_wrap(HOST_MODULE, "checkpoint_now", |caller: Caller<'_, HostState>| {
-        on_yield(caller, YieldKind::Checkpoint)
-    })?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "checkpoint_now",
+        |caller: Caller<'_, HostState>| on_yield(caller, YieldKind::Checkpoint),
+    )?;
     linker.func_wrap(
         HOST_MODULE,
         "progress",
@@ -159,7 +166,9 @@ impl std::error::Error for FuelExhausted {}
 
 fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Result<()> {
     let Some(hooks) = caller.data().ctl.hooks.clone() else {
-        return Err(wasmtime::Error::msg("yield point reached before the task was set up"));
+        return Err(wasmtime::Error::msg(
+            "yield point reached before the task was set up",
+        ));
     };
     if caller.data().ctl.rewinding {
         // Resuming: the frames are rebuilt up to this call; finish the rewind
@@ -216,7 +225,6 @@ fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Res
 /// One live task.
 pub struct Task {
     pub(crate) store: Store<HostState>,
-    pub(crate) instance: Instance,
     pub(crate) module: Arc<PreparedModule>,
     start: TypedFunc<(), ()>,
     pub(crate) memory: Memory,
@@ -228,7 +236,11 @@ pub struct Task {
 
 impl Task {
     /// Instantiate `module` fresh, ready to run from `_start`.
-    pub fn start(rt: &Runtime, module: &Arc<PreparedModule>, config: TaskConfig) -> Result<Task, HostError> {
+    pub fn start(
+        rt: &Runtime,
+        module: &Arc<PreparedModule>,
+        config: TaskConfig,
+    ) -> Result<Task, HostError> {
         let (wasi, rest) = split(config);
         let wasi = WasiCtx::new(wasi)?;
         Task::instantiate(rt, module, wasi, rest)
@@ -309,7 +321,6 @@ impl Task {
         store.data_mut().ctl.hooks = Some(hooks);
         Ok(Task {
             store,
-            instance,
             module: module.clone(),
             start,
             memory,
@@ -337,7 +348,10 @@ impl Task {
         match result {
             Ok(()) if self.store.data().ctl.unwinding => {
                 let hooks = self.hooks()?;
-                hooks.stop_unwind.call(&mut self.store, ()).map_err(|e| self.trap(e))?;
+                hooks
+                    .stop_unwind
+                    .call(&mut self.store, ())
+                    .map_err(|e| self.trap(e))?;
                 let ctl = &mut self.store.data_mut().ctl;
                 ctl.unwinding = false;
                 let reason = ctl.pause_reason.take().unwrap_or(PauseReason::Requested);

@@ -37,7 +37,10 @@ struct Buf(Arc<Mutex<Vec<u8>>>);
 
 impl OutputSink for Buf {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(bytes);
         Ok(())
     }
 }
@@ -94,16 +97,36 @@ fn check(name: &str, wasm: &[u8]) -> String {
     assert_eq!(moved, plain, "{name}: output differs after restores");
     assert_eq!(moved_status, plain_status, "{name}: exit status differs");
     if moved_status != "trap" {
-        assert!(stats.restores >= 10, "{name}: only {} restores", stats.restores);
+        assert!(
+            stats.restores >= 10,
+            "{name}: only {} restores",
+            stats.restores
+        );
     }
 
     let baseline = Baseline::new().expect("baseline");
     let reference = baseline
-        .run(&baseline.compile(wasm).expect("compile"), &["edge.wasm".into()], &[], &[])
+        .run(
+            &baseline.compile(wasm).expect("compile"),
+            &["edge.wasm".into()],
+            &[],
+            &[],
+        )
         .expect("plain wasmtime");
-    assert_eq!(plain, String::from_utf8_lossy(&reference.stdout), "{name}: differs from wasmtime");
-    let ref_status = if reference.trap.is_some() { "trap".to_string() } else { reference.exit_code.to_string() };
-    assert_eq!(plain_status, ref_status, "{name}: exit differs from wasmtime");
+    assert_eq!(
+        plain,
+        String::from_utf8_lossy(&reference.stdout),
+        "{name}: differs from wasmtime"
+    );
+    let ref_status = if reference.trap.is_some() {
+        "trap".to_string()
+    } else {
+        reference.exit_code.to_string()
+    };
+    assert_eq!(
+        plain_status, ref_status,
+        "{name}: exit differs from wasmtime"
+    );
     plain
 }
 
@@ -175,7 +198,10 @@ fn memory_grows_between_checkpoint_and_restore() {
           (call $print (local.get $sum)))"#,
     );
     let out = check("memory_grow", &wasm);
-    assert_eq!(out.lines().last(), Some(((0..24).map(|i| i + 100).sum::<i32>()).to_string().as_str()));
+    assert_eq!(
+        out.lines().last(),
+        Some(((0..24).map(|i| i + 100).sum::<i32>()).to_string().as_str())
+    );
 }
 
 #[test]

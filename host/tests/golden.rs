@@ -15,14 +15,19 @@ use wmig_proto::checkpoint::{CheckpointFile, FORMAT_VERSION};
 use wmig_proto::Hash;
 
 fn golden(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden")
+        .join(name)
 }
 
 #[derive(Clone, Default)]
 struct Buf(Arc<Mutex<Vec<u8>>>);
 impl OutputSink for Buf {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(bytes);
         Ok(())
     }
 }
@@ -64,7 +69,10 @@ fn golden_checkpoint_still_decodes_and_resumes() {
             checkpoint_out: Some(ckpt_path.clone()),
             ..opts()
         };
-        let spec = WasiSpec { args: vec!["countdown.wasm".into()], ..WasiSpec::default() };
+        let spec = WasiSpec {
+            args: vec!["countdown.wasm".into()],
+            ..WasiSpec::default()
+        };
         let r = wmig_host::on_guest_thread(move || run_local(&w, &spec, &sinks, &opts))
             .expect("thread")
             .expect("golden run");
@@ -73,15 +81,23 @@ fn golden_checkpoint_still_decodes_and_resumes() {
 
     let bytes = std::fs::read(&ckpt_path).expect("golden checkpoint present");
     let file = CheckpointFile::decode(&bytes).expect("golden checkpoint decodes");
-    assert_eq!(file.manifest.module, Hash::of(&wasm), "golden checkpoint names its module");
+    assert_eq!(
+        file.manifest.module,
+        Hash::of(&wasm),
+        "golden checkpoint names its module"
+    );
     assert!(file.manifest.counters.yields >= 12);
-    assert!(file.manifest.wasi.stdout_offset > 0, "output before the checkpoint is accounted");
+    assert!(
+        file.manifest.wasi.stdout_offset > 0,
+        "output before the checkpoint is accounted"
+    );
 
     let (out, sinks) = capture_sinks();
     let w = wasm.clone();
     let spec = WasiSpec::default();
-    let result = wmig_host::on_guest_thread(move || resume_local(&w, &file, &spec, &sinks, &opts()))
-        .expect("thread");
+    let result =
+        wmig_host::on_guest_thread(move || resume_local(&w, &file, &spec, &sinks, &opts()))
+            .expect("thread");
     let finish = match result {
         Ok((finish, _)) => finish,
         Err(e) => panic!(
@@ -102,11 +118,17 @@ fn golden_checkpoint_still_decodes_and_resumes() {
 fn full_run_equals_output_before_plus_after_the_golden_checkpoint() {
     let (out, sinks) = capture_sinks();
     let w = module();
-    let spec = WasiSpec { args: vec!["countdown.wasm".into()], ..WasiSpec::default() };
+    let spec = WasiSpec {
+        args: vec!["countdown.wasm".into()],
+        ..WasiSpec::default()
+    };
     wmig_host::on_guest_thread(move || run_local(&w, &spec, &sinks, &opts()))
         .expect("thread")
         .expect("full run");
     let full = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
     let after = std::fs::read_to_string(golden("countdown.after.txt")).expect("expected output");
-    assert!(full.ends_with(&after) && full.len() > after.len(), "{full:?} vs {after:?}");
+    assert!(
+        full.ends_with(&after) && full.len() > after.len(),
+        "{full:?} vs {after:?}"
+    );
 }

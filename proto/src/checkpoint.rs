@@ -134,7 +134,8 @@ impl CheckpointFile {
         );
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let out = postcard::to_extend(self, out).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        let out =
+            postcard::to_extend(self, out).map_err(|e| CheckpointError::Encode(e.to_string()))?;
         let mut out = out;
         let digest = Hash::of(&out);
         out.extend_from_slice(digest.as_bytes());
@@ -242,7 +243,10 @@ mod tests {
                 }],
                 globals: vec![("wmig:global:0".into(), GlobalValue::I32(-5))],
                 wasi: WasiSnapshot::default(),
-                counters: Counters { yields: 4, fuel: 400 },
+                counters: Counters {
+                    yields: 4,
+                    fuel: 400,
+                },
             },
             chunks: vec![(h, chunk)],
         }

@@ -36,7 +36,11 @@ pub fn run(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
     fs::write(&input, wasm).map_err(|e| err(&e))?;
 
     let mut imports = vec![format!("{HOST_MODULE}.{YIELD_IMPORT}")];
-    imports.extend(SDK_PAUSE_IMPORTS.iter().map(|n| format!("{HOST_MODULE}.{n}")));
+    imports.extend(
+        SDK_PAUSE_IMPORTS
+            .iter()
+            .map(|n| format!("{HOST_MODULE}.{n}")),
+    );
 
     let mut asyncify = OptimizationOptions::new_opt_level_2();
     asyncify

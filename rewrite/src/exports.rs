@@ -22,9 +22,10 @@ pub fn export_state(wasm: &[u8]) -> Result<(Vec<u8>, usize), RewriteError> {
         .map(|(i, g)| (i, g.id()))
         .collect();
     for (i, id) in &mutable {
-        module
-            .exports
-            .add(&format!("{GLOBAL_EXPORT_PREFIX}{i}"), ExportItem::Global(*id));
+        module.exports.add(
+            &format!("{GLOBAL_EXPORT_PREFIX}{i}"),
+            ExportItem::Global(*id),
+        );
     }
 
     // The guest's memory is the one WASI sees as `memory`; Asyncify added the other.
@@ -40,7 +41,9 @@ pub fn export_state(wasm: &[u8]) -> Result<(Vec<u8>, usize), RewriteError> {
         .collect();
     match (guest, others.as_slice()) {
         (Some(_), [stack]) => {
-            module.exports.add(STACK_MEMORY_EXPORT, ExportItem::Memory(*stack));
+            module
+                .exports
+                .add(STACK_MEMORY_EXPORT, ExportItem::Memory(*stack));
         }
         _ => {
             return Err(RewriteError::Exports(format!(

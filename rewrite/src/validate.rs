@@ -184,7 +184,9 @@ fn check_body(body: &wasmparser::FunctionBody<'_>) -> Result<(), ModuleError> {
         .get_operators_reader()
         .map_err(|e| ModuleError::Invalid(e.to_string()))?;
     while !ops.eof() {
-        let op = ops.read().map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        let op = ops
+            .read()
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
         let refused = match op {
             Operator::TableSet { .. } => ModuleError::TableMutation("table.set"),
             Operator::TableGrow { .. } => ModuleError::TableMutation("table.grow"),
@@ -226,21 +228,24 @@ mod tests {
 
     #[test]
     fn names_each_problem() {
-        assert!(matches!(validate(b"hello world!"), Err(ModuleError::NotWasm)));
+        assert!(matches!(
+            validate(b"hello world!"),
+            Err(ModuleError::NotWasm)
+        ));
         let no_start = wat(r#"(module (memory 1) (func (export "main")))"#);
         assert!(matches!(validate(&no_start), Err(ModuleError::NoStart)));
         let shared = wat(r#"(module (memory 1 1 shared) (func (export "_start")))"#);
         assert!(matches!(validate(&shared), Err(ModuleError::Threads)));
-        let foreign = wat(
-            r#"(module (import "env" "f" (func)) (memory 1) (func (export "_start")))"#,
-        );
+        let foreign =
+            wat(r#"(module (import "env" "f" (func)) (memory 1) (func (export "_start")))"#);
         let err = validate(&foreign).expect_err("foreign import refused");
         assert!(err.to_string().contains("env.f"), "{err}");
-        let table = wat(
-            r#"(module (memory 1) (table 1 funcref)
-                 (func (export "_start") (table.set (i32.const 0) (ref.null func))))"#,
-        );
-        assert!(matches!(validate(&table), Err(ModuleError::TableMutation("table.set"))));
+        let table = wat(r#"(module (memory 1) (table 1 funcref)
+                 (func (export "_start") (table.set (i32.const 0) (ref.null func))))"#);
+        assert!(matches!(
+            validate(&table),
+            Err(ModuleError::TableMutation("table.set"))
+        ));
         let truncated = &wat(r#"(module (memory 1) (func (export "_start")))"#)[..20];
         assert!(matches!(validate(truncated), Err(ModuleError::Invalid(_))));
     }

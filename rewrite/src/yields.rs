@@ -86,13 +86,21 @@ fn prepend_check(
     let alternative = builder.dangling_instr_seq(None).id();
     let check = [
         Instr::GlobalGet(ir::GlobalGet { global: fuel }),
-        Instr::Const(ir::Const { value: Value::I32(1) }),
-        Instr::Binop(ir::Binop { op: BinaryOp::I32Sub }),
+        Instr::Const(ir::Const {
+            value: Value::I32(1),
+        }),
+        Instr::Binop(ir::Binop {
+            op: BinaryOp::I32Sub,
+        }),
         Instr::LocalTee(ir::LocalTee { local: tmp }),
         Instr::GlobalSet(ir::GlobalSet { global: fuel }),
         Instr::LocalGet(ir::LocalGet { local: tmp }),
-        Instr::Const(ir::Const { value: Value::I32(1) }),
-        Instr::Binop(ir::Binop { op: BinaryOp::I32LtS }),
+        Instr::Const(ir::Const {
+            value: Value::I32(1),
+        }),
+        Instr::Binop(ir::Binop {
+            op: BinaryOp::I32LtS,
+        }),
         Instr::IfElse(ir::IfElse {
             consequent,
             alternative,
@@ -162,7 +170,8 @@ fn recursive_functions(module: &walrus::Module) -> HashSet<FunctionId> {
     }
 
     let local: Vec<FunctionId> = module.funcs.iter_local().map(|(id, _)| id).collect();
-    let index: HashMap<FunctionId, usize> = local.iter().enumerate().map(|(i, f)| (*f, i)).collect();
+    let index: HashMap<FunctionId, usize> =
+        local.iter().enumerate().map(|(i, f)| (*f, i)).collect();
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); local.len()];
     for (i, id) in local.iter().enumerate() {
         let FunctionKind::Local(func) = &module.funcs.get(*id).kind else {

@@ -54,7 +54,13 @@ fn spec(name: &str, args: &[&str]) -> WasiSpec {
     }
 }
 
-fn run_time(rt: &Runtime, baseline: &Baseline, name: &str, path: &str, args: &[&str]) -> (f64, f64) {
+fn run_time(
+    rt: &Runtime,
+    baseline: &Baseline,
+    name: &str,
+    path: &str,
+    args: &[&str],
+) -> (f64, f64) {
     let wasm = std::fs::read(path).expect("task module");
     let plain_module = baseline.compile(&wasm).expect("compile plain");
     let prepared = rt.load(&wasm).expect("instrument");
@@ -63,12 +69,15 @@ fn run_time(rt: &Runtime, baseline: &Baseline, name: &str, path: &str, args: &[&
     let mut ours = Vec::new();
     for _ in 0..REPS {
         let t = Instant::now();
-        let r = baseline.run(&plain_module, &spec.args, &[], &[]).expect("plain run");
+        let r = baseline
+            .run(&plain_module, &spec.args, &[], &[])
+            .expect("plain run");
         plain.push(t.elapsed().as_secs_f64() * 1e3);
         assert_eq!(r.exit_code, 0, "{name} failed under plain wasmtime");
 
         let t = Instant::now();
-        let mut task = Task::start(rt, &prepared, TaskConfig::new(spec.config(&sinks()))).expect("start");
+        let mut task =
+            Task::start(rt, &prepared, TaskConfig::new(spec.config(&sinks()))).expect("start");
         let out = task.run().expect("run");
         ours.push(t.elapsed().as_secs_f64() * 1e3);
         assert_eq!(out, Outcome::Exited(0), "{name} failed under wmig");
@@ -128,13 +137,18 @@ fn memory_bench(mib: u32) -> MemBench {
         let mut task = Task::start(&rt, &module, cfg).expect("start");
         assert!(matches!(task.run().expect("run"), Outcome::Paused(_)));
         let mut sink = MemChunks::new();
-        let c = task.capture(&mut sink, CaptureMeta::default()).expect("capture");
+        let c = task
+            .capture(&mut sink, CaptureMeta::default())
+            .expect("capture");
         full.push(c.millis);
         full_bytes = c.cost.copied;
         // Continue a little, pause again: only the touched chunk is new.
-        task.pause_flag().store(true, std::sync::atomic::Ordering::SeqCst);
+        task.pause_flag()
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(matches!(task.run().expect("run"), Outcome::Paused(_)));
-        let c2 = task.capture(&mut sink, CaptureMeta::default()).expect("capture");
+        let c2 = task
+            .capture(&mut sink, CaptureMeta::default())
+            .expect("capture");
         incr.push(c2.millis);
         incremental_bytes = c2.cost.copied;
 
@@ -186,20 +200,43 @@ fn main() {
     .expect("bench thread");
     let (rows, mem) = report;
 
-    println!("\nRun time: instrumented (wmig, default yield fuel) vs plain wasmtime 48 + wasmtime-wasi");
+    println!(
+        "\nRun time: instrumented (wmig, default yield fuel) vs plain wasmtime 48 + wasmtime-wasi"
+    );
     println!("| task | args | plain wasmtime (ms) | wmig (ms) | ratio | goal |");
     println!("|---|---|---:|---:|---:|---:|");
     for (name, args, plain, ours) in &rows {
-        println!("| {name} | {args} | {plain:.1} | {ours:.1} | {:.2}× | ≤ 1.05× |", ours / plain);
+        println!(
+            "| {name} | {args} | {plain:.1} | {ours:.1} | {:.2}× | ≤ 1.05× |",
+            ours / plain
+        );
     }
     println!("\nCheckpoint of 64 MiB of live memory (median of {REPS})");
     println!("| metric | result | goal | ratio to goal |");
     println!("|---|---:|---:|---:|");
-    let row = |m: &str, v: f64, goal: f64| println!("| {m} | {v:.1} ms | ≤ {goal} ms | {:.2}× |", v / goal);
-    row("capture, cold (hash + copy every chunk)", mem.capture_full, 25.0);
-    row("capture, warm (hash all, copy changed)", mem.capture_incremental, 25.0);
-    row("restore into a fresh store (instantiate + write memory)", mem.restore, 25.0);
-    row("restore incl. new engine + module load", mem.restore_total, 25.0);
+    let row = |m: &str, v: f64, goal: f64| {
+        println!("| {m} | {v:.1} ms | ≤ {goal} ms | {:.2}× |", v / goal)
+    };
+    row(
+        "capture, cold (hash + copy every chunk)",
+        mem.capture_full,
+        25.0,
+    );
+    row(
+        "capture, warm (hash all, copy changed)",
+        mem.capture_incremental,
+        25.0,
+    );
+    row(
+        "restore into a fresh store (instantiate + write memory)",
+        mem.restore,
+        25.0,
+    );
+    row(
+        "restore incl. new engine + module load",
+        mem.restore_total,
+        25.0,
+    );
     println!(
         "| checkpoint bytes, cold | {:.1} MiB | | |\n| checkpoint bytes, after a small change | {} KiB | | |",
         mem.full_bytes as f64 / (1 << 20) as f64,
