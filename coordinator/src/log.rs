@@ -306,3 +306,215 @@ fn sync_parent(path: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wmig_proto::{Hash, NodeId, TaskId};
+
+    use super::*;
+    use crate::membership::{MembershipEvent, NodeInfo, Role};
+    use crate::tasks::{Outcome, TaskEvent, TaskSpec};
+
+    fn sample(n: u64) -> Event {
+        match n % 4 {
+            0 => Event::Node(MembershipEvent::Joined(NodeInfo {
+                name: NodeId(format!("w{n}")),
+                role: Role::Worker,
+                slots: 2,
+                labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+                addr: "127.0.0.1:7000".into(),
+                pid: 42,
+            })),
+            1 => Event::Task(TaskEvent::Submitted {
+                id: TaskId(n),
+                spec: TaskSpec {
+                    bundle: Hash::of(&n.to_le_bytes()),
+                    args: vec!["--n".into(), n.to_string()],
+                    env: BTreeMap::new(),
+                },
+            }),
+            2 => Event::Task(TaskEvent::Finished {
+                id: TaskId(n),
+                outcome: Outcome::Failed {
+                    reason: "trap".into(),
+                    exit_code: Some(1),
+                },
+                fuel_used: n,
+            }),
+            _ => Event::Node(MembershipEvent::Offline(NodeId(format!("w{n}")))),
+        }
+    }
+
+    fn write_log(path: &Path, n: u64) -> Vec<Event> {
+        let (mut log, replay) = EventLog::open(path).unwrap();
+        assert!(replay.events.is_empty());
+        let events: Vec<Event> = (0..n).map(sample).collect();
+        // Mix single and batched appends.
+        log.append(&events[..1]).unwrap();
+        log.append(&events[1..]).unwrap();
+        events
+    }
+
+    #[test]
+    fn round_trip_and_continue_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let events = write_log(&path, 10);
+        let (mut log, replay) = EventLog::open(&path).unwrap();
+        assert_eq!(
+            replay,
+            Replay {
+                events: events.clone(),
+                torn: None
+            }
+        );
+        log.append(&[sample(99)]).unwrap();
+        log.append(&[]).unwrap();
+        assert_eq!(log.len_bytes(), std::fs::metadata(&path).unwrap().len());
+        let (_, replay) = EventLog::open(&path).unwrap();
+        assert_eq!(replay.events.len(), 11);
+        assert_eq!(replay.events.last(), Some(&sample(99)));
+    }
+
+    /// A crash can cut the last append anywhere: every prefix of the last
+    /// record opens with all earlier records, and the log is usable after.
+    #[test]
+    fn torn_final_record_at_every_offset_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let events = write_log(&path, 6);
+        let full = std::fs::read(&path).unwrap();
+        let last_len = encode_record(&events[5]).unwrap().len();
+        let last_start = full.len() - last_len;
+        for cut in last_start..full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let (mut log, replay) = EventLog::open(&path).unwrap();
+            assert_eq!(replay.events, events[..5], "cut at {cut}");
+            let torn = (cut > last_start).then(|| TornTail {
+                offset: last_start as u64,
+                dropped_bytes: (cut - last_start) as u64,
+            });
+            assert_eq!(replay.torn, torn, "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), last_start as u64);
+            log.append(&[sample(7)]).unwrap();
+            let (_, replay) = EventLog::open(&path).unwrap();
+            assert_eq!(replay.events.len(), 6);
+            assert_eq!(replay.torn, None);
+        }
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let events = write_log(&path, 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.len();
+        bytes.extend_from_slice(&[0u8; 40]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, replay) = EventLog::open(&path).unwrap();
+        assert_eq!(replay.events, events);
+        assert_eq!(replay.torn.map(|t| t.offset), Some(good as u64));
+    }
+
+    /// Flip every byte of a record in the middle, one at a time: each flip is
+    /// an error naming that record's offset, never a silent truncation.
+    #[test]
+    fn corrupt_middle_record_is_an_error_naming_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let events = write_log(&path, 8);
+        let full = std::fs::read(&path).unwrap();
+        let start = MAGIC.len()
+            + events[..3]
+                .iter()
+                .map(|e| encode_record(e).unwrap().len())
+                .sum::<usize>();
+        let len = encode_record(&events[3]).unwrap().len();
+        for i in start..start + len {
+            let mut bytes = full.clone();
+            bytes[i] ^= 0x55;
+            std::fs::write(&path, &bytes).unwrap();
+            match EventLog::open(&path) {
+                Err(LogError::Corrupt { offset, .. })
+                | Err(LogError::UnsupportedVersion { offset, .. }) => {
+                    assert_eq!(offset, start as u64, "flip at {i}")
+                }
+                other => panic!("flip at {i}: expected corruption error, got {other:?}"),
+            }
+        }
+        let mut bytes = full.clone();
+        bytes[start + len - 1] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = EventLog::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("corrupt at byte offset {start}")),
+            "{err}"
+        );
+        assert!(err.contains("truncate"), "{err}");
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let payload = postcard::to_stdvec(&sample(1)).unwrap();
+        let len = payload.len() as u32;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&checksum(len, 9, &payload));
+        bytes.push(9);
+        bytes.extend_from_slice(&payload);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = EventLog::open(&path).unwrap_err();
+        assert!(matches!(
+            err,
+            LogError::UnsupportedVersion {
+                version: 9,
+                offset: 8,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("upgrade wmig"), "{err}");
+    }
+
+    #[test]
+    fn headers_new_torn_and_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        // A crash while creating the file leaves a prefix of the header.
+        std::fs::write(&path, &MAGIC[..3]).unwrap();
+        let (_, replay) = EventLog::open(&path).unwrap();
+        assert!(replay.events.is_empty());
+        assert_eq!(std::fs::read(&path).unwrap(), MAGIC);
+        std::fs::write(&path, b"{\"not\": \"a log\"}").unwrap();
+        let err = EventLog::open(&path).unwrap_err();
+        assert!(matches!(err, LogError::NotALog { .. }), "{err}");
+        let err = EventLog::open(dir.path().join("missing/dir/log")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("could not open event log"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn oversized_event_is_refused_on_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(dir.path().join("l")).unwrap();
+        let huge = Event::Task(TaskEvent::Submitted {
+            id: TaskId(1),
+            spec: TaskSpec {
+                bundle: Hash([0; 32]),
+                args: vec!["x".repeat(MAX_RECORD)],
+                env: BTreeMap::new(),
+            },
+        });
+        assert!(matches!(
+            log.append(&[huge]),
+            Err(LogError::TooLarge { .. })
+        ));
+        assert_eq!(log.len_bytes(), MAGIC.len() as u64);
+    }
+}
