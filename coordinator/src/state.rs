@@ -257,3 +257,85 @@ impl Coordinator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wmig_proto::Hash;
+
+    use super::*;
+    use crate::membership::Role;
+
+    fn worker(name: &str, slots: u32) -> NodeInfo {
+        NodeInfo {
+            name: NodeId(name.into()),
+            role: Role::Worker,
+            slots,
+            labels: BTreeMap::new(),
+            addr: "127.0.0.1:1".into(),
+            pid: 1,
+        }
+    }
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            bundle: Hash([7; 32]),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn commands_return_exactly_the_events_they_applied() {
+        let mut c = Coordinator::new(CoordinatorConfig::default());
+        let mut log = Vec::new();
+        log.extend(c.register(worker("w", 2), 0).unwrap());
+        let (t1, ev) = c.submit(spec(), &Placement::LeastLoaded).unwrap();
+        assert_eq!(ev.len(), 2, "submitted + placed");
+        log.extend(ev);
+        log.extend(
+            c.report_checkpoint(t1, &NodeId("w".into()), 1, 1, 5)
+                .unwrap(),
+        );
+        log.extend(c.drain(&NodeId("w".into())).unwrap());
+        log.extend(c.tick(5_000));
+        log.extend(c.heartbeat(&NodeId("w".into()), 6_000).unwrap());
+        log.extend(c.cancel(t1).unwrap());
+        let replayed = Coordinator::replay(CoordinatorConfig::default(), &log, 6_000);
+        assert_eq!(replayed.snapshot(), c.snapshot());
+    }
+
+    #[test]
+    fn refused_commands_record_nothing() {
+        let mut c = Coordinator::new(CoordinatorConfig::default());
+        let before = c.snapshot();
+        assert!(matches!(
+            c.submit(spec(), &Placement::LeastLoaded),
+            Err(CoordinatorError::Placement(PlacementError::NoWorkersOnline))
+        ));
+        assert!(c.heartbeat(&NodeId("x".into()), 0).is_err());
+        assert!(c.cancel(TaskId(1)).is_err());
+        assert_eq!(c.snapshot(), before);
+        // `place` reports the task problem before the placement problem.
+        assert_eq!(
+            c.place(TaskId(3), &Placement::LeastLoaded),
+            Err(CoordinatorError::Task(TaskError::UnknownTask {
+                id: TaskId(3)
+            }))
+        );
+    }
+
+    #[test]
+    fn a_replayed_online_node_gets_a_grace_period_from_restart_time() {
+        let mut c = Coordinator::new(CoordinatorConfig::default());
+        let log = c.register(worker("w", 1), 0).unwrap();
+        let mut r = Coordinator::replay(CoordinatorConfig::default(), &log, 90_000);
+        assert_eq!(r.next_deadline(), Some(95_000));
+        assert!(r.tick(94_999).is_empty());
+        assert_eq!(
+            r.tick(95_000),
+            vec![Event::Node(MembershipEvent::Offline(NodeId("w".into())))]
+        );
+    }
+}

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod golden;
 mod replay;
 
 use std::collections::BTreeMap;
