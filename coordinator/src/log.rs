@@ -61,6 +61,8 @@ pub enum LogError {
     },
     #[error("event of {len} bytes exceeds the {MAX_RECORD}-byte record limit; submit fewer or shorter args/env")]
     TooLarge { len: usize },
+    #[error("event log {path} refused an append: an earlier append failed and could not be rolled back; restart the coordinator so it replays the log")]
+    Poisoned { path: PathBuf },
     #[error("could not encode event: {0}")]
     Encode(#[from] postcard::Error),
 }
@@ -88,6 +90,9 @@ pub struct EventLog {
     path: PathBuf,
     /// Bytes known to be valid and durable.
     len: u64,
+    /// Set when a failed append could not be rolled back: the file may end in
+    /// half a record, and appending after it would corrupt the middle.
+    poisoned: bool,
 }
 
 fn checksum(len: u32, version: u8, payload: &[u8]) -> [u8; 8] {
@@ -196,6 +201,7 @@ impl EventLog {
             file,
             path: path.clone(),
             len: 0,
+            poisoned: false,
         };
         if buf.len() < MAGIC.len() && MAGIC.starts_with(&buf) {
             // New file, or a crash while it was being created.
@@ -263,6 +269,11 @@ impl EventLog {
     /// they are durable. On error the file is cut back to its previous
     /// length so a later append does not land after half a record.
     pub fn append(&mut self, events: &[Event]) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned {
+                path: self.path.clone(),
+            });
+        }
         if events.is_empty() {
             return Ok(());
         }
@@ -275,8 +286,9 @@ impl EventLog {
             .write_all(&buf)
             .and_then(|()| self.file.sync_data());
         if let Err(source) = written {
-            // Best effort: if even this fails, `open` will see a torn tail.
-            let _ = self.file.set_len(self.len);
+            // If even the rollback fails, `open` will see a torn tail; until
+            // then nothing may be appended after the half-written bytes.
+            self.poisoned = self.file.set_len(self.len).is_err();
             return Err(LogError::Io {
                 path: self.path.clone(),
                 action: "append to",

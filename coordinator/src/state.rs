@@ -188,7 +188,7 @@ impl Coordinator {
     ) -> Result<Vec<Event>, CoordinatorError> {
         // Validate the task first so an unknown or running task is reported
         // as such, and the placer's cursor does not move for nothing.
-        self.tasks.place(id, NodeId(String::new()))?;
+        self.tasks.check_placeable(id)?;
         let worker = self.choose_worker(policy)?;
         let event = self.tasks.place(id, worker)?;
         Ok(vec![self.task_event(event)])

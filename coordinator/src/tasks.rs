@@ -202,12 +202,18 @@ impl TaskTable {
         self.tasks.get(&id).ok_or(TaskError::UnknownTask { id })
     }
 
-    /// Hand a pending task to `worker` (eligibility is the placer's job).
-    pub fn place(&self, id: TaskId, worker: NodeId) -> Result<TaskEvent, TaskError> {
+    /// Whether `id` exists and is pending, i.e. may be placed.
+    pub fn check_placeable(&self, id: TaskId) -> Result<&Task, TaskError> {
         let task = self.get(id)?;
         if task.state != TaskState::Pending {
             return Err(illegal(task, "placed"));
         }
+        Ok(task)
+    }
+
+    /// Hand a pending task to `worker` (eligibility is the placer's job).
+    pub fn place(&self, id: TaskId, worker: NodeId) -> Result<TaskEvent, TaskError> {
+        let task = self.check_placeable(id)?;
         Ok(TaskEvent::Placed {
             id,
             worker,
