@@ -30,6 +30,11 @@ pub struct WasiSnapshot {
     /// Every open descriptor, in fd order. Stdio is included so a guest that
     /// closed or renumbered fds 0-2 resumes with the same table.
     pub fds: Vec<FdSnapshot>,
+    /// Numbers of closed descriptors not yet handed out again. Like
+    /// wasmtime-wasi, a new descriptor reuses the highest of these before
+    /// taking a fresh number, so they are part of what keeps fd numbers after
+    /// a restore identical to an uninterrupted run.
+    pub free_fds: Vec<u32>,
 }
 
 /// One open descriptor.

@@ -125,6 +125,7 @@ fn read_sub(mem: &GuestMemory<'_>, at: u32) -> WasiResult<(u64, Sub)> {
     Ok((userdata, sub))
 }
 
+/// Write one `event` field by field (padding untouched, as wasmtime does).
 fn write_event(
     mem: &mut GuestMemory<'_>,
     at: u32,
@@ -133,12 +134,12 @@ fn write_event(
     nbytes: u64,
     flags: u16,
 ) -> WasiResult {
-    let mut buf = [0u8; EVENT_SIZE as usize];
-    buf[0..8].copy_from_slice(&userdata.to_le_bytes());
-    buf[10] = kind;
-    buf[16..24].copy_from_slice(&nbytes.to_le_bytes());
-    buf[24..26].copy_from_slice(&flags.to_le_bytes());
-    mem.write(at, &buf)
+    mem.check(at, EVENT_SIZE)?;
+    mem.write_u64(at, userdata)?;
+    mem.write_u16(at + 8, 0)?; // errno: success
+    mem.write_u8(at + 10, kind)?;
+    mem.write_u64(at + 16, nbytes)?;
+    mem.write_u16(at + 24, flags)
 }
 
 impl WasiCtx {

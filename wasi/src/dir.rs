@@ -7,6 +7,7 @@
 //! path string, then the operation.
 
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 
 use crate::errno::{Errno, WasiResult};
 use crate::memory::GuestMemory;
@@ -46,6 +47,13 @@ impl WasiCtx {
         let d = self.table.dir(fd)?;
         let root = self.preopen_root(d.preopen)?;
         Ok((d.preopen, path::resolve(root, &d.rel, path, follow)?))
+    }
+
+    /// Resolve `path` against directory fd `fd` the "via parent" way: the
+    /// final component is named inside its directory, never followed.
+    fn parent_at(&self, fd: u32, path: &str) -> WasiResult<PathBuf> {
+        let d = self.table.dir(fd)?;
+        path::resolve_parent(self.preopen_root(d.preopen)?, &d.rel, path)
     }
 
     pub(crate) fn path_open(
@@ -154,8 +162,8 @@ impl WasiCtx {
     ) -> WasiResult {
         self.table.dir(fd)?;
         let p = mem.string(ptr, len)?;
-        let (_, r) = self.resolve_at(fd, &p, false)?;
-        Ok(std::fs::create_dir(&r.host)?)
+        let host = self.parent_at(fd, path::strip_dir_suffix(&p))?;
+        Ok(std::fs::create_dir(host)?)
     }
 
     pub(crate) fn path_filestat_get(
@@ -171,6 +179,11 @@ impl WasiCtx {
         self.table.dir(fd)?;
         mem.check(out, stat::FILESTAT_SIZE)?;
         let p = mem.string(ptr, len)?;
+        // cap-std lstat()s a lone name directly, ignoring a trailing `/`.
+        let p = match path::single_component(&p) {
+            Some(name) if !follow => name.to_owned(),
+            _ => p,
+        };
         let (_, r) = self.resolve_at(fd, &p, follow)?;
         let meta = std::fs::symlink_metadata(&r.host)?;
         Filestat::from_meta(&meta).write(mem, out)
@@ -193,8 +206,12 @@ impl WasiCtx {
         let times = stat::timespecs(atim, mtim, fst)?;
         self.table.dir(fd)?;
         let p = mem.string(ptr, len)?;
-        let (_, r) = self.resolve_at(fd, &p, follow)?;
-        stat::set_times_path(&r.host, &times)
+        let host = if follow {
+            self.resolve_at(fd, &p, true)?.1.host
+        } else {
+            self.parent_at(fd, &p)?
+        };
+        stat::set_times_path(&host, &times)
     }
 
     pub(crate) fn path_link(
@@ -214,9 +231,9 @@ impl WasiCtx {
         if follow {
             return Err(Errno::INVAL);
         }
-        let (_, src) = self.resolve_at(old_fd, &old_path, false)?;
-        let (_, dst) = self.resolve_at(new_fd, &new_path, false)?;
-        Ok(std::fs::hard_link(&src.host, &dst.host)?)
+        let src = self.parent_at(old_fd, &old_path)?;
+        let dst = self.parent_at(new_fd, &new_path)?;
+        Ok(std::fs::hard_link(src, dst)?)
     }
 
     pub(crate) fn path_readlink(
@@ -231,8 +248,7 @@ impl WasiCtx {
         self.table.dir(fd)?;
         mem.check(out, 4)?;
         let p = mem.string(path.0, path.1)?;
-        let (_, r) = self.resolve_at(fd, &p, false)?;
-        let target = std::fs::read_link(&r.host)?;
+        let target = std::fs::read_link(self.parent_at(fd, &p)?)?;
         let target = target.to_str().ok_or(Errno::ILSEQ)?.as_bytes();
         let n = target.len().min(buf_len as usize);
         mem.write(buf, &target[..n])?;
@@ -248,8 +264,7 @@ impl WasiCtx {
     ) -> WasiResult {
         self.table.dir(fd)?;
         let p = mem.string(ptr, len)?;
-        let (_, r) = self.resolve_at(fd, &p, false)?;
-        Ok(std::fs::remove_dir(&r.host)?)
+        Ok(std::fs::remove_dir(self.parent_at(fd, &p)?)?)
     }
 
     pub(crate) fn path_rename(
@@ -264,9 +279,17 @@ impl WasiCtx {
         self.table.dir(new_fd)?;
         let old_path = mem.string(old.0, old.1)?;
         let new_path = mem.string(new.0, new.1)?;
-        let (_, src) = self.resolve_at(fd, &old_path, false)?;
-        let (_, dst) = self.resolve_at(new_fd, &new_path, false)?;
-        Ok(std::fs::rename(&src.host, &dst.host)?)
+        // As cap-std on Linux: a trailing `/` on either side requires the
+        // source to be a directory, which the kernel checks for `old/`.
+        let requires_dir = old_path.ends_with('/') || new_path.ends_with('/');
+        let mut src = self
+            .parent_at(fd, path::strip_dir_suffix(&old_path))?
+            .into_os_string();
+        let dst = self.parent_at(new_fd, path::strip_dir_suffix(&new_path))?;
+        if requires_dir {
+            src.push("/");
+        }
+        Ok(std::fs::rename(src, dst)?)
     }
 
     pub(crate) fn path_symlink(
@@ -284,8 +307,8 @@ impl WasiCtx {
         if target.starts_with('/') {
             return Err(Errno::PERM);
         }
-        let (_, dst) = self.resolve_at(fd, &new_path, false)?;
-        Ok(std::os::unix::fs::symlink(&target, &dst.host)?)
+        let dst = self.parent_at(fd, &new_path)?;
+        Ok(std::os::unix::fs::symlink(&target, dst)?)
     }
 
     pub(crate) fn path_unlink_file(
@@ -297,8 +320,7 @@ impl WasiCtx {
     ) -> WasiResult {
         self.table.dir(fd)?;
         let p = mem.string(ptr, len)?;
-        let (_, r) = self.resolve_at(fd, &p, false)?;
-        Ok(std::fs::remove_file(&r.host)?)
+        Ok(std::fs::remove_file(self.parent_at(fd, &p)?)?)
     }
 
     /// Entries are `.`, `..`, then the directory's contents sorted by name,

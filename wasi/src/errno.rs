@@ -125,10 +125,8 @@ fn from_raw_os_error(raw: i32) -> Option<Errno> {
         libc::EALREADY => Errno::ALREADY,
         libc::EINPROGRESS => Errno::INPROGRESS,
         libc::EINTR => Errno::INTR,
-        libc::ENOTSUP => Errno::NOTSUP,
-        // Equal to ENOTSUP on Linux, distinct elsewhere.
-        #[allow(unreachable_patterns)]
-        libc::EOPNOTSUPP => Errno::NOTSUP,
+        // EOPNOTSUPP equals ENOTSUP on Linux and differs elsewhere.
+        e if e == libc::ENOTSUP || e == libc::EOPNOTSUPP => Errno::NOTSUP,
         _ => return None,
     })
 }

@@ -7,8 +7,8 @@
 //! errnos, same output), over state that [`WasiCtx::snapshot`] turns into a
 //! [`wmig_proto::wasi::WasiSnapshot`] and [`WasiCtx::restore`] opens again.
 //!
-//! Layout: `table` (fds), `path` (sandboxed resolution), `fd` and `dir`
-//! (the `fd_*` and `path_*` calls), `clocks` (clocks, `poll_oneoff`), `proc`
+//! Layout: `table` (fds), `path` (sandboxed resolution), `fd`, `fdstat`
+//! and `dir` (the `fd_*` and `path_*` calls), `clocks` (clocks, `poll_oneoff`), `proc`
 //! (args, env, random, exit, sockets), `stat` (metadata), `memory` (guest
 //! pointers), `errno`, `snapshot` (capture/restore), `linker` (wiring).
 
@@ -18,6 +18,7 @@ mod clocks;
 mod dir;
 mod errno;
 mod fd;
+mod fdstat;
 mod linker;
 mod memory;
 mod path;

@@ -4,7 +4,8 @@
 //! `ptr + len` against the memory's current size and answers `EFAULT` when
 //! it does not fit, so no guest value can make the host panic or touch memory
 //! outside the guest's own. Values are little-endian and may be unaligned
-//! (wasm memory has no alignment requirement).
+//! (wasm memory has no alignment requirement). Structs are written field by
+//! field, leaving padding bytes untouched exactly as wasmtime-wasi does.
 
 use std::ops::Range;
 
@@ -79,6 +80,14 @@ impl<'a> GuestMemory<'a> {
         let len = u32::try_from(data.len()).map_err(|_| Errno::FAULT)?;
         self.slice_mut(ptr, len)?.copy_from_slice(data);
         Ok(())
+    }
+
+    pub fn write_u8(&mut self, ptr: u32, v: u8) -> WasiResult {
+        self.write(ptr, &[v])
+    }
+
+    pub fn write_u16(&mut self, ptr: u32, v: u16) -> WasiResult {
+        self.write(ptr, &v.to_le_bytes())
     }
 
     pub fn write_u32(&mut self, ptr: u32, v: u32) -> WasiResult {

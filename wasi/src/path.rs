@@ -30,9 +30,6 @@ pub(crate) struct Resolved {
     /// itself so that "via parent" calls (`unlink`, `rmdir`, ...) get the
     /// OS's answer for `.` instead of acting on the directory's name.
     pub host: PathBuf,
-    /// The guest path ended in `/`: the OS must see it too (it requires a
-    /// directory).
-    pub trailing_slash: bool,
 }
 
 impl Resolved {
@@ -137,11 +134,64 @@ pub(crate) fn resolve(
         // `join("")` appends a separator, which the OS checks for.
         host.push("");
     }
-    Ok(Resolved {
-        rel: stack,
-        host,
-        trailing_slash,
-    })
+    Ok(Resolved { rel: stack, host })
+}
+
+/// Resolve `path` the way cap-std's "via parent" calls do (`unlink`,
+/// `rmdir`, `mkdir`, `rename`, `link`, `symlink`, `readlink`, nofollow
+/// `utimensat`): resolve the directory part (following symlinks), then name
+/// the final component inside it without following it. A path ending in
+/// `/`, `/.` or `..` names the directory itself as `.`, so e.g. `rmdir("d/")`
+/// is `EINVAL` exactly as under wasmtime.
+pub(crate) fn resolve_parent(root: &Path, base: &[String], path: &str) -> WasiResult<PathBuf> {
+    if path.is_empty() {
+        return Err(Errno::NOENT);
+    }
+    if path.starts_with('/') {
+        return Err(Errno::PERM);
+    }
+    let (dir, name) = split_parent(path);
+    let dir_rel = if dir.is_empty() {
+        base.to_vec()
+    } else {
+        resolve(root, base, dir, true)?.rel
+    };
+    Ok(host_path(root, &dir_rel).join(name))
+}
+
+/// cap-std's `split_parent`: (directory part, final name).
+fn split_parent(path: &str) -> (&str, &str) {
+    if path.ends_with('/') || path.ends_with("/.") {
+        return (path, ".");
+    }
+    match path.rsplit_once('/') {
+        Some((_, "..")) => (path, "."),
+        Some((dir, name)) => (dir, name),
+        None if path == ".." => (path, "."),
+        None => ("", path),
+    }
+}
+
+/// Strip trailing slashes (cap-std's `strip_dir_suffix`), for `mkdir` and
+/// `rename`, which accept `dir/`.
+pub(crate) fn strip_dir_suffix(path: &str) -> &str {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() && !path.is_empty() {
+        "/"
+    } else {
+        trimmed
+    }
+}
+
+/// The single `std::path` component of `path` when it has exactly one
+/// normal component (`a`, `a/`, `a/.`): cap-std lstat()s such a name
+/// directly, ignoring the trailing slash.
+pub(crate) fn single_component(path: &str) -> Option<&str> {
+    let mut comps = Path::new(path).components();
+    match (comps.next(), comps.next()) {
+        (Some(std::path::Component::Normal(c)), None) => c.to_str(),
+        _ => None,
+    }
 }
 
 /// Split a guest path into components, dropping empty ones (`a//b`).
@@ -284,6 +334,27 @@ mod tests {
             r.host.display()
         );
         assert_eq!(r.rel_string(), "");
+    }
+
+    #[test]
+    fn via_parent_names_the_directory_as_dot() {
+        let (_t, root, _) = setup();
+        let prefix = root.to_string_lossy().len() + 1;
+        let p = |path| {
+            resolve_parent(&root, &[], path).map(|h| h.to_string_lossy()[prefix..].to_owned())
+        };
+        assert_eq!(p("sub/file"), Ok("sub/file".into()));
+        assert_eq!(p("sub/"), Ok("sub/.".into()));
+        assert_eq!(p("sub/."), Ok("sub/.".into()));
+        assert_eq!(p("sub/deeper/.."), Ok("sub/.".into()));
+        assert_eq!(p("."), Ok(".".into()));
+        assert_eq!(p("x"), Ok("x".into()));
+        assert_eq!(p(".."), Err(Errno::PERM));
+        assert_eq!(p("../x"), Err(Errno::PERM));
+        assert_eq!(p("/x"), Err(Errno::PERM));
+        assert_eq!(strip_dir_suffix("a//"), "a");
+        assert_eq!(single_component("a/."), Some("a"));
+        assert_eq!(single_component("./a"), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! resuming side supplies host directories again. Files are reopened by
 //! their normalised path below the preopen (through the same sandboxed
 //! resolver the guest's own calls use), never created or truncated, and put
-//! back at the same fd number with the same offset, flags and rights.
+//! back at the same fd number with the same offset, flags and rights; the
+//! closed numbers awaiting reuse come back too, so later fds match as well.
 
 use wmig_proto::wasi::{FdKind, FdSnapshot, WasiSnapshot};
 
@@ -68,6 +69,7 @@ impl WasiCtx {
             monotonic_ns: self.monotonic_ns(),
             preopens: self.preopens.iter().map(|p| p.guest.clone()).collect(),
             fds,
+            free_fds: self.table.free().collect(),
         }
     }
 
@@ -119,6 +121,7 @@ impl WasiCtx {
                 return Err(invalid(f.fd, "the descriptor appears twice"));
             }
         }
+        ctx.table.set_free(snapshot.free_fds.iter().copied());
         Ok(ctx)
     }
 

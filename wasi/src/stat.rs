@@ -107,17 +107,17 @@ impl Filestat {
         }
     }
 
+    /// Write field by field (padding untouched); bounds checked up front.
     pub fn write(&self, mem: &mut GuestMemory<'_>, ptr: u32) -> WasiResult {
-        let mut buf = [0u8; FILESTAT_SIZE as usize];
-        buf[0..8].copy_from_slice(&self.dev.to_le_bytes());
-        buf[8..16].copy_from_slice(&self.ino.to_le_bytes());
-        buf[16] = self.filetype;
-        buf[24..32].copy_from_slice(&self.nlink.to_le_bytes());
-        buf[32..40].copy_from_slice(&self.size.to_le_bytes());
-        buf[40..48].copy_from_slice(&self.atim.to_le_bytes());
-        buf[48..56].copy_from_slice(&self.mtim.to_le_bytes());
-        buf[56..64].copy_from_slice(&self.ctim.to_le_bytes());
-        mem.write(ptr, &buf)
+        mem.check(ptr, FILESTAT_SIZE)?;
+        mem.write_u64(ptr, self.dev)?;
+        mem.write_u64(ptr + 8, self.ino)?;
+        mem.write_u8(ptr + 16, self.filetype)?;
+        mem.write_u64(ptr + 24, self.nlink)?;
+        mem.write_u64(ptr + 32, self.size)?;
+        mem.write_u64(ptr + 40, self.atim)?;
+        mem.write_u64(ptr + 48, self.mtim)?;
+        mem.write_u64(ptr + 56, self.ctim)
     }
 }
 

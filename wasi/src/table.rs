@@ -3,10 +3,12 @@
 //! Unlike wasmtime-wasi's private table, every entry here records how to
 //! rebuild it (preopen index, normalised relative path, offset, access mode),
 //! so `WasiCtx::snapshot` can describe it with `&self` and `restore` can open
-//! it again elsewhere. Numbers are allocated lowest-free, so the table is a
-//! pure function of the set of open fds and survives a checkpoint exactly.
+//! it again elsewhere. Numbers are allocated exactly as wasmtime-wasi does
+//! (the highest closed-and-unused number first, else one past the highest
+//! in use), and the set of closed-but-unused numbers is part of the snapshot,
+//! so fd numbers after a restore match an uninterrupted run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 
@@ -157,6 +159,8 @@ pub(crate) enum Desc {
 #[derive(Debug, Default)]
 pub(crate) struct FdTable {
     fds: BTreeMap<u32, Desc>,
+    /// Closed numbers not handed out again yet (wasmtime's `free` set).
+    free: BTreeSet<u32>,
 }
 
 impl FdTable {
@@ -164,15 +168,16 @@ impl FdTable {
         self.fds.get(&fd).ok_or(Errno::BADF)
     }
 
-    /// Insert at the lowest unused number.
+    /// Insert at the next number: the highest freed one, else one past the
+    /// highest in use (wasmtime-wasi's `Descriptors::push`).
     pub fn push(&mut self, desc: Desc) -> WasiResult<u32> {
-        let mut fd = 0u32;
-        for &used in self.fds.keys() {
-            if used != fd {
-                break;
-            }
-            fd = fd.checked_add(1).ok_or(Errno::LOOP)?;
-        }
+        let fd = match self.free.pop_last() {
+            Some(fd) => fd,
+            None => match self.fds.last_key_value() {
+                Some((last, _)) => last.checked_add(1).ok_or(Errno::LOOP)?,
+                None => 0,
+            },
+        };
         self.fds.insert(fd, desc);
         Ok(fd)
     }
@@ -182,15 +187,19 @@ impl FdTable {
         if self.fds.contains_key(&fd) {
             return false;
         }
+        self.free.remove(&fd);
         self.fds.insert(fd, desc);
         true
     }
 
     pub fn remove(&mut self, fd: u32) -> WasiResult<Desc> {
-        self.fds.remove(&fd).ok_or(Errno::BADF)
+        let desc = self.fds.remove(&fd).ok_or(Errno::BADF)?;
+        self.free.insert(fd);
+        Ok(desc)
     }
 
-    /// `fd_renumber`: both must be open; `to` is closed and replaced.
+    /// `fd_renumber`: both must be open; `to` is closed and replaced, `from`
+    /// becomes free.
     pub fn renumber(&mut self, from: u32, to: u32) -> WasiResult {
         if !self.fds.contains_key(&from) || !self.fds.contains_key(&to) {
             return Err(Errno::BADF);
@@ -200,6 +209,19 @@ impl FdTable {
             self.fds.insert(to, desc);
         }
         Ok(())
+    }
+
+    /// Closed numbers awaiting reuse, ascending (for snapshots).
+    pub fn free(&self) -> impl Iterator<Item = u32> + '_ {
+        self.free.iter().copied()
+    }
+
+    /// Restore the set of closed numbers awaiting reuse (open ones ignored).
+    pub fn set_free(&mut self, free: impl IntoIterator<Item = u32>) {
+        self.free = free
+            .into_iter()
+            .filter(|fd| !self.fds.contains_key(fd))
+            .collect();
     }
 
     pub fn file(&self, fd: u32) -> WasiResult<&FileDesc> {
@@ -251,15 +273,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allocation_is_lowest_free() {
+    fn allocation_reuses_the_highest_freed_like_wasmtime() {
         let mut t = FdTable::default();
         for want in 0..5 {
             assert_eq!(t.push(Desc::Stdin).unwrap(), want);
         }
-        t.remove(3).unwrap();
         t.remove(1).unwrap();
-        assert_eq!(t.push(Desc::Stdout).unwrap(), 1);
+        t.remove(4).unwrap();
+        t.remove(3).unwrap();
+        assert_eq!(t.free().collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(t.push(Desc::Stdout).unwrap(), 4);
         assert_eq!(t.push(Desc::Stdout).unwrap(), 3);
+        assert_eq!(t.push(Desc::Stdout).unwrap(), 1);
         assert_eq!(t.push(Desc::Stdout).unwrap(), 5);
     }
 
@@ -271,6 +296,7 @@ mod tests {
         assert_eq!(t.renumber(0, 7), Err(Errno::BADF));
         t.renumber(1, 0).unwrap();
         assert!(matches!(t.get(0), Ok(Desc::Stdout)));
+        assert_eq!(t.free().collect::<Vec<_>>(), [1]);
         assert_eq!(t.get(1).err(), Some(Errno::BADF));
         assert_eq!(t.seekable(0).err(), Some(Errno::SPIPE));
         assert_eq!(t.seekable(9).err(), Some(Errno::BADF));

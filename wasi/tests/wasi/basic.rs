@@ -136,7 +136,8 @@ fn clocks_and_random() {
     assert_eq!(h.call("clock_res_get", &[1, 0]), 0);
     assert!(h.u64_at(0) > 0);
     assert_eq!(h.call("clock_time_get", &[2, 0, 0]), errno::BADF);
-    assert_eq!(h.call("clock_time_get", &[7, 0, 0]), errno::INVAL);
+    // Out-of-range enum arguments trap, as under wasmtime-wasi.
+    assert!(h.try_call("clock_time_get", &[7, 0, 0]).is_err());
 
     assert_eq!(h.call("random_get", &[1000, 64]), 0);
     assert_ne!(h.read(1000, 64), vec![0u8; 64]);

@@ -6,5 +6,6 @@
 mod basic;
 mod fs;
 mod harness;
+mod reference;
 mod sandbox;
 mod snapshot;

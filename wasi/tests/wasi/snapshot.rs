@@ -141,3 +141,25 @@ fn restore_onto_another_host_dir_and_after_closing_the_preopen() {
     assert!(out.lock().unwrap().is_empty());
     assert_eq!(h.call("fd_prestat_get", &[3, OUT as i64]), errno::BADF);
 }
+
+#[test]
+fn fd_numbers_after_restore_continue_as_without_the_pause() {
+    let t = tempfile::tempdir().unwrap();
+    let (cfg, _) = config(&[(t.path(), "/data")], std::io::empty());
+    let mut h = Harness::new(WasiCtx::new(cfg).unwrap());
+    for name in ["a", "b", "c", "d", "e"] {
+        h.open(3, name, O_CREAT, R_WRITE, 0).unwrap();
+    }
+    assert_eq!((h.close(5), h.close(7)), (0, 0));
+    let snap = roundtrip(&h.ctx().snapshot());
+    assert_eq!(snap.free_fds, [5, 7]);
+
+    let (cfg, _) = config(&[(t.path(), "/data")], std::io::empty());
+    let mut h = Harness::new(WasiCtx::restore(cfg, &snap).unwrap());
+    let next: Vec<u32> = ["f", "g", "h"]
+        .iter()
+        .map(|n| h.open(3, n, O_CREAT, R_WRITE, 0).unwrap())
+        .collect();
+    // wasmtime-wasi's order: highest freed number first, then fresh ones.
+    assert_eq!(next, [7, 5, 9]);
+}
