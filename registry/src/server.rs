@@ -157,10 +157,12 @@ impl Reply {
 
 impl From<RegistryError> for Reply {
     fn from(e: RegistryError) -> Self {
-        if matches!(e, RegistryError::Store(_) | RegistryError::Internal(_)) {
+        let remote = e.to_remote();
+        if remote.code == ErrorCode::Internal {
+            // The peer only learns that the server failed; the log says why.
             tracing::error!(error = %e, "request failed");
         }
-        Reply::new(RegistryResponse::Error(e.to_remote()))
+        Reply::new(RegistryResponse::Error(remote))
     }
 }
 
