@@ -297,3 +297,67 @@ fn open_dir(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(preopens: Vec<Preopen>) -> WasiConfig {
+        WasiConfig {
+            args: vec!["prog".into()],
+            env: Vec::new(),
+            preopens,
+            stdin: Box::new(std::io::empty()),
+            stdout: Box::new(BufferSink::default()),
+            stderr: Box::new(BufferSink::default()),
+        }
+    }
+
+    #[test]
+    fn ctx_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<WasiCtx>();
+    }
+
+    #[test]
+    fn fresh_ctx_has_stdio_then_preopens() {
+        let t = tempfile::tempdir().unwrap();
+        let p = |g: &str| Preopen {
+            host: t.path().to_path_buf(),
+            guest: g.into(),
+        };
+        let ctx = WasiCtx::new(config(vec![p("/a"), p("/b")])).unwrap();
+        let snap = ctx.snapshot();
+        let fds: Vec<u32> = snap.fds.iter().map(|f| f.fd).collect();
+        assert_eq!(fds, [0, 1, 2, 3, 4]);
+        assert_eq!(snap.preopens, ["/a", "/b"]);
+        assert!(snap.free_fds.is_empty());
+    }
+
+    #[test]
+    fn bad_preopens_are_clear_errors() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("file"), b"").unwrap();
+        let missing = t.path().join("missing");
+        let err = WasiCtx::new(config(vec![Preopen {
+            host: missing.clone(),
+            guest: "/m".into(),
+        }]))
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains(&*missing.to_string_lossy()), "{err}");
+        let err = WasiCtx::new(config(vec![Preopen {
+            host: t.path().join("file"),
+            guest: "/f".into(),
+        }]))
+        .err()
+        .unwrap();
+        assert!(matches!(err, WasiError::PreopenNotDirectory { .. }), "{err}");
+        let dup = Preopen {
+            host: t.path().to_path_buf(),
+            guest: "/d".into(),
+        };
+        let err = WasiCtx::new(config(vec![dup.clone(), dup])).err().unwrap();
+        assert!(matches!(err, WasiError::DuplicatePreopen { .. }), "{err}");
+    }
+}
