@@ -28,13 +28,9 @@ pub struct WasiSnapshot {
     /// guest closed or renumbered the preopen's own fd.
     pub preopens: Vec<String>,
     /// Every open descriptor, in fd order. Stdio is included so a guest that
-    /// closed or renumbered fds 0-2 resumes with the same table.
+    /// closed or renumbered fds 0-2 resumes with the same table; closed
+    /// numbers not yet reused appear as [`FdKind::Closed`].
     pub fds: Vec<FdSnapshot>,
-    /// Numbers of closed descriptors not yet handed out again. Like
-    /// wasmtime-wasi, a new descriptor reuses the highest of these before
-    /// taking a fresh number, so they are part of what keeps fd numbers after
-    /// a restore identical to an uninterrupted run.
-    pub free_fds: Vec<u32>,
 }
 
 /// One open descriptor.
@@ -73,4 +69,10 @@ pub enum FdKind {
     Stdout,
     /// The task's standard error (normally fd 2).
     Stderr,
+    /// Not a descriptor: a number the guest closed that has not been handed
+    /// out again. Like wasmtime-wasi, a new descriptor takes the highest such
+    /// number before a fresh one, so these keep fd numbers after a restore
+    /// identical to an uninterrupted run. (A variant rather than a new field
+    /// so checkpoints written before it still decode.)
+    Closed,
 }

@@ -52,8 +52,14 @@ impl WasiCtx {
     /// Resolve `path` against directory fd `fd` the "via parent" way: the
     /// final component is named inside its directory, never followed.
     fn parent_at(&self, fd: u32, path: &str) -> WasiResult<PathBuf> {
+        Ok(self.named_at(fd, path)?.1.host)
+    }
+
+    /// `parent_at`, also giving the preopen and normalised path of the entry.
+    fn named_at(&self, fd: u32, path: &str) -> WasiResult<(u32, Resolved)> {
         let d = self.table.dir(fd)?;
-        path::resolve_parent(self.preopen_root(d.preopen)?, &d.rel, path)
+        let r = path::resolve_parent(self.preopen_root(d.preopen)?, &d.rel, path)?;
+        Ok((d.preopen, r))
     }
 
     pub(crate) fn path_open(
@@ -282,14 +288,18 @@ impl WasiCtx {
         // As cap-std on Linux: a trailing `/` on either side requires the
         // source to be a directory, which the kernel checks for `old/`.
         let requires_dir = old_path.ends_with('/') || new_path.ends_with('/');
-        let mut src = self
-            .parent_at(fd, path::strip_dir_suffix(&old_path))?
-            .into_os_string();
-        let dst = self.parent_at(new_fd, path::strip_dir_suffix(&new_path))?;
+        let (src_preopen, src) = self.named_at(fd, path::strip_dir_suffix(&old_path))?;
+        let (dst_preopen, dst) = self.named_at(new_fd, path::strip_dir_suffix(&new_path))?;
+        let mut src_host = src.host.into_os_string();
         if requires_dir {
-            src.push("/");
+            src_host.push("/");
         }
-        Ok(std::fs::rename(src, dst)?)
+        std::fs::rename(src_host, &dst.host)?;
+        // Open descriptors below the old name now live at the new one; keep
+        // their checkpoint paths true so a restore reopens the right files.
+        self.table
+            .rename_paths((src_preopen, &src.rel), (dst_preopen, &dst.rel));
+        Ok(())
     }
 
     pub(crate) fn path_symlink(
@@ -370,14 +380,15 @@ impl WasiCtx {
             dirent[20] = ftype;
             let n = cap.min(DIRENT_SIZE);
             mem.write(at, &dirent[..n])?;
-            at += n as u32;
+            // In bounds (checked above); may reach exactly 2^32 at the end.
+            at = at.wrapping_add(n as u32);
             cap -= n;
             if cap == 0 {
                 return mem.write_u32(out, buf_len);
             }
             let name = &name.as_bytes()[..name.len().min(cap)];
             mem.write(at, name)?;
-            at += name.len() as u32;
+            at = at.wrapping_add(name.len() as u32);
             cap -= name.len();
             if cap == 0 {
                 return mem.write_u32(out, buf_len);

@@ -301,6 +301,7 @@ fn open_dir(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wmig_proto::wasi::FdKind;
 
     fn config(preopens: Vec<Preopen>) -> WasiConfig {
         WasiConfig {
@@ -331,7 +332,7 @@ mod tests {
         let fds: Vec<u32> = snap.fds.iter().map(|f| f.fd).collect();
         assert_eq!(fds, [0, 1, 2, 3, 4]);
         assert_eq!(snap.preopens, ["/a", "/b"]);
-        assert!(snap.free_fds.is_empty());
+        assert!(snap.fds.iter().all(|f| f.kind != FdKind::Closed));
     }
 
     #[test]
@@ -345,14 +346,20 @@ mod tests {
         }]))
         .err()
         .unwrap();
-        assert!(err.to_string().contains(&*missing.to_string_lossy()), "{err}");
+        assert!(
+            err.to_string().contains(&*missing.to_string_lossy()),
+            "{err}"
+        );
         let err = WasiCtx::new(config(vec![Preopen {
             host: t.path().join("file"),
             guest: "/f".into(),
         }]))
         .err()
         .unwrap();
-        assert!(matches!(err, WasiError::PreopenNotDirectory { .. }), "{err}");
+        assert!(
+            matches!(err, WasiError::PreopenNotDirectory { .. }),
+            "{err}"
+        );
         let dup = Preopen {
             host: t.path().to_path_buf(),
             guest: "/d".into(),

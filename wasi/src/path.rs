@@ -143,7 +143,7 @@ pub(crate) fn resolve(
 /// the final component inside it without following it. A path ending in
 /// `/`, `/.` or `..` names the directory itself as `.`, so e.g. `rmdir("d/")`
 /// is `EINVAL` exactly as under wasmtime.
-pub(crate) fn resolve_parent(root: &Path, base: &[String], path: &str) -> WasiResult<PathBuf> {
+pub(crate) fn resolve_parent(root: &Path, base: &[String], path: &str) -> WasiResult<Resolved> {
     if path.is_empty() {
         return Err(Errno::NOENT);
     }
@@ -156,7 +156,12 @@ pub(crate) fn resolve_parent(root: &Path, base: &[String], path: &str) -> WasiRe
     } else {
         resolve(root, base, dir, true)?.rel
     };
-    Ok(host_path(root, &dir_rel).join(name))
+    let host = host_path(root, &dir_rel).join(name);
+    let mut rel = dir_rel;
+    if name != "." {
+        rel.push(name.to_owned());
+    }
+    Ok(Resolved { rel, host })
 }
 
 /// cap-std's `split_parent`: (directory part, final name).
@@ -341,7 +346,7 @@ mod tests {
         let (_t, root, _) = setup();
         let prefix = root.to_string_lossy().len() + 1;
         let p = |path| {
-            resolve_parent(&root, &[], path).map(|h| h.to_string_lossy()[prefix..].to_owned())
+            resolve_parent(&root, &[], path).map(|r| r.host.to_string_lossy()[prefix..].to_owned())
         };
         assert_eq!(p("sub/file"), Ok("sub/file".into()));
         assert_eq!(p("sub/"), Ok("sub/.".into()));

@@ -27,8 +27,9 @@ fn write_string_array(
         mem.write_u32(ptr_at, buf_at)?;
         s.push(0);
         mem.write(buf_at, &s)?;
-        ptr_at += 4;
-        buf_at += s.len() as u32;
+        // Both ranges were checked; past the last entry they may reach 2^32.
+        ptr_at = ptr_at.wrapping_add(4);
+        buf_at = buf_at.wrapping_add(s.len() as u32);
     }
     Ok(())
 }

@@ -5,7 +5,10 @@
 //! their normalised path below the preopen (through the same sandboxed
 //! resolver the guest's own calls use), never created or truncated, and put
 //! back at the same fd number with the same offset, flags and rights; the
-//! closed numbers awaiting reuse come back too, so later fds match as well.
+//! closed numbers awaiting reuse (`FdKind::Closed`) come back too, so later
+//! fds match as well.
+
+use std::collections::BTreeSet;
 
 use wmig_proto::wasi::{FdKind, FdSnapshot, WasiSnapshot};
 
@@ -18,7 +21,7 @@ use crate::{
 impl WasiCtx {
     /// Everything needed to rebuild this context elsewhere.
     pub fn snapshot(&self) -> WasiSnapshot {
-        let fds = self
+        let mut fds = self
             .table
             .iter()
             .map(|(fd, desc)| match desc {
@@ -59,7 +62,9 @@ impl WasiCtx {
                     },
                 },
             })
-            .collect();
+            .chain(self.table.free().map(|fd| plain(fd, 0, FdKind::Closed)))
+            .collect::<Vec<_>>();
+        fds.sort_by_key(|f| f.fd);
         WasiSnapshot {
             args: self.args.clone(),
             env: self.env.clone(),
@@ -69,7 +74,6 @@ impl WasiCtx {
             monotonic_ns: self.monotonic_ns(),
             preopens: self.preopens.iter().map(|p| p.guest.clone()).collect(),
             fds,
-            free_fds: self.table.free().collect(),
         }
     }
 
@@ -115,13 +119,20 @@ impl WasiCtx {
             handles.push(handle);
         }
 
+        let mut seen = BTreeSet::new();
+        let mut free = Vec::new();
         for f in &snapshot.fds {
-            let desc = ctx.rebuild(f, &mut handles, &config.preopens)?;
-            if !ctx.table.insert_at(f.fd, desc) {
+            if !seen.insert(f.fd) {
                 return Err(invalid(f.fd, "the descriptor appears twice"));
             }
+            if f.kind == FdKind::Closed {
+                free.push(f.fd);
+                continue;
+            }
+            let desc = ctx.rebuild(f, &mut handles, &config.preopens)?;
+            ctx.table.insert_at(f.fd, desc);
         }
-        ctx.table.set_free(snapshot.free_fds.iter().copied());
+        ctx.table.set_free(free);
         Ok(ctx)
     }
 
@@ -133,6 +144,7 @@ impl WasiCtx {
         given: &[Preopen],
     ) -> Result<Desc, WasiError> {
         let desc = match &f.kind {
+            FdKind::Closed => return Err(invalid(f.fd, "a closed number cannot be reopened")),
             FdKind::Stdin => Desc::Stdin,
             FdKind::Stdout => Desc::Stdout,
             FdKind::Stderr => Desc::Stderr,
@@ -268,7 +280,7 @@ fn uses_preopen(f: &FdSnapshot, index: u32, guest: &str) -> bool {
     match &f.kind {
         FdKind::Preopen { guest_path } => guest_path == guest,
         FdKind::Dir { preopen, .. } | FdKind::File { preopen, .. } => *preopen == index,
-        FdKind::Stdin | FdKind::Stdout | FdKind::Stderr => false,
+        FdKind::Stdin | FdKind::Stdout | FdKind::Stderr | FdKind::Closed => false,
     }
 }
 

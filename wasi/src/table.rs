@@ -182,14 +182,10 @@ impl FdTable {
         Ok(fd)
     }
 
-    /// Insert at a given number (restore); false if it was taken.
-    pub fn insert_at(&mut self, fd: u32, desc: Desc) -> bool {
-        if self.fds.contains_key(&fd) {
-            return false;
-        }
+    /// Insert at a given number (restore).
+    pub fn insert_at(&mut self, fd: u32, desc: Desc) {
         self.free.remove(&fd);
         self.fds.insert(fd, desc);
-        true
     }
 
     pub fn remove(&mut self, fd: u32) -> WasiResult<Desc> {
@@ -209,6 +205,33 @@ impl FdTable {
             self.fds.insert(to, desc);
         }
         Ok(())
+    }
+
+    /// After a rename: descriptors at or below `from` are now at or below
+    /// `to` (each given as preopen index and normalised components).
+    pub fn rename_paths(&mut self, from: (u32, &[String]), to: (u32, &[String])) {
+        let moved = |preopen: u32, rel: &[String]| -> Option<Vec<String>> {
+            let rest = rel.strip_prefix(from.1).filter(|_| preopen == from.0)?;
+            Some(to.1.iter().chain(rest).cloned().collect())
+        };
+        for desc in self.fds.values_mut() {
+            match desc {
+                Desc::File(f) => {
+                    let rel: Vec<String> = f.rel.split('/').map(str::to_owned).collect();
+                    if let Some(new) = moved(f.preopen, &rel) {
+                        f.preopen = to.0;
+                        f.rel = new.join("/");
+                    }
+                }
+                Desc::Dir(d) if !d.is_preopen => {
+                    if let Some(new) = moved(d.preopen, &d.rel) {
+                        d.preopen = to.0;
+                        d.rel = new;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Closed numbers awaiting reuse, ascending (for snapshots).

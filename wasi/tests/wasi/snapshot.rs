@@ -61,10 +61,13 @@ fn resume_mid_write_keeps_fds_offsets_and_output() {
     );
     // Same fd numbers, same kinds; the directory fd still works.
     let after = h.ctx().snapshot();
-    assert_eq!(
-        after.fds.iter().map(|f| f.fd).collect::<Vec<_>>(),
-        [0, 1, 2, 3, 4, 6, 7]
-    );
+    let open: Vec<u32> = after
+        .fds
+        .iter()
+        .filter(|f| f.kind != FdKind::Closed)
+        .map(|f| f.fd)
+        .collect();
+    assert_eq!(open, [0, 1, 2, 3, 4, 6, 7]);
     let f = h.open(sub, "inner", O_CREAT, R_WRITE, 0).unwrap();
     assert_eq!(f, 5, "the closed number is reused");
     assert!(t.path().join("sub/inner").exists());
@@ -128,7 +131,7 @@ fn restore_onto_another_host_dir_and_after_closing_the_preopen() {
     assert!(snap
         .fds
         .iter()
-        .all(|f| f.fd != 3 && f.kind != FdKind::Stdout));
+        .all(|f| (f.fd != 3 || f.kind == FdKind::Closed) && f.kind != FdKind::Stdout));
 
     // The checkpoint moves to a machine where /data lives elsewhere.
     let b = tempfile::tempdir().unwrap();
@@ -152,7 +155,13 @@ fn fd_numbers_after_restore_continue_as_without_the_pause() {
     }
     assert_eq!((h.close(5), h.close(7)), (0, 0));
     let snap = roundtrip(&h.ctx().snapshot());
-    assert_eq!(snap.free_fds, [5, 7]);
+    let closed: Vec<u32> = snap
+        .fds
+        .iter()
+        .filter(|f| f.kind == FdKind::Closed)
+        .map(|f| f.fd)
+        .collect();
+    assert_eq!(closed, [5, 7]);
 
     let (cfg, _) = config(&[(t.path(), "/data")], std::io::empty());
     let mut h = Harness::new(WasiCtx::restore(cfg, &snap).unwrap());
@@ -162,4 +171,41 @@ fn fd_numbers_after_restore_continue_as_without_the_pause() {
         .collect();
     // wasmtime-wasi's order: highest freed number first, then fresh ones.
     assert_eq!(next, [7, 5, 9]);
+}
+
+#[test]
+fn renaming_an_open_file_or_its_directory_keeps_the_checkpoint_path_true() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("tmp")).unwrap();
+    let (cfg, _) = config(&[(t.path(), "/data")], std::io::empty());
+    let mut h = Harness::new(WasiCtx::new(cfg).unwrap());
+    let a = h.open(3, "a.part", O_CREAT, R_WRITE, 0).unwrap();
+    let b = h.open(3, "tmp/b.part", O_CREAT, R_WRITE, 0).unwrap();
+    h.write_fd(a, b"a1").unwrap();
+    h.write_fd(b, b"b1").unwrap();
+    for (from, to) in [("a.part", "a.txt"), ("tmp", "done")] {
+        let (op, ol) = h.str_at(STR, from);
+        let (np, nl) = h.str_at(STR2, to);
+        assert_eq!(h.call("path_rename", &[3, op, ol, 3, np, nl]), 0);
+    }
+    let snap = roundtrip(&h.ctx().snapshot());
+    let paths: Vec<&str> = snap
+        .fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::File { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paths, ["a.txt", "done/b.part"]);
+
+    let (cfg, _) = config(&[(t.path(), "/data")], std::io::empty());
+    let mut h = Harness::new(WasiCtx::restore(cfg, &snap).unwrap());
+    h.write_fd(a, b"a2").unwrap();
+    h.write_fd(b, b"b2").unwrap();
+    assert_eq!(std::fs::read(t.path().join("a.txt")).unwrap(), b"a1a2");
+    assert_eq!(
+        std::fs::read(t.path().join("done/b.part")).unwrap(),
+        b"b1b2"
+    );
 }
