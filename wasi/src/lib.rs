@@ -7,10 +7,12 @@
 //! errnos, same output), over state that [`WasiCtx::snapshot`] turns into a
 //! [`wmig_proto::wasi::WasiSnapshot`] and [`WasiCtx::restore`] opens again.
 //!
-//! Layout: `table` (fds), `path` (sandboxed resolution), `fd`, `fdstat`
-//! and `dir` (the `fd_*` and `path_*` calls), `clocks` (clocks, `poll_oneoff`), `proc`
-//! (args, env, random, exit, sockets), `stat` (metadata), `memory` (guest
-//! pointers), `errno`, `snapshot` (capture/restore), `linker` (wiring).
+//! Layout: `table` (fds), `path` (sandboxed resolution), `fd`, `fdstat` and
+//! `dir` (the `fd_*` and `path_*` calls), `clocks` (clocks, `poll_oneoff`),
+//! `proc` (args, env, random, exit, sockets), `stat` (metadata), `memory`
+//! (guest pointers), `errno`, `snapshot` (capture/restore), `linker`.
+//! `tests/wasi/reference` runs the same call sequences against wasmtime-wasi
+//! and requires identical results.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
