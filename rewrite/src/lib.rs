@@ -122,7 +122,7 @@ mod tests {
         (func $f (param i32) (result i32)
           (if (result i32) (local.get 0)
             (then (call $f (i32.sub (local.get 0) (i32.const 1))))
-            (else (global.get $sp))))
+            (else (global.set $sp (i32.add (global.get $sp) (i32.const 16))) (global.get $sp))))
         (func (export "_start")
           (local i32)
           (loop $l (local.set 0 (i32.add (local.get 0) (i32.const 1)))

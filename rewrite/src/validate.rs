@@ -232,9 +232,10 @@ mod tests {
             validate(b"hello world!"),
             Err(ModuleError::NotWasm)
         ));
-        let no_start = wat(r#"(module (memory 1) (func (export "main")))"#);
+        let no_start = wat(r#"(module (memory (export "memory") 1) (func (export "main")))"#);
         assert!(matches!(validate(&no_start), Err(ModuleError::NoStart)));
-        let shared = wat(r#"(module (memory 1 1 shared) (func (export "_start")))"#);
+        let shared =
+            wat(r#"(module (memory (export "memory") 1 1 shared) (func (export "_start")))"#);
         assert!(matches!(validate(&shared), Err(ModuleError::Threads)));
         let foreign =
             wat(r#"(module (import "env" "f" (func)) (memory 1) (func (export "_start")))"#);

@@ -139,7 +139,8 @@ pub fn finish(
 /// Read a module; like `wasmtime run`, WebAssembly text is accepted too (it
 /// is converted to binary, and the binary is what checkpoints name).
 pub fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
     if bytes.starts_with(b"\0asm") {
         return Ok(bytes);
     }
@@ -212,6 +213,16 @@ pub fn passthrough() -> SinkFactory {
 struct StdSink(bool);
 
 impl OutputSink for StdSink {
+    /// A guest on a real terminal sees a character device, as under wasmtime.
+    fn is_terminal(&self) -> bool {
+        use std::io::IsTerminal;
+        if self.0 {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        }
+    }
+
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         if self.0 {
