@@ -130,9 +130,9 @@ fn memory_bench(mib: u32) -> MemBench {
     for _ in 0..REPS {
         let mut cfg = TaskConfig::new(spec("heap", &[]).config(&sinks()));
         cfg.yield_fuel = 2_000_000;
-        // Pause at the first yield after the fill loop: the fill takes
-        // mib*8192 iterations.
-        let fill = u64::from(mib) * 8192;
+        // Pause at the first yield after the fill loop: it stores 8 bytes per
+        // iteration, so it takes mib * 2^17 iterations (one fuel each).
+        let fill = u64::from(mib) << 17;
         cfg.policy = Some(Box::new(move |y| y * 2_000_000 > fill + 2_000_000));
         let mut task = Task::start(&rt, &module, cfg).expect("start");
         assert!(matches!(task.run().expect("run"), Outcome::Paused(_)));
@@ -167,6 +167,7 @@ fn memory_bench(mib: u32) -> MemBench {
         restore.push(t_restore.elapsed().as_secs_f64() * 1e3);
         restore_total.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(restored.memory_bytes() >= (mib as usize) << 20);
+        assert!(full_bytes >= u64::from(mib) << 20, "the capture must see all {mib} MiB live");
     }
     MemBench {
         capture_full: median(full),
