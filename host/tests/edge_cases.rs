@@ -2,11 +2,11 @@
 //! plain wasmtime-wasi, and with a checkpoint + restore into a fresh engine
 //! at every yield point; output and exit status must be identical.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wmig_host::baseline::Baseline;
 use wmig_host::local::{run_local, Finish, LocalOptions, RunStats, SinkFactory, WasiSpec};
-use wmig_host::wasi::OutputSink;
+use wmig_host::wasi::{BufferSink as Buf, OutputSink};
 use wmig_host::{HostError, RuntimeConfig};
 
 const PRELUDE: &str = r#"
@@ -30,19 +30,6 @@ const PRELUDE: &str = r#"
 
 fn module(body: &str) -> Vec<u8> {
     wat::parse_str(format!("(module {PRELUDE} {body})")).expect("test WAT parses")
-}
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl OutputSink for Buf {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(bytes);
-        Ok(())
-    }
 }
 
 /// (stdout, exit code or "trap", stats)

@@ -6,10 +6,10 @@
 //! `WMIG_BLESS=1 cargo test --workspace --test golden`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wmig_host::local::{resume_local, run_local, Finish, LocalOptions, SinkFactory, WasiSpec};
-use wmig_host::wasi::OutputSink;
+use wmig_host::wasi::{BufferSink as Buf, OutputSink};
 use wmig_host::RuntimeConfig;
 use wmig_proto::checkpoint::{CheckpointFile, FORMAT_VERSION};
 use wmig_proto::Hash;
@@ -18,18 +18,6 @@ fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/golden")
         .join(name)
-}
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-impl OutputSink for Buf {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(bytes);
-        Ok(())
-    }
 }
 
 fn capture_sinks() -> (Buf, SinkFactory) {
