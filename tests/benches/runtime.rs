@@ -167,7 +167,10 @@ fn memory_bench(mib: u32) -> MemBench {
         restore.push(t_restore.elapsed().as_secs_f64() * 1e3);
         restore_total.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(restored.memory_bytes() >= (mib as usize) << 20);
-        assert!(full_bytes >= u64::from(mib) << 20, "the capture must see all {mib} MiB live");
+        assert!(
+            full_bytes >= u64::from(mib) << 20,
+            "the capture must see all {mib} MiB live"
+        );
     }
     MemBench {
         capture_full: median(full),
