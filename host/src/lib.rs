@@ -60,7 +60,8 @@ pub enum HostError {
     MissingChunk(Hash),
     #[error("checkpoint is corrupt: {0}")]
     Corrupt(String),
-    #[error("{path}: {source}")]
+    /// The cause is the error's source, so `{:#}` prints it once.
+    #[error("{}", path.display())]
     Io {
         path: std::path::PathBuf,
         source: std::io::Error,
