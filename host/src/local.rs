@@ -16,7 +16,7 @@ use wmig_proto::checkpoint::{CheckpointFile, Manifest};
 use wmig_wasi::{OutputSink, Preopen, WasiConfig};
 
 use crate::chunks::MemChunks;
-use crate::engine::{PreparedModule, Runtime, RuntimeConfig};
+use crate::engine::{Runtime, RuntimeConfig};
 use crate::snapshot::CaptureMeta;
 use crate::task::{Outcome, Task, TaskConfig, DEFAULT_YIELD_FUEL};
 use crate::HostError;
@@ -123,7 +123,7 @@ pub fn run_local(
     let rt = Runtime::new(opts.runtime.clone())?;
     let module = rt.load(wasm)?;
     let task = Task::start(&rt, &module, task_config(spec.config(sinks), opts))?;
-    drive(rt, module, task, wasm, spec, sinks, opts, 0)
+    drive(task, wasm, spec, sinks, opts, 0)
 }
 
 /// Continue the checkpoint `file` of `wasm`. Output already produced before
@@ -150,7 +150,7 @@ pub fn resume_local(
         restore_ms: start.elapsed().as_secs_f64() * 1e3,
         ..RunStats::default()
     };
-    let (finish, stats) = drive(rt, module, task, wasm, spec, sinks, opts, file.manifest.seq)?;
+    let (finish, stats) = drive(task, wasm, spec, sinks, opts, file.manifest.seq)?;
     stats_base.yields = stats.yields;
     stats_base.fuel = stats.fuel;
     stats_base.checkpoints = stats.checkpoints;
@@ -175,10 +175,10 @@ fn task_config(wasi: WasiConfig, opts: &LocalOptions) -> TaskConfig {
     config
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Run `task` to the end, applying the checkpoint options. A `Task` owns
+/// everything it runs on (its store holds the engine, it holds its module), so
+/// each restore simply replaces it.
 fn drive(
-    rt: Runtime,
-    module: Arc<PreparedModule>,
     mut task: Task,
     wasm: &[u8],
     spec: &WasiSpec,
@@ -188,8 +188,6 @@ fn drive(
 ) -> Result<(Finish, RunStats), HostError> {
     let mut stats = RunStats::default();
     let mut chunks = MemChunks::new();
-    // The engine and module the current task runs on; replaced at each restore.
-    let (mut _rt, mut _module) = (rt, module);
     loop {
         let outcome = task.run();
         let counters = task.counters();
@@ -257,7 +255,6 @@ fn drive(
                         &manifest,
                         &chunks,
                     )?;
-                    (_rt, _module) = (rt, module);
                     stats.restores += 1;
                     stats.restore_ms += start.elapsed().as_secs_f64() * 1e3;
                 }

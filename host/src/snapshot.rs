@@ -69,7 +69,7 @@ impl Task {
             ));
         }
         let mut globals = Vec::with_capacity(self.globals.len());
-        for (name, g) in self.globals.clone() {
+        for (name, g) in &self.globals {
             let v = match g.get(&mut self.store) {
                 Val::I32(v) => GlobalValue::I32(v),
                 Val::I64(v) => GlobalValue::I64(v),
@@ -82,7 +82,7 @@ impl Task {
                     )))
                 }
             };
-            globals.push((name, v));
+            globals.push((name.clone(), v));
         }
         let counters = self.counters();
         let manifest = Manifest {
