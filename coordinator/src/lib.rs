@@ -1,4 +1,5 @@
-//! The coordinator's protocol core, with no networking in it.
+//! The coordinator: its protocol core, with no networking in it, and the
+//! server and client that carry it over QUIC.
 //!
 //! Everything the coordinator *decides* lives here: which nodes are members and
 //! whether they are alive ([`membership`]), where a task runs ([`placement`]),
@@ -11,16 +12,25 @@
 //! chosen by the caller), and the server that drives this core decides when to
 //! call [`Coordinator::tick`] from [`Coordinator::next_deadline`]. That makes
 //! hours of heartbeats testable in milliseconds.
+//!
+//! Around the core: [`wire`] (the control protocol's messages), [`server`]
+//! (the coordinator process: QUIC, group-committed log, task output, the
+//! monitor stream, `/metrics`) and [`client`] (what workers, monitors and
+//! `wmig` use to talk to it).
 
 // Tests may unwrap: a panic there is a test failure with a line number.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
 pub mod log;
 pub mod membership;
 pub mod placement;
+pub mod server;
 pub mod state;
 pub mod tasks;
+pub mod wire;
 
+pub use client::{ControlClient, ControlError, Subscription, COORDINATOR_NODE};
 pub use log::{EventLog, LogError, Replay, TornTail};
 pub use membership::{
     Liveness, Membership, MembershipConfig, MembershipError, MembershipEvent, Node, NodeInfo,
@@ -28,7 +38,7 @@ pub use membership::{
 };
 pub use placement::{Placement, PlacementError, Placer};
 pub use state::{Coordinator, CoordinatorConfig, CoordinatorError, Event, Snapshot};
-pub use tasks::{Outcome, Task, TaskError, TaskEvent, TaskSpec, TaskState, TaskTable};
+pub use tasks::{Outcome, Task, TaskError, TaskEvent, TaskOptions, TaskSpec, TaskState, TaskTable};
 
 /// Milliseconds on the caller's monotonic clock. Only differences matter.
 pub type Millis = u64;

@@ -73,6 +73,11 @@ pub struct Node {
     pub draining: bool,
     /// Last time we heard from the node (volatile: not in the log).
     pub last_seen: Millis,
+    /// Whether this coordinator process has heard from the node itself.
+    /// Nodes replayed from the log are online on trust until the first
+    /// timeout; until they speak, another process may take the name over
+    /// (e.g. `wmig up` run again after a crash).
+    pub heard: bool,
 }
 
 /// A node without its volatile heartbeat time: what a replay must reproduce.
@@ -186,7 +191,7 @@ impl Membership {
                     });
                 }
                 let same_process = node.info.pid == info.pid && node.info.addr == info.addr;
-                if node.liveness == Liveness::Online && !same_process {
+                if node.liveness == Liveness::Online && node.heard && !same_process {
                     return Err(MembershipError::DuplicateName {
                         name: info.name,
                         pid: node.info.pid,
@@ -307,6 +312,7 @@ impl Membership {
                         liveness: Liveness::Online,
                         draining: false,
                         last_seen: now,
+                        heard: true,
                     },
                 );
             }
@@ -317,6 +323,7 @@ impl Membership {
                     }
                     n.liveness = Liveness::Online;
                     n.last_seen = now;
+                    n.heard = true;
                 }
             }
             MembershipEvent::Offline(node) => {
@@ -342,12 +349,14 @@ impl Membership {
     pub fn resume(&mut self, now: Millis) {
         for node in self.nodes.values_mut() {
             node.last_seen = now;
+            node.heard = false;
         }
     }
 
     fn touch(&mut self, name: &NodeId, now: Millis) {
         if let Some(n) = self.nodes.get_mut(name) {
             n.last_seen = n.last_seen.max(now);
+            n.heard = true;
         }
     }
 
@@ -589,5 +598,29 @@ mod tests {
         m.resume(1_000_000);
         assert!(m.poll_timeouts(1_004_999).is_empty());
         assert_eq!(m.poll_timeouts(1_005_000).len(), 1);
+    }
+
+    #[test]
+    fn after_resume_an_unheard_name_can_be_taken_over() {
+        let mut m = table();
+        m.register(info("w1", Role::Worker, 2), 0).unwrap();
+        m.register(info("w2", Role::Worker, 2), 0).unwrap();
+        m.resume(10_000);
+        // w1 comes back as the same process: fine, and now it is heard.
+        assert_eq!(m.register(info("w1", Role::Worker, 2), 10_100), Ok(None));
+        // A new process named w2 before the old one spoke: it takes over.
+        let mut fresh = info("w2", Role::Worker, 2);
+        fresh.pid = 999;
+        assert!(matches!(
+            m.register(fresh, 10_200),
+            Ok(Some(MembershipEvent::Recovered { .. }))
+        ));
+        // But w1 has spoken since the restart: a second process is refused.
+        let mut dup = info("w1", Role::Worker, 2);
+        dup.pid = 998;
+        assert!(matches!(
+            m.register(dup, 10_300),
+            Err(MembershipError::DuplicateName { .. })
+        ));
     }
 }

@@ -18,7 +18,7 @@ use crate::membership::{
     Membership, MembershipConfig, MembershipError, MembershipEvent, Node, NodeInfo, NodeView,
 };
 use crate::placement::{Placement, PlacementError, Placer};
-use crate::tasks::{Outcome, Task, TaskError, TaskEvent, TaskSpec, TaskTable};
+use crate::tasks::{Outcome, Task, TaskError, TaskEvent, TaskOptions, TaskSpec, TaskTable};
 use crate::Millis;
 
 /// One record of the event log.
@@ -159,24 +159,69 @@ impl Coordinator {
             .choose(policy, &self.membership, self.tasks.load())?)
     }
 
-    /// Submit and place a task in one step. If no worker fits, nothing is
-    /// recorded and the error says why (the task is not left pending).
+    /// Submit a task and place it at once. When every online worker is busy
+    /// and the policy is not pinned, the task is queued as pending instead,
+    /// and [`Self::place_pending`] places it when a slot frees up. Any other
+    /// placement failure records nothing and the error says why.
     pub fn submit(
         &mut self,
         spec: TaskSpec,
         policy: &Placement,
     ) -> Result<(TaskId, Vec<Event>), CoordinatorError> {
-        let worker = self.choose_worker(policy)?;
-        let (id, mut events) = self.submit_pending(spec);
-        let placed = self.tasks.place(id, worker)?;
-        events.push(self.task_event(placed));
+        self.submit_with(spec, TaskOptions::default(), policy)
+    }
+
+    /// [`Self::submit`] with per-task options.
+    pub fn submit_with(
+        &mut self,
+        spec: TaskSpec,
+        options: TaskOptions,
+        policy: &Placement,
+    ) -> Result<(TaskId, Vec<Event>), CoordinatorError> {
+        let worker = match self.choose_worker(policy) {
+            Ok(w) => Some(w),
+            Err(CoordinatorError::Placement(PlacementError::NoFreeSlot { .. }))
+                if !matches!(policy, Placement::Pinned(_)) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let id = self.tasks.next_id();
+        let event = self.tasks.submit(spec, options);
+        let mut events = vec![self.task_event(event)];
+        if let Some(worker) = worker {
+            let placed = self.tasks.place(id, worker)?;
+            events.push(self.task_event(placed));
+        }
         Ok((id, events))
+    }
+
+    /// Place queued tasks, oldest first, while an online worker has a free
+    /// slot. Call after anything that may free a slot or add a worker.
+    pub fn place_pending(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            let Some(id) = self.tasks.pending().next() else {
+                break;
+            };
+            let Ok(worker) = self.choose_worker(&Placement::LeastLoaded) else {
+                break;
+            };
+            match self.tasks.place(id, worker) {
+                Ok(placed) => events.push(self.task_event(placed)),
+                // Not placeable (cannot happen for a pending task): stop
+                // rather than spin on it.
+                Err(_) => break,
+            }
+        }
+        events
     }
 
     /// Record a task as pending without placing it.
     pub fn submit_pending(&mut self, spec: TaskSpec) -> (TaskId, Vec<Event>) {
         let id = self.tasks.next_id();
-        let event = self.tasks.submit(spec);
+        let event = self.tasks.submit(spec, TaskOptions::default());
         (id, vec![self.task_event(event)])
     }
 

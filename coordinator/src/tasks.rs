@@ -14,7 +14,7 @@
 //! As in [`crate::membership`], commands validate and build a [`TaskEvent`],
 //! and [`TaskTable::apply`] is the only code that changes a record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use wmig_proto::{Hash, NodeId, TaskId};
@@ -26,6 +26,26 @@ pub struct TaskSpec {
     pub bundle: Hash,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+}
+
+/// Settings beyond [`TaskSpec`]. They were added after the v1 log format was
+/// frozen, so they travel in [`TaskEvent::SubmittedWith`]; tasks submitted
+/// with plain [`TaskEvent::Submitted`] have the defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    /// What the operator submitted (`NAME:TAG`, a file name or a hash), shown
+    /// by `wmig ps`.
+    pub name: String,
+    /// Preopened directories on the worker: (host path, guest path).
+    pub dirs: Vec<(String, String)>,
+    /// Largest linear memory, in bytes.
+    pub memory_limit: Option<u64>,
+    /// Total fuel (yield points passed) before the task fails.
+    pub fuel_limit: Option<u64>,
+    /// Wall-clock time before the task fails, in milliseconds.
+    pub wall_limit_ms: Option<u64>,
+    /// Checkpoint period, in milliseconds (the worker's default when unset).
+    pub checkpoint_every_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +104,7 @@ pub enum Outcome {
 pub struct Task {
     pub id: TaskId,
     pub spec: TaskSpec,
+    pub options: TaskOptions,
     /// The worker that runs (or last ran) the task.
     pub owner: Option<NodeId>,
     /// Incremented at every placement; fences reports from stale owners.
@@ -121,6 +142,13 @@ pub enum TaskEvent {
     Cancelled {
         id: TaskId,
     },
+    /// `Submitted` with [`TaskOptions`]. New variants go at the end: postcard
+    /// numbers variants by position, and v1 logs must keep decoding.
+    SubmittedWith {
+        id: TaskId,
+        spec: TaskSpec,
+        options: TaskOptions,
+    },
 }
 
 /// Why a task command was refused.
@@ -153,6 +181,8 @@ pub struct TaskTable {
     next_id: u64,
     /// Running/migrating tasks per owner, maintained by `apply`.
     load: BTreeMap<NodeId, u32>,
+    /// Tasks waiting for a slot, oldest first, maintained by `apply`.
+    pending: BTreeSet<TaskId>,
 }
 
 impl Default for TaskTable {
@@ -161,6 +191,7 @@ impl Default for TaskTable {
             tasks: BTreeMap::new(),
             next_id: 1,
             load: BTreeMap::new(),
+            pending: BTreeSet::new(),
         }
     }
 }
@@ -184,6 +215,11 @@ impl TaskTable {
         &self.load
     }
 
+    /// Tasks waiting for a free slot, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.pending.iter().copied()
+    }
+
     /// Tasks currently occupying a slot on `worker`.
     pub fn running_on<'a>(&'a self, worker: &'a NodeId) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks
@@ -191,10 +227,11 @@ impl TaskTable {
             .filter(move |t| t.state.occupies_slot() && t.owner.as_ref() == Some(worker))
     }
 
-    pub fn submit(&self, spec: TaskSpec) -> TaskEvent {
-        TaskEvent::Submitted {
+    pub fn submit(&self, spec: TaskSpec, options: TaskOptions) -> TaskEvent {
+        TaskEvent::SubmittedWith {
             id: self.next_id(),
             spec,
+            options,
         }
     }
 
@@ -302,27 +339,37 @@ impl TaskTable {
 
     /// Perform one state change. Events that do not fit the current state
     /// are ignored: the log only holds events that were valid when written.
+    fn insert(&mut self, id: TaskId, spec: &TaskSpec, options: &TaskOptions) {
+        self.next_id = self.next_id.max(id.0.saturating_add(1));
+        self.pending.insert(id);
+        self.tasks.insert(
+            id,
+            Task {
+                id,
+                spec: spec.clone(),
+                options: options.clone(),
+                owner: None,
+                epoch: 0,
+                state: TaskState::Pending,
+                checkpoint_seq: None,
+                fuel_used: 0,
+                exit_code: None,
+                failure: None,
+            },
+        );
+    }
+
     pub fn apply(&mut self, event: &TaskEvent) {
         match event {
             TaskEvent::Submitted { id, spec } => {
-                self.next_id = self.next_id.max(id.0.saturating_add(1));
-                self.tasks.insert(
-                    *id,
-                    Task {
-                        id: *id,
-                        spec: spec.clone(),
-                        owner: None,
-                        epoch: 0,
-                        state: TaskState::Pending,
-                        checkpoint_seq: None,
-                        fuel_used: 0,
-                        exit_code: None,
-                        failure: None,
-                    },
-                );
+                self.insert(*id, spec, &TaskOptions::default());
+            }
+            TaskEvent::SubmittedWith { id, spec, options } => {
+                self.insert(*id, spec, options);
             }
             TaskEvent::Placed { id, worker, epoch } => {
                 self.release_slot(*id);
+                self.pending.remove(id);
                 if let Some(t) = self.tasks.get_mut(id) {
                     t.owner = Some(worker.clone());
                     t.epoch = *epoch;
@@ -342,6 +389,7 @@ impl TaskTable {
                 fuel_used,
             } => {
                 self.release_slot(*id);
+                self.pending.remove(id);
                 if let Some(t) = self.tasks.get_mut(id) {
                     t.fuel_used = *fuel_used;
                     match outcome {
@@ -359,6 +407,7 @@ impl TaskTable {
             }
             TaskEvent::Cancelled { id } => {
                 self.release_slot(*id);
+                self.pending.remove(id);
                 if let Some(t) = self.tasks.get_mut(id) {
                     t.state = TaskState::Cancelled;
                 }
@@ -403,7 +452,7 @@ mod tests {
 
     fn submitted(t: &mut TaskTable, n: u8) -> TaskId {
         let id = t.next_id();
-        let ev = t.submit(spec(n));
+        let ev = t.submit(spec(n), TaskOptions::default());
         t.apply(&ev);
         id
     }

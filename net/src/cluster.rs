@@ -40,6 +40,12 @@ pub struct ClusterConfig {
     /// Address of the registry, written by `wmig registry serve`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// Address of the coordinator, written by `wmig coordinator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
+    /// Address of the coordinator's HTTP endpoint (`/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     /// Settings of other roles, kept as they are.
     #[serde(flatten)]
     pub other: toml::Table,

@@ -119,16 +119,27 @@ fn a_killed_worker_goes_offline_at_timeout_and_loses_placements() {
         err.to_string(),
         "worker `w2` is offline; pick an online worker or omit --on"
     );
-    // Both survivors are now full (4 + 4): the next submission says so.
-    let err = sim.c.submit(spec(10), &Placement::LeastLoaded).unwrap_err();
-    assert_eq!(
-        err,
-        CoordinatorError::Placement(PlacementError::NoFreeSlot { online: 2 })
+    // Both survivors are now full (4 + 4): the next submission waits as
+    // pending; pinned to a full worker it is refused instead.
+    let err = sim
+        .c
+        .submit(spec(10), &Placement::Pinned(id("w1")))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoordinatorError::Placement(PlacementError::WorkerFull { .. })
+        ),
+        "{err}"
     );
+    let (queued, events) = sim.c.submit(spec(10), &Placement::LeastLoaded).unwrap();
+    assert_eq!(events.len(), 1, "submitted, not placed: {events:?}");
+    assert_eq!(sim.c.task(queued).unwrap().state, TaskState::Pending);
+    assert!(sim.c.place_pending().is_empty(), "still no free slot");
     assert_eq!(
         sim.c.tasks().count(),
-        8,
-        "refused submissions leave no task behind"
+        9,
+        "the refused pinned submission left no task behind"
     );
 
     // The restarted w2 (new pid) re-registers and gets work again.
@@ -140,6 +151,10 @@ fn a_killed_worker_goes_offline_at_timeout_and_loses_placements() {
         events[..],
         [Event::Node(MembershipEvent::Recovered { .. })]
     ));
+    // The queued task goes to the worker that came back.
+    let placed = sim.c.place_pending();
+    assert_eq!(placed.len(), 1);
+    assert_eq!(sim.c.task(queued).unwrap().owner, Some(id("w2")));
     let (task, _) = sim.c.submit(spec(11), &Placement::LeastLoaded).unwrap();
     assert_eq!(sim.c.task(task).unwrap().owner, Some(id("w2")));
 }

@@ -14,6 +14,9 @@ pub mod registry;
 /// [`crate::frame::PROTOCOL_VERSION`].
 pub const REGISTRY_ALPN: &[u8] = b"wmig-registry/1";
 
+/// ALPN of the control protocol (coordinator ↔ workers, monitors, operators).
+pub const CONTROL_ALPN: &[u8] = b"wmig-control/1";
+
 /// What kind of failure a [`RemoteError`] reports, so a client can react
 /// without parsing the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

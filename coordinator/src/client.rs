@@ -1,0 +1,181 @@
+//! A connection to the coordinator, used by workers, monitors and `wmig`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wmig_net::stream::{read_frame, timed, write_frame};
+use wmig_net::{Credentials, EndpointConfig, NetError};
+use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
+use wmig_proto::wire::{RemoteError, CONTROL_ALPN};
+use wmig_proto::{NodeId, TaskId};
+
+use crate::wire::{ClusterStats, ControlRequest, ControlResponse, NodeStatus, TaskView};
+
+/// The node name on the coordinator's certificate.
+pub const COORDINATOR_NODE: &str = "coordinator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("coordinator unreachable: {0}")]
+    Net(#[from] NetError),
+    #[error("{0}")]
+    Remote(#[from] RemoteError),
+    #[error("the coordinator answered {what} with an unexpected message; are both the same wmig release?")]
+    Unexpected { what: &'static str },
+}
+
+impl ControlError {
+    /// The coordinator refused this node's request as stale or unknown; the
+    /// caller should re-register (node) or drop the task (report).
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            ControlError::Remote(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+pub struct ControlClient {
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    timeout: Duration,
+}
+
+/// An open stream of responses (attach, logs -f, events -f).
+pub struct Subscription {
+    recv: quinn::RecvStream,
+    _send: quinn::SendStream,
+}
+
+impl Subscription {
+    /// The next response, or `None` once the coordinator finished the stream.
+    pub async fn next(&mut self) -> Result<Option<ControlResponse>, ControlError> {
+        match read_frame(&mut self.recv, MAX_FRAME_LEN).await {
+            Ok(ControlResponse::Error(e)) => Err(e.into()),
+            Ok(r) => Ok(Some(r)),
+            Err(NetError::Frame(FrameError::Truncated { have: 0, .. })) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl ControlClient {
+    pub async fn connect(
+        addr: SocketAddr,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Self, ControlError> {
+        let mut config = EndpointConfig::new(CONTROL_ALPN);
+        config.max_streams = 256;
+        let endpoint =
+            wmig_net::client_endpoint(wmig_net::endpoint::any_addr_for(addr), creds, &config)?;
+        let conn = wmig_net::connect(&endpoint, addr, COORDINATOR_NODE, timeout).await?;
+        Ok(ControlClient {
+            conn,
+            _endpoint: endpoint,
+            timeout,
+        })
+    }
+
+    /// True once the connection is gone (the caller reconnects).
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    pub fn close(&self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+
+    async fn open(
+        &self,
+        req: &ControlRequest,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), ControlError> {
+        let (mut send, recv) = timed(self.timeout, async {
+            self.conn
+                .open_bi()
+                .await
+                .map_err(|e| NetError::Connection(wmig_net::error::describe_connection_error(&e)))
+        })
+        .await?;
+        write_frame(&mut send, req).await?;
+        Ok((send, recv))
+    }
+
+    /// One request, one response; an error response becomes `Err`.
+    pub async fn ask(&self, req: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        let (mut send, mut recv) = self.open(req).await?;
+        let _ = send.finish();
+        match timed(self.timeout, read_frame(&mut recv, MAX_FRAME_LEN)).await? {
+            ControlResponse::Error(e) => Err(e.into()),
+            r => Ok(r),
+        }
+    }
+
+    /// Like [`Self::ask`] without a response deadline (`Wait`).
+    pub async fn ask_untimed(&self, req: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        let (mut send, mut recv) = self.open(req).await?;
+        let _ = send.finish();
+        match read_frame(&mut recv, MAX_FRAME_LEN).await? {
+            ControlResponse::Error(e) => Err(e.into()),
+            r => Ok(r),
+        }
+    }
+
+    /// A request whose answer is a stream of responses.
+    pub async fn subscribe(&self, req: &ControlRequest) -> Result<Subscription, ControlError> {
+        let (send, recv) = self.open(req).await?;
+        Ok(Subscription { recv, _send: send })
+    }
+
+    /// `ask` expecting `Ok`.
+    pub async fn call(&self, req: &ControlRequest, what: &'static str) -> Result<(), ControlError> {
+        match self.ask(req).await? {
+            ControlResponse::Ok => Ok(()),
+            _ => Err(ControlError::Unexpected { what }),
+        }
+    }
+
+    pub async fn tasks(&self) -> Result<Vec<TaskView>, ControlError> {
+        match self.ask(&ControlRequest::ListTasks).await? {
+            ControlResponse::Tasks(t) => Ok(t),
+            _ => Err(ControlError::Unexpected { what: "ListTasks" }),
+        }
+    }
+
+    pub async fn task(&self, task: TaskId) -> Result<TaskView, ControlError> {
+        match self.ask(&ControlRequest::Inspect { task }).await? {
+            ControlResponse::Task(t) => Ok(*t),
+            _ => Err(ControlError::Unexpected { what: "Inspect" }),
+        }
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, ControlError> {
+        match self.ask(&ControlRequest::ListNodes).await? {
+            ControlResponse::Nodes(n) => Ok(n),
+            _ => Err(ControlError::Unexpected { what: "ListNodes" }),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<ClusterStats, ControlError> {
+        match self.ask(&ControlRequest::Stats).await? {
+            ControlResponse::Stats(s) => Ok(s),
+            _ => Err(ControlError::Unexpected { what: "Stats" }),
+        }
+    }
+
+    /// Block until the task is completed, failed or cancelled.
+    pub async fn wait(&self, task: TaskId) -> Result<TaskView, ControlError> {
+        match self.ask_untimed(&ControlRequest::Wait { task }).await? {
+            ControlResponse::Ended(t) => Ok(*t),
+            _ => Err(ControlError::Unexpected { what: "Wait" }),
+        }
+    }
+
+    pub async fn heartbeat(&self, node: &NodeId) -> Result<(), ControlError> {
+        self.call(
+            &ControlRequest::Heartbeat { node: node.clone() },
+            "Heartbeat",
+        )
+        .await
+    }
+}

@@ -1,0 +1,947 @@
+//! The coordinator process: the sans-IO [`Coordinator`] driven over QUIC.
+//!
+//! One mutex guards the state ([`Core`]); it is never held across an
+//! `.await`. A command applies its events to memory at once and queues them
+//! for the log; the *committer* task writes every queued event with one
+//! fsync (group commit, so a burst of submissions costs one disk flush, not
+//! one each), then publishes the durable sequence number and carries out
+//! the side effects (commands to workers, the monitor stream). A request is
+//! answered only once its events are durable.
+//!
+//! Workers hold an attach stream open; placements and cancellations become
+//! [`WorkerCommand`]s on it. When a worker (re)attaches it is sent a `Run`
+//! for every task it owns, which is how both a restarted worker and a
+//! restarted coordinator converge.
+
+pub mod http;
+pub mod output;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use wmig_net::stream::{read_frame, timed, write_frame};
+use wmig_net::{EndpointConfig, NetError};
+use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
+use wmig_proto::wire::{ErrorCode, RemoteError, CONTROL_ALPN};
+use wmig_proto::{NodeId, TaskId};
+
+use crate::membership::{Liveness, Role};
+use crate::tasks::{TaskEvent, TaskState};
+use crate::wire::{
+    ClusterStats, ControlRequest, ControlResponse, MonitorItem, NodeStatus, OutputChunk, Stream,
+    TaskView, WorkerCommand,
+};
+use crate::{Coordinator, CoordinatorConfig, CoordinatorError, Event, EventLog, LogError};
+use output::OutputStore;
+
+/// Settings of a coordinator process.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub endpoint: EndpointConfig,
+    /// Event log and task output live here.
+    pub data_dir: PathBuf,
+    pub coordinator: CoordinatorConfig,
+    /// How often nodes are asked to heartbeat.
+    pub heartbeat: Duration,
+    /// Time for a request frame to arrive.
+    pub request_timeout: Duration,
+    /// How often monitors receive [`ClusterStats`].
+    pub stats_interval: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        let mut endpoint = EndpointConfig::new(CONTROL_ALPN);
+        // Each worker holds an attach stream and each follower a logs or
+        // events stream open for long; leave room for the short requests.
+        endpoint.max_streams = 256;
+        ServerConfig {
+            endpoint,
+            data_dir,
+            coordinator: CoordinatorConfig::default(),
+            heartbeat: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
+            stats_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+}
+
+/// A logged event with its sequence number (its index in the log, from 0)
+/// and the unix ms it was decided (0 if it was replayed).
+#[derive(Clone, Debug)]
+struct Logged {
+    seq: u64,
+    at_ms: u64,
+    event: Event,
+}
+
+struct Core {
+    coord: Coordinator,
+    /// Every event since the log began, for `wmig events`.
+    history: Vec<Logged>,
+    /// Applied to memory, not yet durable.
+    unflushed: Vec<Logged>,
+    next_seq: u64,
+    outputs: OutputStore,
+    /// Command channel of each attached worker, with an attach generation so
+    /// an old stream ending does not remove a newer one.
+    attached: HashMap<NodeId, (u64, mpsc::UnboundedSender<WorkerCommand>)>,
+    attach_gen: u64,
+    started: HashMap<TaskId, u64>,
+    checkpoints: u64,
+}
+
+/// Durability progress published by the committer.
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    /// Events with `seq < next` are on disk.
+    next: u64,
+    /// Set once an append failed; the process must restart and replay.
+    failed: Option<String>,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    config: ServerConfig,
+    clock: Instant,
+    /// Wakes the committer.
+    queued: Notify,
+    durable: watch::Sender<Durable>,
+    monitor: broadcast::Sender<Arc<MonitorItem>>,
+}
+
+/// A coordinator with its log replayed, ready to serve.
+pub struct Server {
+    shared: Arc<Shared>,
+    log: EventLog,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Server {
+    /// Open (or create) the event log under `config.data_dir` and replay it.
+    pub fn open(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| LogError::Io {
+            path: config.data_dir.clone(),
+            action: "create",
+            source,
+        })?;
+        let (log, replay) = EventLog::open(config.data_dir.join("events.log"))?;
+        let clock = Instant::now();
+        let coord = Coordinator::replay(config.coordinator.clone(), &replay.events, 0);
+        let history: Vec<Logged> = replay
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Logged {
+                seq: i as u64,
+                at_ms: 0,
+                event,
+            })
+            .collect();
+        let next_seq = history.len() as u64;
+        let checkpoints = history
+            .iter()
+            .filter(|l| matches!(l.event, Event::Task(TaskEvent::Checkpointed { .. })))
+            .count() as u64;
+        tracing::info!(
+            events = next_seq,
+            tasks = coord.tasks().count(),
+            nodes = coord.nodes().count(),
+            "replayed event log"
+        );
+        let outputs = OutputStore::open(&config.data_dir.join("output"))?;
+        let (durable, _) = watch::channel(Durable {
+            next: next_seq,
+            failed: None,
+        });
+        let (monitor, _) = broadcast::channel(4096);
+        Ok(Server {
+            shared: Arc::new(Shared {
+                core: Mutex::new(Core {
+                    coord,
+                    history,
+                    unflushed: Vec::new(),
+                    next_seq,
+                    outputs,
+                    attached: HashMap::new(),
+                    attach_gen: 0,
+                    started: HashMap::new(),
+                    checkpoints,
+                }),
+                config,
+                clock,
+                queued: Notify::new(),
+                durable,
+                monitor,
+            }),
+            log,
+        })
+    }
+
+    /// Serve on `endpoint` (and `/metrics` on `http`, if given) until
+    /// `shutdown` resolves.
+    pub async fn run(
+        self,
+        endpoint: quinn::Endpoint,
+        http: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let shared = self.shared;
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(committer(shared.clone(), self.log));
+        background.spawn(failure_detector(shared.clone()));
+        background.spawn(stats_ticker(shared.clone()));
+        if let Some(listener) = http {
+            background.spawn(http::serve(listener, shared.clone()));
+        }
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => { connections.spawn(serve_connection(incoming, shared.clone())); }
+                    None => break,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        endpoint.close(quinn::VarInt::from_u32(0), b"coordinator shutting down");
+        connections.abort_all();
+        // Let the committer flush what is queued.
+        shared.queued.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        background.abort_all();
+    }
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock is a bug; the state is still the
+        // fold of applied events, so keep serving rather than cascade.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue already-applied events for the log; returns the sequence number
+    /// to wait for.
+    fn queue(&self, core: &mut Core, events: Vec<Event>) -> u64 {
+        let at_ms = unix_ms();
+        for event in events {
+            let seq = core.next_seq;
+            core.next_seq += 1;
+            core.unflushed.push(Logged { seq, at_ms, event });
+        }
+        if !core.unflushed.is_empty() {
+            self.queued.notify_one();
+        }
+        core.next_seq
+    }
+
+    /// Wait until every event before `upto` is durable.
+    async fn durable(&self, upto: u64) -> Result<(), RemoteError> {
+        let mut rx = self.durable.subscribe();
+        let state = rx
+            .wait_for(|d| d.next >= upto || d.failed.is_some())
+            .await
+            .map_err(|_| internal("the coordinator is shutting down"))?;
+        match &state.failed {
+            Some(why) => Err(internal(format!(
+                "the coordinator could not write its event log ({why}); restart it to replay the log"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Run a state command, log its events and wait until they are durable.
+    async fn command<T>(
+        &self,
+        f: impl FnOnce(&mut Coordinator, u64) -> Result<(T, Vec<Event>), CoordinatorError>,
+    ) -> Result<T, RemoteError> {
+        let now = self.now();
+        let (value, upto) = {
+            let mut core = self.lock();
+            let (value, mut events) = f(&mut core.coord, now).map_err(coordinator_error)?;
+            // Whatever freed a slot or added a worker lets queued tasks run.
+            if core.coord.task_table().pending().next().is_some() {
+                events.extend(core.coord.place_pending());
+            }
+            let upto = self.queue(&mut core, events);
+            (value, upto)
+        };
+        self.durable(upto).await?;
+        Ok(value)
+    }
+
+    fn stats(&self, core: &mut Core) -> ClusterStats {
+        let mut s = ClusterStats {
+            checkpoints: core.checkpoints,
+            output_bytes: core.outputs.total(),
+            events: core.next_seq,
+            ..ClusterStats::default()
+        };
+        for n in core.coord.nodes() {
+            match (n.info.role, n.liveness) {
+                (Role::Worker, Liveness::Online) => {
+                    s.workers_online += 1;
+                    s.slots += n.info.slots;
+                }
+                (Role::Worker, Liveness::Offline) => s.workers_offline += 1,
+                (Role::Monitor, Liveness::Online) => s.monitors_online += 1,
+                (Role::Monitor, Liveness::Offline) => {}
+            }
+        }
+        for t in core.coord.tasks() {
+            match t.state {
+                TaskState::Pending => s.tasks_pending += 1,
+                TaskState::Running | TaskState::Migrating => s.tasks_running += 1,
+                TaskState::Completed => s.tasks_completed += 1,
+                TaskState::Failed => s.tasks_failed += 1,
+                TaskState::Cancelled => s.tasks_cancelled += 1,
+            }
+        }
+        s
+    }
+
+    fn task_view(&self, core: &mut Core, id: TaskId) -> Result<TaskView, RemoteError> {
+        let task = core.coord.task(id).cloned().ok_or_else(|| {
+            RemoteError::new(
+                ErrorCode::NotFound,
+                format!("unknown task {id}: see `wmig ps` for task ids"),
+            )
+        })?;
+        let out = core.outputs.len(id, Stream::Stdout);
+        let err = core.outputs.len(id, Stream::Stderr);
+        Ok(TaskView::new(
+            &task,
+            out,
+            err,
+            core.started.get(&id).copied(),
+        ))
+    }
+
+    fn node_statuses(&self, core: &Core) -> Vec<NodeStatus> {
+        let now = self.now();
+        let load = core.coord.task_table().load();
+        core.coord
+            .nodes()
+            .map(|n| NodeStatus {
+                name: n.info.name.clone(),
+                role: n.info.role,
+                liveness: n.liveness,
+                draining: n.draining,
+                addr: n.info.addr.clone(),
+                pid: n.info.pid,
+                slots: n.info.slots,
+                tasks: load.get(&n.info.name).copied().unwrap_or(0),
+                last_seen_ms: now.saturating_sub(n.last_seen),
+            })
+            .collect()
+    }
+}
+
+fn internal(message: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorCode::Internal, message)
+}
+
+fn coordinator_error(e: CoordinatorError) -> RemoteError {
+    use crate::membership::MembershipError as M;
+    use crate::placement::PlacementError as P;
+    use crate::tasks::TaskError as T;
+    let code = match &e {
+        CoordinatorError::Membership(M::UnknownNode { .. })
+        | CoordinatorError::Placement(P::UnknownWorker { .. })
+        | CoordinatorError::Task(T::UnknownTask { .. }) => ErrorCode::NotFound,
+        CoordinatorError::Membership(M::InvalidName { .. }) => ErrorCode::Invalid,
+        _ => ErrorCode::Conflict,
+    };
+    RemoteError::new(code, e.to_string())
+}
+
+/// Writes queued events with one fsync per batch, then applies their side
+/// effects.
+async fn committer(shared: Arc<Shared>, log: EventLog) {
+    let log = Arc::new(Mutex::new(log));
+    loop {
+        shared.queued.notified().await;
+        loop {
+            let batch = std::mem::take(&mut shared.lock().unflushed);
+            if batch.is_empty() {
+                break;
+            }
+            let events: Vec<Event> = batch.iter().map(|l| l.event.clone()).collect();
+            let log2 = log.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                log2.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&events)
+            })
+            .await;
+            let failure = match written {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("log writer panicked: {e}")),
+            };
+            if let Some(why) = failure {
+                tracing::error!(error = %why, "event log append failed; refusing further commands");
+                shared.durable.send_modify(|d| d.failed = Some(why));
+                return;
+            }
+            let next = batch.last().map_or(0, |l| l.seq + 1);
+            {
+                let mut core = shared.lock();
+                for logged in &batch {
+                    effects(&mut core, &logged.event);
+                }
+                core.history.extend(batch.iter().cloned());
+            }
+            for logged in batch {
+                let _ = shared.monitor.send(Arc::new(MonitorItem::Event {
+                    seq: logged.seq,
+                    at_ms: logged.at_ms,
+                    event: logged.event,
+                }));
+            }
+            shared.durable.send_modify(|d| d.next = next);
+        }
+    }
+}
+
+/// What a durable event makes happen outside the coordinator.
+fn effects(core: &mut Core, event: &Event) {
+    match event {
+        Event::Task(TaskEvent::Placed { id, worker, epoch }) => {
+            if let Some(task) = core.coord.task(*id) {
+                let cmd = WorkerCommand::Run {
+                    task: *id,
+                    epoch: *epoch,
+                    spec: task.spec.clone(),
+                    options: task.options.clone(),
+                    resume: None,
+                };
+                send_command(core, worker, cmd);
+            }
+        }
+        Event::Task(TaskEvent::Cancelled { id }) => {
+            if let Some(task) = core.coord.task(*id) {
+                if let Some(owner) = task.owner.clone() {
+                    let cmd = WorkerCommand::Drop {
+                        task: *id,
+                        epoch: task.epoch,
+                    };
+                    send_command(core, &owner, cmd);
+                }
+            }
+        }
+        Event::Task(TaskEvent::Checkpointed { .. }) => core.checkpoints += 1,
+        Event::Task(TaskEvent::Finished { id, .. }) => {
+            core.started.remove(id);
+        }
+        _ => {}
+    }
+}
+
+fn send_command(core: &mut Core, worker: &NodeId, cmd: WorkerCommand) {
+    match core.attached.get(worker) {
+        Some((_, tx)) => {
+            if tx.send(cmd).is_err() {
+                tracing::debug!(%worker, "worker's attach stream is gone; it gets the task on reattach");
+            }
+        }
+        None => tracing::debug!(%worker, "worker not attached; it gets the task on attach"),
+    }
+}
+
+async fn failure_detector(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = shared.now();
+        let mut core = shared.lock();
+        if core.coord.next_deadline().is_some_and(|d| d <= now) {
+            let events = core.coord.tick(now);
+            for e in &events {
+                if let Event::Node(m) = e {
+                    tracing::info!(event = ?m, "membership");
+                }
+            }
+            shared.queue(&mut core, events);
+        }
+    }
+}
+
+async fn stats_ticker(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(shared.config.stats_interval);
+    loop {
+        every.tick().await;
+        if shared.monitor.receiver_count() == 0 {
+            continue;
+        }
+        let stats = {
+            let mut core = shared.lock();
+            shared.stats(&mut core)
+        };
+        let _ = shared.monitor.send(Arc::new(MonitorItem::Stats(stats)));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = wmig_net::error::describe_connection_error(&e);
+            tracing::info!(%remote, %reason, "refused connection");
+            return;
+        }
+    };
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_stream(send, recv, shared.clone()));
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+) {
+    let request = timed(
+        shared.config.request_timeout,
+        read_frame::<ControlRequest>(&mut recv, MAX_FRAME_LEN),
+    )
+    .await;
+    let response = match request {
+        Ok(req) => match dispatch(req, &mut send, &shared).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => ControlResponse::Error(e),
+        },
+        Err(NetError::Frame(e)) => {
+            let code = match e {
+                FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+                FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                _ => ErrorCode::Malformed,
+            };
+            ControlResponse::Error(RemoteError::new(code, format!("bad request: {e}")))
+        }
+        Err(NetError::Timeout(d)) => ControlResponse::Error(RemoteError::new(
+            ErrorCode::Timeout,
+            format!("the request did not arrive within {d:?}"),
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "stream ended before a request arrived");
+            return;
+        }
+    };
+    if write_frame(&mut send, &response).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+fn fenced(core: &Core, node: &NodeId, task: TaskId, epoch: u64) -> Result<(), RemoteError> {
+    let t = core.coord.task(task).ok_or_else(|| {
+        RemoteError::new(ErrorCode::NotFound, format!("unknown task {task}; drop it"))
+    })?;
+    if t.owner.as_ref() != Some(node) || t.epoch != epoch || !t.state.occupies_slot() {
+        return Err(RemoteError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{node} at epoch {epoch} no longer owns {task} (state {}, owner {}, epoch {}); drop it",
+                t.state,
+                t.owner.as_ref().map_or("nobody", |o| o.0.as_str()),
+                t.epoch
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Answer one request. `Ok(None)` means the handler already wrote its
+/// responses (a subscription) and finished the stream.
+async fn dispatch(
+    req: ControlRequest,
+    send: &mut quinn::SendStream,
+    shared: &Arc<Shared>,
+) -> Result<Option<ControlResponse>, RemoteError> {
+    use ControlRequest as Q;
+    use ControlResponse as R;
+    let reply = match req {
+        Q::Register(info) => {
+            let name = info.name.clone();
+            shared
+                .command(|c, now| Ok(((), c.register(info, now)?)))
+                .await?;
+            tracing::info!(node = %name, "registered");
+            R::Registered {
+                heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
+                offline_timeout_ms: shared.config.coordinator.membership.offline_timeout,
+            }
+        }
+        Q::Heartbeat { node } => {
+            shared
+                .command(|c, now| Ok(((), c.heartbeat(&node, now)?)))
+                .await?;
+            R::Ok
+        }
+        Q::Attach { node } => {
+            attach(node, send, shared).await;
+            return Ok(None);
+        }
+        Q::Started {
+            node,
+            task,
+            epoch,
+            at_us,
+        } => {
+            let mut core = shared.lock();
+            fenced(&core, &node, task, epoch)?;
+            core.started.insert(task, at_us);
+            R::Ok
+        }
+        Q::Output { node, epoch, chunk } => {
+            let new = {
+                let mut core = shared.lock();
+                fenced(&core, &node, chunk.task, epoch)?;
+                core.outputs
+                    .append(&chunk)
+                    .map_err(|e| RemoteError::new(ErrorCode::Invalid, e.to_string()))?
+            };
+            if let Some(new) = new {
+                let _ = shared.monitor.send(Arc::new(MonitorItem::Output(new)));
+            }
+            R::Ok
+        }
+        Q::Checkpointed {
+            node,
+            task,
+            epoch,
+            seq,
+            fuel_used,
+        } => {
+            shared
+                .command(|c, _| Ok(((), c.report_checkpoint(task, &node, epoch, seq, fuel_used)?)))
+                .await?;
+            R::Ok
+        }
+        Q::Finished {
+            node,
+            task,
+            epoch,
+            outcome,
+            fuel_used,
+        } => {
+            shared
+                .command(|c, _| {
+                    Ok((
+                        (),
+                        c.report_finished(task, &node, epoch, outcome, fuel_used)?,
+                    ))
+                })
+                .await?;
+            R::Ok
+        }
+        Q::Submit {
+            spec,
+            options,
+            placement,
+        } => {
+            let (task, worker) = shared
+                .command(|c, _| {
+                    let (id, events) = c.submit_with(spec, options, &placement)?;
+                    let worker = c.task(id).and_then(|t| t.owner.clone());
+                    Ok(((id, worker), events))
+                })
+                .await?;
+            R::Submitted { task, worker }
+        }
+        Q::ListTasks => {
+            let mut core = shared.lock();
+            let ids: Vec<TaskId> = core.coord.tasks().map(|t| t.id).collect();
+            let mut views = Vec::with_capacity(ids.len());
+            for id in ids {
+                views.push(shared.task_view(&mut core, id)?);
+            }
+            R::Tasks(views)
+        }
+        Q::Inspect { task } => R::Task(Box::new(shared.task_view(&mut shared.lock(), task)?)),
+        Q::ListNodes => R::Nodes(shared.node_statuses(&shared.lock())),
+        Q::Cancel { task } => {
+            shared.command(|c, _| Ok(((), c.cancel(task)?))).await?;
+            R::Ok
+        }
+        Q::Checkpoint { task } => {
+            let mut core = shared.lock();
+            let t = core.coord.task(task).cloned().ok_or_else(|| {
+                RemoteError::new(
+                    ErrorCode::NotFound,
+                    format!("unknown task {task}: see `wmig ps`"),
+                )
+            })?;
+            let owner = match (&t.owner, t.state.occupies_slot()) {
+                (Some(o), true) => o.clone(),
+                _ => {
+                    return Err(RemoteError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "task {task} is {}; only a running task can be checkpointed",
+                            t.state
+                        ),
+                    ))
+                }
+            };
+            send_command(
+                &mut core,
+                &owner,
+                WorkerCommand::Checkpoint {
+                    task,
+                    epoch: t.epoch,
+                },
+            );
+            R::Ok
+        }
+        Q::Drain { node } => {
+            shared.command(|c, _| Ok(((), c.drain(&node)?))).await?;
+            R::Ok
+        }
+        Q::Uncordon { node } => {
+            shared.command(|c, _| Ok(((), c.uncordon(&node)?))).await?;
+            R::Ok
+        }
+        Q::Logs {
+            task,
+            stdout_from,
+            stderr_from,
+            follow,
+        } => {
+            logs(task, [stdout_from, stderr_from], follow, send, shared).await?;
+            return Ok(None);
+        }
+        Q::Wait { task } => {
+            let mut rx = shared.monitor.subscribe();
+            loop {
+                let view = shared.task_view(&mut shared.lock(), task)?;
+                if view.state.is_terminal() {
+                    break R::Ended(Box::new(view));
+                }
+                // Any event may be the one; re-check on each (and on lag).
+                if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
+                    return Err(internal("the coordinator is shutting down"));
+                }
+            }
+        }
+        Q::Events { from, follow } => {
+            events(from, follow, send, shared).await;
+            return Ok(None);
+        }
+        Q::Stats => R::Stats(shared.stats(&mut shared.lock())),
+    };
+    Ok(Some(reply))
+}
+
+/// A worker's command stream: replay its tasks, then forward commands until
+/// either side goes away.
+async fn attach(node: NodeId, send: &mut quinn::SendStream, shared: &Arc<Shared>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let generation = {
+        let mut core = shared.lock();
+        core.attach_gen += 1;
+        let generation = core.attach_gen;
+        let owned: Vec<WorkerCommand> = core
+            .coord
+            .task_table()
+            .running_on(&node)
+            .map(|t| WorkerCommand::Run {
+                task: t.id,
+                epoch: t.epoch,
+                spec: t.spec.clone(),
+                options: t.options.clone(),
+                resume: t.checkpoint_seq,
+            })
+            .collect();
+        for cmd in owned {
+            let _ = tx.send(cmd);
+        }
+        core.attached.insert(node.clone(), (generation, tx));
+        generation
+    };
+    tracing::info!(%node, "worker attached");
+    while let Some(cmd) = rx.recv().await {
+        if write_frame(send, &ControlResponse::Command(cmd))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut core = shared.lock();
+    if core
+        .attached
+        .get(&node)
+        .is_some_and(|(g, _)| *g == generation)
+    {
+        core.attached.remove(&node);
+    }
+    tracing::info!(%node, "worker detached");
+}
+
+const LOG_READ: usize = 256 * 1024;
+
+async fn logs(
+    task: TaskId,
+    mut from: [u64; 2],
+    follow: bool,
+    send: &mut quinn::SendStream,
+    shared: &Arc<Shared>,
+) -> Result<(), RemoteError> {
+    let mut rx = shared.monitor.subscribe();
+    let streams = [Stream::Stdout, Stream::Stderr];
+    loop {
+        // Read the state *before* the output: if the task had ended, all of
+        // its output is already stored and this pass sends the rest.
+        let (ended, chunks) = {
+            let mut core = shared.lock();
+            let view = shared.task_view(&mut core, task)?;
+            let mut chunks = Vec::new();
+            for (i, stream) in streams.into_iter().enumerate() {
+                loop {
+                    let bytes = core
+                        .outputs
+                        .read(task, stream, from[i], LOG_READ)
+                        .map_err(|e| internal(e.to_string()))?;
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    let offset = from[i];
+                    from[i] += bytes.len() as u64;
+                    chunks.push(OutputChunk {
+                        task,
+                        stream,
+                        offset,
+                        bytes,
+                    });
+                }
+            }
+            let ended = (view.state.is_terminal() || !follow).then_some(view);
+            (ended, chunks)
+        };
+        for chunk in chunks {
+            if write_frame(send, &ControlResponse::Output(chunk))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if let Some(view) = ended {
+            if write_frame(send, &ControlResponse::Ended(Box::new(view)))
+                .await
+                .is_ok()
+            {
+                let _ = send.finish();
+            }
+            return Ok(());
+        }
+        // Wait for something about this task (or anything, after a lag).
+        loop {
+            match rx.recv().await {
+                Ok(item) => match &*item {
+                    MonitorItem::Output(c) if c.task == task => break,
+                    MonitorItem::Event {
+                        event: Event::Task(e),
+                        ..
+                    } if task_of(e) == task => break,
+                    _ => {}
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
+
+fn task_of(e: &TaskEvent) -> TaskId {
+    match e {
+        TaskEvent::Submitted { id, .. }
+        | TaskEvent::SubmittedWith { id, .. }
+        | TaskEvent::Placed { id, .. }
+        | TaskEvent::Checkpointed { id, .. }
+        | TaskEvent::Finished { id, .. }
+        | TaskEvent::Cancelled { id } => *id,
+    }
+}
+
+async fn events(from: u64, follow: bool, send: &mut quinn::SendStream, shared: &Arc<Shared>) {
+    let mut rx = shared.monitor.subscribe();
+    // History up to what is durable now; live items continue after it.
+    let (past, mut next) = {
+        let core = shared.lock();
+        let past: Vec<Logged> = core
+            .history
+            .iter()
+            .skip(usize::try_from(from).unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        let next = core.history.last().map_or(0, |l| l.seq + 1);
+        (past, next)
+    };
+    for l in past {
+        let item = MonitorItem::Event {
+            seq: l.seq,
+            at_ms: l.at_ms,
+            event: l.event,
+        };
+        if write_frame(send, &ControlResponse::Monitor(Box::new(item)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if !follow {
+        let _ = send.finish();
+        return;
+    }
+    loop {
+        let item = match rx.recv().await {
+            Ok(item) => item,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "monitor fell behind; items skipped");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if let MonitorItem::Event { seq, .. } = &*item {
+            if *seq < next {
+                continue; // already sent from history
+            }
+            next = seq + 1;
+        }
+        if write_frame(send, &ControlResponse::Monitor(Box::new((*item).clone())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The control protocol: what workers, monitors and operators say to the
+//! coordinator, carried by `wmig_proto::frame` like the registry's.
+//!
+//! Most requests are one [`ControlRequest`] per bidirectional stream answered
+//! by one [`ControlResponse`]. Three are *subscriptions* that keep their
+//! stream open and receive many responses:
+//!
+//! - [`ControlRequest::Attach`]: a worker's command channel. The coordinator
+//!   sends [`ControlResponse::Command`]s down it; on (re)attach it first
+//!   replays a `Run` for every task the worker owns, so a worker or a
+//!   coordinator that restarted converges without extra bookkeeping.
+//! - [`ControlRequest::Logs`] with `follow`: output frames until the task ends.
+//! - [`ControlRequest::Events`] with `follow`: the monitor stream.
+
+use serde::{Deserialize, Serialize};
+use wmig_proto::wire::RemoteError;
+use wmig_proto::{Hash, NodeId, TaskId};
+
+use crate::membership::{Liveness, NodeInfo, Role};
+use crate::placement::Placement;
+use crate::tasks::{Outcome, Task, TaskOptions, TaskSpec, TaskState};
+use crate::Event;
+
+/// Which output stream of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Bytes of one output stream starting at `offset` (bytes the task wrote to
+/// that stream before these). Offsets make output idempotent: a resend or a
+/// replay after a restore overlaps what is stored and only the new tail
+/// counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub task: TaskId,
+    pub stream: Stream,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    // --- nodes -----------------------------------------------------------
+    /// Join (or rejoin) the cluster.
+    Register(NodeInfo),
+    /// I am alive.
+    Heartbeat {
+        node: NodeId,
+    },
+    /// Open the worker's command stream (see the module docs).
+    Attach {
+        node: NodeId,
+    },
+    /// The task executes its first instruction now (`at_us`: unix µs).
+    Started {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        at_us: u64,
+    },
+    /// Task output, from its owner.
+    Output {
+        node: NodeId,
+        epoch: u64,
+        chunk: OutputChunk,
+    },
+    /// A checkpoint is durable in the registry.
+    Checkpointed {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        seq: u64,
+        fuel_used: u64,
+    },
+    /// The task ended on its owner.
+    Finished {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        outcome: Outcome,
+        fuel_used: u64,
+    },
+
+    // --- operators -------------------------------------------------------
+    Submit {
+        spec: TaskSpec,
+        options: TaskOptions,
+        placement: Placement,
+    },
+    ListTasks,
+    Inspect {
+        task: TaskId,
+    },
+    ListNodes,
+    Cancel {
+        task: TaskId,
+    },
+    /// Ask the owner to checkpoint the task now.
+    Checkpoint {
+        task: TaskId,
+    },
+    Drain {
+        node: NodeId,
+    },
+    Uncordon {
+        node: NodeId,
+    },
+    /// Output from the given offsets; with `follow`, until the task ends.
+    Logs {
+        task: TaskId,
+        stdout_from: u64,
+        stderr_from: u64,
+        follow: bool,
+    },
+    /// Answer once the task is completed, failed or cancelled.
+    Wait {
+        task: TaskId,
+    },
+    /// Logged events from `from` (a sequence number); with `follow`, the live
+    /// stream after them, including output and statistics (`monitor`).
+    Events {
+        from: u64,
+        follow: bool,
+    },
+    /// Cluster counters.
+    Stats,
+}
+
+/// What a worker is told to do, on its [`ControlRequest::Attach`] stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// `Run` is the common command and each is sent once: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum WorkerCommand {
+    /// Run `task` at `epoch`; from checkpoint `resume` if set, else from the
+    /// start.
+    Run {
+        task: TaskId,
+        epoch: u64,
+        spec: TaskSpec,
+        options: TaskOptions,
+        resume: Option<u64>,
+    },
+    /// Stop and forget the task (cancelled, or no longer ours).
+    Drop { task: TaskId, epoch: u64 },
+    /// Checkpoint the task at its next yield point.
+    Checkpoint { task: TaskId, epoch: u64 },
+}
+
+/// A task as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub name: String,
+    pub bundle: Hash,
+    pub args: Vec<String>,
+    pub state: TaskState,
+    pub owner: Option<NodeId>,
+    pub epoch: u64,
+    pub checkpoint_seq: Option<u64>,
+    pub fuel_used: u64,
+    pub exit_code: Option<i32>,
+    pub failure: Option<String>,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// Unix µs when the current owner started it (not kept across restarts).
+    pub started_us: Option<u64>,
+}
+
+impl TaskView {
+    pub fn new(task: &Task, stdout_bytes: u64, stderr_bytes: u64, started_us: Option<u64>) -> Self {
+        TaskView {
+            id: task.id,
+            name: task.options.name.clone(),
+            bundle: task.spec.bundle,
+            args: task.spec.args.clone(),
+            state: task.state,
+            owner: task.owner.clone(),
+            epoch: task.epoch,
+            checkpoint_seq: task.checkpoint_seq,
+            fuel_used: task.fuel_used,
+            exit_code: task.exit_code,
+            failure: task.failure.clone(),
+            stdout_bytes,
+            stderr_bytes,
+            started_us,
+        }
+    }
+}
+
+/// A node as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: NodeId,
+    pub role: Role,
+    pub liveness: Liveness,
+    pub draining: bool,
+    pub addr: String,
+    pub pid: u32,
+    pub slots: u32,
+    /// Tasks running there now.
+    pub tasks: u32,
+    /// Milliseconds since the last heartbeat.
+    pub last_seen_ms: u64,
+}
+
+/// Cluster-wide counters, also exported on `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    pub workers_online: u32,
+    pub workers_offline: u32,
+    pub monitors_online: u32,
+    pub slots: u32,
+    pub tasks_pending: u32,
+    pub tasks_running: u32,
+    pub tasks_completed: u64,
+    pub tasks_failed: u64,
+    pub tasks_cancelled: u64,
+    pub checkpoints: u64,
+    pub output_bytes: u64,
+    pub events: u64,
+}
+
+/// One item of the monitor stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MonitorItem {
+    /// A logged decision, with its sequence number in the event log and the
+    /// unix ms it was made (0 when replayed from before a restart).
+    Event { seq: u64, at_ms: u64, event: Event },
+    /// New task output (live only).
+    Output(OutputChunk),
+    /// Periodic counters (live only).
+    Stats(ClusterStats),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Ok,
+    Registered {
+        heartbeat_ms: u64,
+        offline_timeout_ms: u64,
+    },
+    /// `worker` is `None` when every worker was busy: the task is pending
+    /// and starts when a slot frees up.
+    Submitted {
+        task: TaskId,
+        worker: Option<NodeId>,
+    },
+    Tasks(Vec<TaskView>),
+    Task(Box<TaskView>),
+    Nodes(Vec<NodeStatus>),
+    Stats(ClusterStats),
+    /// On an attach stream.
+    Command(WorkerCommand),
+    /// On a logs stream.
+    Output(OutputChunk),
+    /// Ends a logs stream (the task ended) and answers `Wait`.
+    Ended(Box<TaskView>),
+    /// On an events stream.
+    Monitor(Box<MonitorItem>),
+    Error(RemoteError),
+}

@@ -1,0 +1,322 @@
+//! One task on this worker: its OS thread running the guest, and the
+//! checkpoints it hands to the uploader.
+//!
+//! The guest runs on its own thread (wasmtime calls are synchronous and the
+//! guest needs a deep native stack); everything it produces — output,
+//! checkpoints, its end — leaves as messages, so the thread never waits on
+//! the network. A checkpoint pauses the guest only for the capture (hashing
+//! and copying changed chunks); the upload to the registry happens while the
+//! guest runs on.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use wmig_coordinator::wire::{ControlRequest, OutputChunk, Stream};
+use wmig_coordinator::{Outcome, TaskOptions, TaskSpec};
+use wmig_host::chunks::ChunkSink;
+use wmig_host::wasi::{OutputSink, Preopen, WasiConfig};
+use wmig_host::{CaptureMeta, MemChunks, PreparedModule, Runtime, Task, TaskConfig};
+use wmig_proto::checkpoint::Manifest;
+use wmig_proto::{Hash, NodeId, TaskId};
+
+use crate::report::Report;
+
+/// Levers the worker holds on a running task.
+#[derive(Default)]
+pub struct TaskControl {
+    /// Pause at the next yield point (the guest checks it there).
+    pub pause: Arc<AtomicBool>,
+    /// Stop for good at that pause (cancelled or fenced).
+    pub drop: AtomicBool,
+    /// Checkpoint at that pause.
+    pub checkpoint: AtomicBool,
+}
+
+impl TaskControl {
+    pub fn request_drop(&self) {
+        self.drop.store(true, Ordering::SeqCst);
+        self.pause.store(true, Ordering::SeqCst);
+    }
+
+    pub fn request_checkpoint(&self) {
+        self.checkpoint.store(true, Ordering::SeqCst);
+        self.pause.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A captured checkpoint on its way to the registry.
+pub struct Upload {
+    pub task: TaskId,
+    pub epoch: u64,
+    pub manifest: Manifest,
+    /// Chunks the registry may lack (the rest it is known to hold).
+    pub chunks: Vec<(Hash, Vec<u8>)>,
+    pub fuel_used: u64,
+}
+
+/// Hashes this worker knows the registry holds; capture skips copying them.
+pub type KnownChunks = Arc<Mutex<HashSet<Hash>>>;
+
+/// A capture sink that copies only chunks not known to be stored.
+struct NewChunks<'a> {
+    known: &'a HashSet<Hash>,
+    new: Vec<(Hash, Vec<u8>)>,
+    seen: HashSet<Hash>,
+}
+
+impl ChunkSink for NewChunks<'_> {
+    fn contains(&self, hash: &Hash) -> bool {
+        self.known.contains(hash) || self.seen.contains(hash)
+    }
+    fn put(&mut self, hash: Hash, bytes: &[u8]) {
+        if self.seen.insert(hash) {
+            self.new.push((hash, bytes.to_vec()));
+        }
+    }
+}
+
+/// Output of one stream, forwarded with its byte offset.
+struct ReportSink {
+    task: TaskId,
+    epoch: u64,
+    node: NodeId,
+    stream: Stream,
+    offset: u64,
+    tx: mpsc::UnboundedSender<Report>,
+}
+
+impl OutputSink for ReportSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let chunk = OutputChunk {
+            task: self.task,
+            stream: self.stream,
+            offset: self.offset,
+            bytes: bytes.to_vec(),
+        };
+        self.offset += bytes.len() as u64;
+        // If the worker is shutting down the bytes have nowhere to go; the
+        // task resumes elsewhere from a checkpoint and writes them again.
+        let _ = self.tx.send(ControlRequest::Output {
+            node: self.node.clone(),
+            epoch: self.epoch,
+            chunk,
+        });
+        Ok(())
+    }
+}
+
+/// Everything the task thread needs.
+pub struct Job {
+    pub node: NodeId,
+    pub task: TaskId,
+    pub epoch: u64,
+    pub spec: TaskSpec,
+    pub options: TaskOptions,
+    pub module: Arc<PreparedModule>,
+    pub runtime: Arc<Runtime>,
+    /// Restore from this checkpoint instead of starting fresh.
+    pub resume: Option<(Manifest, MemChunks)>,
+    pub checkpoint_every: Duration,
+    pub yield_fuel: u32,
+    pub control: Arc<TaskControl>,
+    pub known: KnownChunks,
+    pub reports: mpsc::UnboundedSender<Report>,
+    pub uploads: mpsc::UnboundedSender<Upload>,
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Job {
+    fn sink(&self, stream: Stream, offset: u64) -> Box<dyn OutputSink> {
+        Box::new(ReportSink {
+            task: self.task,
+            epoch: self.epoch,
+            node: self.node.clone(),
+            stream,
+            offset,
+            tx: self.reports.clone(),
+        })
+    }
+
+    fn finish(&self, outcome: Outcome, fuel_used: u64) {
+        let _ = self.reports.send(ControlRequest::Finished {
+            node: self.node.clone(),
+            task: self.task,
+            epoch: self.epoch,
+            outcome,
+            fuel_used,
+        });
+    }
+
+    /// Run the task to its end (or until it is dropped). Call on a guest thread.
+    pub fn run(self) {
+        let (task, mut seq) = match self.instantiate() {
+            Ok(t) => t,
+            Err(reason) => {
+                self.finish(
+                    Outcome::Failed {
+                        reason,
+                        exit_code: None,
+                    },
+                    0,
+                );
+                return;
+            }
+        };
+        self.drive(task, &mut seq);
+    }
+
+    fn instantiate(&self) -> Result<(Task, u64), String> {
+        let (out_at, err_at) = match &self.resume {
+            Some((m, _)) => (m.wasi.stdout_offset, m.wasi.stderr_offset),
+            None => (0, 0),
+        };
+        let wasi = WasiConfig {
+            args: self.spec.args.clone(),
+            env: self
+                .spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            preopens: self
+                .options
+                .dirs
+                .iter()
+                .map(|(host, guest)| Preopen {
+                    host: PathBuf::from(host),
+                    guest: guest.clone(),
+                })
+                .collect(),
+            stdin: Box::new(std::io::empty()),
+            stdout: self.sink(Stream::Stdout, out_at),
+            stderr: self.sink(Stream::Stderr, err_at),
+        };
+        let mut config = TaskConfig::new(wasi);
+        config.yield_fuel = self.yield_fuel;
+        config.fuel_limit = self.options.fuel_limit;
+        config.memory_limit = self
+            .options
+            .memory_limit
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+        config.pause_flag = self.control.pause.clone();
+        // Pause at the first yield past the checkpoint period or the wall
+        // limit; both are checked in `drive`.
+        let every = self
+            .options
+            .checkpoint_every_ms
+            .map_or(self.checkpoint_every, Duration::from_millis);
+        let wall = self.options.wall_limit_ms.map(Duration::from_millis);
+        let started = Instant::now();
+        let mut next_checkpoint = started + every;
+        config.policy = Some(Box::new(move |_| {
+            let now = Instant::now();
+            if now >= next_checkpoint {
+                next_checkpoint = now + every;
+                return true;
+            }
+            wall.is_some_and(|w| now >= started + w)
+        }));
+        match &self.resume {
+            Some((manifest, chunks)) => {
+                let t = Task::restore(&self.runtime, &self.module, config, manifest, chunks)
+                    .map_err(|e| format!("could not restore checkpoint {}: {e}", manifest.seq))?;
+                Ok((t, manifest.seq))
+            }
+            None => {
+                let t = Task::start(&self.runtime, &self.module, config)
+                    .map_err(|e| format!("could not start: {e}"))?;
+                Ok((t, 0))
+            }
+        }
+    }
+
+    fn drive(self, mut task: Task, seq: &mut u64) {
+        let _ = self.reports.send(ControlRequest::Started {
+            node: self.node.clone(),
+            task: self.task,
+            epoch: self.epoch,
+            at_us: unix_us(),
+        });
+        let wall = self.options.wall_limit_ms.map(Duration::from_millis);
+        let started = Instant::now();
+        loop {
+            let result = task.run();
+            let fuel = task.counters().fuel;
+            match result {
+                Ok(wmig_host::Outcome::Exited(code)) => {
+                    self.finish(Outcome::Completed { exit_code: code }, fuel);
+                    return;
+                }
+                Err(e) => {
+                    self.finish(
+                        Outcome::Failed {
+                            reason: e.to_string(),
+                            exit_code: None,
+                        },
+                        fuel,
+                    );
+                    return;
+                }
+                Ok(wmig_host::Outcome::Paused(_)) => {}
+            }
+            if self.control.drop.load(Ordering::SeqCst) {
+                tracing::info!(task = %self.task, "task dropped");
+                return;
+            }
+            if let Some(w) = wall.filter(|w| started.elapsed() >= *w) {
+                self.finish(
+                    Outcome::Failed {
+                        reason: format!("wall-time limit of {} ms exceeded", w.as_millis()),
+                        exit_code: None,
+                    },
+                    fuel,
+                );
+                return;
+            }
+            self.control.pause.store(false, Ordering::SeqCst);
+            self.control.checkpoint.store(false, Ordering::SeqCst);
+            *seq += 1;
+            if let Err(e) = self.checkpoint(&mut task, *seq, fuel) {
+                // The task itself is fine; the next period tries again.
+                tracing::warn!(task = %self.task, error = %e, "checkpoint capture failed");
+            }
+        }
+    }
+
+    fn checkpoint(&self, task: &mut Task, seq: u64, fuel: u64) -> Result<(), wmig_host::HostError> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = NewChunks {
+            known: &known,
+            new: Vec::new(),
+            seen: HashSet::new(),
+        };
+        let captured = task.capture(
+            &mut sink,
+            CaptureMeta {
+                task: Some(self.task),
+                seq,
+                epoch: self.epoch,
+            },
+        )?;
+        let chunks = sink.new;
+        drop(known);
+        tracing::debug!(task = %self.task, seq, new_chunks = chunks.len(), ms = captured.millis, "captured");
+        let _ = self.uploads.send(Upload {
+            task: self.task,
+            epoch: self.epoch,
+            manifest: captured.manifest,
+            chunks,
+            fuel_used: fuel,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,508 @@
+//! The worker daemon: registers with the coordinator, heartbeats, runs the
+//! tasks it is given and checkpoints them into the registry.
+//!
+//! ```text
+//!   coordinator ──attach stream──▶ commands (Run / Drop / Checkpoint)
+//!        ▲                              │
+//!        │ reports (ordered queue)      ▼
+//!   reporter ◀── output, started,   task threads (wasmtime, one per task)
+//!                checkpointed,          │ captured checkpoints
+//!                finished               ▼
+//!                                   uploader ──▶ registry (chunks, manifest)
+//! ```
+//!
+//! The connection to the coordinator is supervised: when it drops (or the
+//! coordinator restarts) the worker reconnects, registers again as the same
+//! process and re-attaches; the coordinator then replays a `Run` for every
+//! task it believes this worker owns, and the worker ignores those it is
+//! already running. Reports wait in their queue meanwhile, so nothing is
+//! lost across a coordinator restart.
+
+mod exec;
+mod report;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use wmig_coordinator::wire::{ControlRequest, ControlResponse, WorkerCommand};
+use wmig_coordinator::{ControlClient, ControlError, NodeInfo, Role, TaskOptions, TaskSpec};
+use wmig_host::{MemChunks, PreparedModule, Runtime};
+use wmig_net::Credentials;
+use wmig_proto::wire::registry::{BundleRef, LeaseStatus};
+use wmig_proto::wire::ErrorCode;
+use wmig_proto::{Hash, NodeId, TaskId};
+use wmig_registry::{ClientConfig, RegistryClient};
+
+use exec::{Job, KnownChunks, TaskControl, Upload};
+use report::Report;
+
+/// Settings of one worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub name: NodeId,
+    pub creds: Credentials,
+    pub coordinator: SocketAddr,
+    pub registry: SocketAddr,
+    pub slots: u32,
+    pub labels: BTreeMap<String, String>,
+    /// The address this worker reports (peers reach it there).
+    pub addr: String,
+    /// Bundles fetched from the registry are kept here.
+    pub cache_dir: PathBuf,
+    /// Checkpoint period for tasks that do not set their own.
+    pub checkpoint_every: Duration,
+    pub yield_fuel: u32,
+}
+
+struct Running {
+    epoch: u64,
+    control: Arc<TaskControl>,
+}
+
+struct Worker {
+    config: WorkerConfig,
+    runtime: Arc<Runtime>,
+    registry: RegistryClient,
+    modules: Mutex<HashMap<Hash, Arc<PreparedModule>>>,
+    running: Mutex<HashMap<TaskId, Running>>,
+    known: KnownChunks,
+    reports: mpsc::UnboundedSender<Report>,
+    uploads: mpsc::UnboundedSender<Upload>,
+}
+
+/// Run the worker until `shutdown` resolves.
+pub async fn run(
+    config: WorkerConfig,
+    runtime: Runtime,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(config.cache_dir.join("bundles"))
+        .with_context(|| format!("creating {}", config.cache_dir.display()))?;
+    let registry = connect_registry(&config).await?;
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let (upload_tx, upload_rx) = mpsc::unbounded_channel();
+    let (client_tx, client_rx) = watch::channel(None::<Arc<ControlClient>>);
+    let (fenced_tx, mut fenced_rx) = mpsc::unbounded_channel::<(TaskId, u64)>();
+    let worker = Arc::new(Worker {
+        runtime: Arc::new(runtime),
+        registry,
+        modules: Mutex::new(HashMap::new()),
+        running: Mutex::new(HashMap::new()),
+        known: Arc::new(Mutex::new(HashSet::new())),
+        reports: report_tx,
+        uploads: upload_tx,
+        config,
+    });
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(report::reporter(
+        report_rx,
+        client_rx,
+        worker.config.name.clone(),
+        fenced_tx,
+    ));
+    background.spawn(uploader(worker.clone(), upload_rx));
+    {
+        let w = worker.clone();
+        background.spawn(async move {
+            while let Some((task, epoch)) = fenced_rx.recv().await {
+                w.drop_task(task, epoch);
+            }
+        });
+    }
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        r = supervise(worker.clone(), client_tx) => r?,
+    }
+    for r in worker.lock_running().values() {
+        r.control.request_drop();
+    }
+    background.abort_all();
+    Ok(())
+}
+
+async fn connect_registry(config: &WorkerConfig) -> anyhow::Result<RegistryClient> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match RegistryClient::connect(config.registry, &config.creds, ClientConfig::default()).await
+        {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(registry = %config.registry, error = %e, "registry unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Keep a registered, attached connection to the coordinator, forever.
+async fn supervise(
+    worker: Arc<Worker>,
+    client_slot: watch::Sender<Option<Arc<ControlClient>>>,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match session(&worker, &client_slot).await {
+            Ok(()) => delay = Duration::from_millis(100),
+            Err(SessionError::Fatal(e)) => return Err(e),
+            Err(SessionError::Retry(e)) => {
+                tracing::warn!(coordinator = %worker.config.coordinator, error = %e, "lost the coordinator; reconnecting");
+            }
+        }
+        client_slot.send_replace(None);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+enum SessionError {
+    Retry(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+impl From<ControlError> for SessionError {
+    fn from(e: ControlError) -> Self {
+        SessionError::Retry(e.into())
+    }
+}
+
+/// One connection's life: register, attach, heartbeat, obey.
+async fn session(
+    worker: &Arc<Worker>,
+    client_slot: &watch::Sender<Option<Arc<ControlClient>>>,
+) -> Result<(), SessionError> {
+    let cfg = &worker.config;
+    let client = Arc::new(
+        ControlClient::connect(cfg.coordinator, &cfg.creds, Duration::from_secs(5)).await?,
+    );
+    let info = NodeInfo {
+        name: cfg.name.clone(),
+        role: Role::Worker,
+        slots: cfg.slots,
+        labels: cfg.labels.clone(),
+        addr: cfg.addr.clone(),
+        pid: std::process::id(),
+    };
+    let heartbeat = match client.ask(&ControlRequest::Register(info.clone())).await {
+        Ok(ControlResponse::Registered { heartbeat_ms, .. }) => {
+            Duration::from_millis(heartbeat_ms.max(50))
+        }
+        Ok(_) => {
+            return Err(SessionError::Fatal(anyhow::anyhow!(
+                "the coordinator answered registration unexpectedly; run the same wmig release everywhere"
+            )))
+        }
+        Err(ControlError::Remote(e)) if e.code != ErrorCode::Internal => {
+            return Err(SessionError::Fatal(anyhow::anyhow!(
+                "the coordinator refused to register `{}`: {e}",
+                cfg.name
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut commands = client
+        .subscribe(&ControlRequest::Attach {
+            node: cfg.name.clone(),
+        })
+        .await?;
+    client_slot.send_replace(Some(client.clone()));
+    tracing::info!(node = %cfg.name, coordinator = %cfg.coordinator, "registered and attached");
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                match client.heartbeat(&cfg.name).await {
+                    Ok(()) => {}
+                    Err(ControlError::Remote(e)) if e.code == ErrorCode::NotFound => {
+                        // The coordinator forgot us (fresh log): register again.
+                        return Err(SessionError::Retry(e.into()));
+                    }
+                    Err(e) if client.is_closed() => return Err(e.into()),
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+            next = commands.next() => match next? {
+                Some(ControlResponse::Command(cmd)) => worker.obey(cmd),
+                Some(other) => tracing::warn!(?other, "unexpected message on the attach stream"),
+                None => return Err(SessionError::Retry(anyhow::anyhow!("the coordinator closed the attach stream"))),
+            },
+        }
+    }
+}
+
+impl Worker {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn obey(self: &Arc<Self>, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::Run {
+                task,
+                epoch,
+                spec,
+                options,
+                resume,
+            } => {
+                let control = {
+                    let mut running = self.lock_running();
+                    match running.get(&task) {
+                        Some(r) if r.epoch >= epoch => return, // already ours
+                        Some(r) => r.control.request_drop(),
+                        None => {}
+                    }
+                    let control = Arc::new(TaskControl::default());
+                    running.insert(
+                        task,
+                        Running {
+                            epoch,
+                            control: control.clone(),
+                        },
+                    );
+                    control
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.start(task, epoch, spec, options, resume, control).await;
+                });
+            }
+            WorkerCommand::Drop { task, epoch } => self.drop_task(task, epoch),
+            WorkerCommand::Checkpoint { task, epoch } => {
+                if let Some(r) = self.lock_running().get(&task).filter(|r| r.epoch == epoch) {
+                    r.control.request_checkpoint();
+                }
+            }
+        }
+    }
+
+    fn drop_task(&self, task: TaskId, epoch: u64) {
+        let mut running = self.lock_running();
+        if running.get(&task).is_some_and(|r| r.epoch <= epoch) {
+            if let Some(r) = running.remove(&task) {
+                r.control.request_drop();
+            }
+        }
+    }
+
+    fn finish_local(&self, task: TaskId, epoch: u64) {
+        let mut running = self.lock_running();
+        if running.get(&task).is_some_and(|r| r.epoch == epoch) {
+            running.remove(&task);
+        }
+    }
+
+    async fn start(
+        self: Arc<Self>,
+        task: TaskId,
+        epoch: u64,
+        spec: TaskSpec,
+        options: TaskOptions,
+        resume: Option<u64>,
+        control: Arc<TaskControl>,
+    ) {
+        let prepared = async {
+            let module = self.module(&spec.bundle).await?;
+            let resume = match resume {
+                Some(seq) => Some(self.fetch_checkpoint(task, seq).await?),
+                None => None,
+            };
+            anyhow::Ok((module, resume))
+        }
+        .await;
+        let (module, resume) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.reports.send(ControlRequest::Finished {
+                    node: self.config.name.clone(),
+                    task,
+                    epoch,
+                    outcome: wmig_coordinator::Outcome::Failed {
+                        reason: format!("{e:#}"),
+                        exit_code: None,
+                    },
+                    fuel_used: 0,
+                });
+                self.finish_local(task, epoch);
+                return;
+            }
+        };
+        let job = Job {
+            node: self.config.name.clone(),
+            task,
+            epoch,
+            spec,
+            options,
+            module,
+            runtime: self.runtime.clone(),
+            resume,
+            checkpoint_every: self.config.checkpoint_every,
+            yield_fuel: self.config.yield_fuel,
+            control,
+            known: self.known.clone(),
+            reports: self.reports.clone(),
+            uploads: self.uploads.clone(),
+        };
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("wmig-{task}"))
+            .stack_size(wmig_host::engine::GUEST_THREAD_STACK)
+            .spawn(move || {
+                job.run();
+                me.finish_local(task, epoch);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(%task, error = %e, "could not start a task thread");
+        }
+    }
+
+    /// The prepared module for `bundle`: memory, then the disk cache, then
+    /// the registry.
+    async fn module(&self, bundle: &Hash) -> anyhow::Result<Arc<PreparedModule>> {
+        if let Some(m) = self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(bundle)
+        {
+            return Ok(m.clone());
+        }
+        let path = self
+            .config
+            .cache_dir
+            .join("bundles")
+            .join(format!("{bundle}.wasm"));
+        let wasm = match tokio::fs::read(&path).await {
+            Ok(bytes) if Hash::of(&bytes) == *bundle => bytes,
+            _ => {
+                let (_, bytes) = self
+                    .registry
+                    .download_bundle(&BundleRef::Hash(*bundle))
+                    .await
+                    .with_context(|| format!("fetching bundle {bundle} from the registry"))?;
+                let tmp = path.with_extension("tmp");
+                if tokio::fs::write(&tmp, &bytes).await.is_ok() {
+                    let _ = tokio::fs::rename(&tmp, &path).await;
+                }
+                bytes
+            }
+        };
+        let rt = self.runtime.clone();
+        let module = tokio::task::spawn_blocking(move || rt.load(&wasm))
+            .await
+            .context("module preparation panicked")?
+            .with_context(|| format!("preparing bundle {bundle}"))?;
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*bundle, module.clone());
+        Ok(module)
+    }
+
+    async fn fetch_checkpoint(
+        &self,
+        task: TaskId,
+        seq: u64,
+    ) -> anyhow::Result<(wmig_proto::checkpoint::Manifest, MemChunks)> {
+        let manifest = self
+            .registry
+            .manifest(task, Some(seq))
+            .await
+            .with_context(|| format!("fetching checkpoint {seq} of {task}"))?;
+        let hashes: Vec<Hash> = manifest
+            .memories
+            .iter()
+            .flat_map(|m| m.chunks.iter().map(|(_, h)| *h))
+            .collect();
+        let bytes = self
+            .registry
+            .get_chunks(&hashes)
+            .await
+            .with_context(|| format!("fetching the chunks of checkpoint {seq} of {task}"))?;
+        let mut chunks = MemChunks::new();
+        for (h, b) in hashes.iter().zip(bytes) {
+            chunks.insert_owned(*h, b);
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(hashes);
+        Ok((manifest, chunks))
+    }
+}
+
+/// Make captured checkpoints durable in the registry, then report them.
+async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) {
+    while let Some(up) = rx.recv().await {
+        let (task, seq) = (up.task, up.manifest.seq);
+        match store_checkpoint(&worker, &up).await {
+            Ok(()) => {
+                let _ = worker.reports.send(ControlRequest::Checkpointed {
+                    node: worker.config.name.clone(),
+                    task,
+                    epoch: up.epoch,
+                    seq,
+                    fuel_used: up.fuel_used,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(%task, seq, error = %format!("{e:#}"), "checkpoint not stored");
+                // Our idea of what the registry holds may be stale (gc):
+                // the next capture copies every chunk again.
+                worker
+                    .known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+            }
+        }
+    }
+}
+
+async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<()> {
+    let reg = &worker.registry;
+    let mut todo: Vec<&(Hash, Vec<u8>)> = up.chunks.iter().collect();
+    // Lease protocol: store what we are granted, skip what is stored, and
+    // wait for chunks someone else is storing right now.
+    for _ in 0..100 {
+        if todo.is_empty() {
+            break;
+        }
+        let hashes: Vec<Hash> = todo.iter().map(|(h, _)| *h).collect();
+        let answers = reg.can_store(&hashes).await?;
+        let mut put = Vec::new();
+        let mut leased = Vec::new();
+        for (c, a) in todo.into_iter().zip(answers) {
+            match a {
+                LeaseStatus::Granted => put.push((c.0, Bytes::copy_from_slice(&c.1))),
+                LeaseStatus::AlreadyStored => {}
+                LeaseStatus::Leased => leased.push(c),
+            }
+        }
+        if !put.is_empty() {
+            reg.put_chunks(put).await?;
+        }
+        todo = leased;
+        if !todo.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    anyhow::ensure!(
+        todo.is_empty(),
+        "{} chunks stayed leased by another node for 2 s",
+        todo.len()
+    );
+    reg.put_manifest(&up.manifest).await?;
+    let mut known = worker.known.lock().unwrap_or_else(|p| p.into_inner());
+    for m in &up.manifest.memories {
+        known.extend(m.chunks.iter().map(|(_, h)| *h));
+    }
+    Ok(())
+}

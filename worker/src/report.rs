@@ -1,0 +1,134 @@
+//! Everything a worker tells the coordinator about its tasks goes through
+//! one ordered queue, so a task's output always arrives before its end.
+//!
+//! The reporter sends each item until the coordinator accepts it, waiting
+//! out disconnects (the main loop reconnects and publishes the new client).
+//! Output is coalesced: consecutive chunks of the same stream become one
+//! request. A refusal that says the task is no longer ours drops the task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use wmig_coordinator::wire::{ControlRequest, OutputChunk};
+use wmig_coordinator::{ControlClient, ControlError};
+use wmig_proto::wire::ErrorCode;
+use wmig_proto::{NodeId, TaskId};
+
+/// One report, in the order the task produced it.
+pub type Report = ControlRequest;
+
+/// Largest output request; larger writes are split by the reader anyway.
+const MAX_OUTPUT: usize = 256 * 1024;
+
+pub(crate) type ClientSlot = watch::Receiver<Option<Arc<ControlClient>>>;
+
+pub(crate) async fn reporter(
+    mut rx: mpsc::UnboundedReceiver<Report>,
+    mut client: ClientSlot,
+    node: NodeId,
+    fenced: mpsc::UnboundedSender<(TaskId, u64)>,
+) {
+    let mut pending: Option<ControlRequest> = None;
+    loop {
+        let req = match pending.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        // Coalesce output that is already queued behind this one.
+        let req = match req {
+            ControlRequest::Output {
+                node: n,
+                epoch,
+                mut chunk,
+            } => {
+                while chunk.bytes.len() < MAX_OUTPUT {
+                    match rx.try_recv() {
+                        Ok(ControlRequest::Output {
+                            epoch: e2,
+                            chunk: c2,
+                            ..
+                        }) if e2 == epoch
+                            && c2.task == chunk.task
+                            && c2.stream == chunk.stream
+                            && c2.offset == chunk.offset + chunk.bytes.len() as u64 =>
+                        {
+                            chunk.bytes.extend_from_slice(&c2.bytes);
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                ControlRequest::Output {
+                    node: n,
+                    epoch,
+                    chunk,
+                }
+            }
+            other => other,
+        };
+        deliver(&req, &mut client, &node, &fenced).await;
+    }
+}
+
+fn task_epoch(req: &ControlRequest) -> Option<(TaskId, u64)> {
+    match req {
+        ControlRequest::Started { task, epoch, .. }
+        | ControlRequest::Checkpointed { task, epoch, .. }
+        | ControlRequest::Finished { task, epoch, .. } => Some((*task, *epoch)),
+        ControlRequest::Output {
+            epoch,
+            chunk: OutputChunk { task, .. },
+            ..
+        } => Some((*task, *epoch)),
+        _ => None,
+    }
+}
+
+/// Send until accepted or refused for good.
+async fn deliver(
+    req: &ControlRequest,
+    client: &mut ClientSlot,
+    node: &NodeId,
+    fenced: &mpsc::UnboundedSender<(TaskId, u64)>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let current = client.borrow_and_update().clone();
+        let Some(c) = current else {
+            if client.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        match c.ask(req).await {
+            Ok(_) => return,
+            Err(ControlError::Remote(e)) => {
+                match e.code {
+                    ErrorCode::Conflict | ErrorCode::NotFound => {
+                        if let Some(te) = task_epoch(req) {
+                            tracing::warn!(%node, task = %te.0, reason = %e, "coordinator refused a report; dropping the task");
+                            let _ = fenced.send(te);
+                        }
+                    }
+                    _ => tracing::warn!(%node, reason = %e, "coordinator refused a report"),
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%node, error = %e, "report not delivered; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = client.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
