@@ -31,6 +31,34 @@ enum Command {
     Registry(cmd::registry::RegistryCommand),
     /// Upload a wasm module to the registry and print its hash.
     Upload(cmd::upload::UploadCommand),
+    /// Start an embedded local cluster: registry, coordinator and workers as separate processes.
+    Up(cmd::up::UpCommand),
+    /// Run the coordinator (control plane).
+    Coordinator(cmd::coordinator::CoordinatorCommand),
+    /// Run a worker daemon.
+    Worker(cmd::worker::WorkerCommand),
+    /// Submit a task (a wasm file is uploaded first); prints the task id.
+    Submit(cmd::task::SubmitCommand),
+    /// List tasks.
+    Ps(cmd::task::PsCommand),
+    /// Show one task: owner, epoch, checkpoints, fuel used.
+    Inspect(cmd::task::InspectCommand),
+    /// Print a task's output.
+    Logs(cmd::task::LogsCommand),
+    /// Wait for a task to end; exits with its exit code.
+    Wait(cmd::task::WaitCommand),
+    /// Cancel a task.
+    Cancel(cmd::task::CancelCommand),
+    /// List nodes: role, state, last heartbeat, tasks, pid.
+    Nodes(cmd::nodes::NodesCommand),
+    /// Stop placing new tasks on a worker.
+    Drain(cmd::nodes::CordonCommand),
+    /// Place new tasks on a drained worker again.
+    Uncordon(cmd::nodes::CordonCommand),
+    /// Print the coordinator's event log.
+    Events(cmd::events::EventsCommand),
+    /// Watch the live stream of events, output and statistics (a monitor node).
+    Monitor(cmd::events::MonitorCommand),
 }
 
 impl Command {
@@ -41,6 +69,20 @@ impl Command {
             Command::Init(c) => c.execute(),
             Command::Registry(c) => c.execute(),
             Command::Upload(c) => c.execute(),
+            Command::Up(c) => c.execute(),
+            Command::Coordinator(c) => c.execute(),
+            Command::Worker(c) => c.execute(),
+            Command::Submit(c) => c.execute(),
+            Command::Ps(c) => c.execute(),
+            Command::Inspect(c) => c.execute(),
+            Command::Logs(c) => c.execute(),
+            Command::Wait(c) => c.execute(),
+            Command::Cancel(c) => c.execute(),
+            Command::Nodes(c) => c.execute(),
+            Command::Drain(c) => c.execute(true),
+            Command::Uncordon(c) => c.execute(false),
+            Command::Events(c) => c.execute(),
+            Command::Monitor(c) => c.execute(),
         }
     }
 }

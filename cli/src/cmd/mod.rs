@@ -1,7 +1,14 @@
 //! One module per subcommand.
 
+pub mod control;
+pub mod coordinator;
+pub mod events;
 pub mod init;
+pub mod nodes;
 pub mod registry;
 pub mod resume;
 pub mod run;
+pub mod task;
+pub mod up;
 pub mod upload;
+pub mod worker;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cmd::control::{resolve, shutdown_signal};
 use anyhow::Context;
 use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, OPERATOR, REGISTRY_NODE};
 use wmig_proto::wire::registry::BundleRef;
@@ -51,6 +52,10 @@ pub struct Target {
 }
 
 impl Target {
+    pub fn new(registry: Option<String>, cluster: PathBuf) -> Self {
+        Target { registry, cluster }
+    }
+
     /// Connect as the operator.
     pub async fn connect(&self) -> anyhow::Result<RegistryClient> {
         let dir = ClusterDir::new(&self.cluster);
@@ -64,13 +69,7 @@ impl Target {
                 )
             })?,
         };
-        let sock: SocketAddr = tokio::net::lookup_host(&addr)
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .with_context(|| {
-                format!("`{addr}` is not a usable registry address (want HOST:PORT)")
-            })?;
+        let sock = resolve(&addr, "registry").await?;
         let creds = dir.credentials(OPERATOR)?;
         let config = ClientConfig {
             connect_timeout: Duration::from_secs(5),
@@ -130,7 +129,7 @@ struct Stats {
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| s.split_at(i));
@@ -217,21 +216,6 @@ impl Serve {
         eprintln!("registry stopped");
         Ok(())
     }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn ls(t: Target) -> anyhow::Result<()> {

@@ -186,7 +186,7 @@ fn parse_env(env: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let (digits, mult) = match s.chars().last() {
         Some('k' | 'K') => (&s[..s.len() - 1], 1 << 10),
         Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),

@@ -1,0 +1,153 @@
+//! `cargo bench -p wmig --bench cluster`: the control plane's costs on a
+//! real `wmig up` cluster (registry, coordinator and 3 workers as separate
+//! processes on 127.0.0.1).
+//!
+//! 1. Latency from submit (the operator's request leaving) to the task's
+//!    first instruction (the worker's `Started` report, unix µs on the same
+//!    machine), with the module already fetched and compiled. Goal ≤ 5 ms.
+//! 2. Trivial tasks (`_start` returns at once) completed per second, with
+//!    up to 64 submissions in flight. Goal ≥ 1,000 tasks/s.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wmig_coordinator::wire::{ControlRequest, ControlResponse};
+use wmig_coordinator::{ControlClient, Placement, TaskOptions, TaskSpec, TaskState};
+use wmig_net::{ClusterDir, OPERATOR};
+use wmig_registry::{ClientConfig, RegistryClient};
+
+const TRIVIAL: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+const LATENCY_RUNS: usize = 50;
+const THROUGHPUT_TASKS: usize = 1000;
+const IN_FLIGHT: usize = 64;
+
+struct Up(Child);
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let tmp = tempfile::TempDir::new()?;
+    let dir = tmp.path().join("cluster");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wmig"))
+        .env("WMIG_CLUSTER", &dir)
+        .env("WMIG_CACHE_DIR", tmp.path().join("cache"))
+        .env("WMIG_LOG", "warn")
+        .args(["up", "--workers", "3", "--slots", "16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let _up = Up(child);
+    let mut lines = BufReader::new(out).lines();
+    anyhow::ensure!(
+        matches!(lines.next(), Some(Ok(l)) if l == "ready"),
+        "wmig up did not get ready"
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let cluster = ClusterDir::new(&dir);
+        let config = cluster.config()?;
+        let creds = cluster.credentials(OPERATOR)?;
+        let reg_addr = config.registry.ok_or_else(|| anyhow::anyhow!("no registry"))?.parse()?;
+        let ctl_addr = config
+            .coordinator
+            .ok_or_else(|| anyhow::anyhow!("no coordinator"))?
+            .parse()?;
+        let registry = RegistryClient::connect(reg_addr, &creds, ClientConfig::default()).await?;
+        let bundle = registry.upload_bundle(&wat::parse_str(TRIVIAL)?, None).await?.hash;
+        let client = Arc::new(ControlClient::connect(ctl_addr, &creds, Duration::from_secs(5)).await?);
+        let submit = |client: Arc<ControlClient>| async move {
+            let req = ControlRequest::Submit {
+                spec: TaskSpec {
+                    bundle,
+                    args: vec!["trivial".into()],
+                    env: Default::default(),
+                },
+                options: TaskOptions::default(),
+                placement: Placement::LeastLoaded,
+            };
+            match client.ask(&req).await? {
+                ControlResponse::Submitted { task, .. } => anyhow::Ok(task),
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+        };
+        // Warm every worker's module cache.
+        for _ in 0..6 {
+            let t = submit(client.clone()).await?;
+            client.wait(t).await?;
+        }
+
+        let mut latency = Vec::new();
+        for _ in 0..LATENCY_RUNS {
+            let before = unix_us();
+            let t = submit(client.clone()).await?;
+            let view = client.wait(t).await?;
+            anyhow::ensure!(view.state == TaskState::Completed, "{view:?}");
+            if let Some(started) = view.started_us {
+                latency.push(started.saturating_sub(before) as f64 / 1000.0);
+            }
+        }
+        anyhow::ensure!(!latency.is_empty(), "no task reported its start");
+
+        let start = Instant::now();
+        let mut waits = tokio::task::JoinSet::new();
+        let gate = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        for _ in 0..THROUGHPUT_TASKS {
+            let permit = gate.clone().acquire_owned().await?;
+            let t = submit(client.clone()).await?;
+            let c = client.clone();
+            waits.spawn(async move {
+                let r = c.wait(t).await;
+                drop(permit);
+                r
+            });
+        }
+        let mut completed = 0;
+        while let Some(r) = waits.join_next().await {
+            if r??.state == TaskState::Completed {
+                completed += 1;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let rate = completed as f64 / secs;
+
+        let p50 = percentile(&mut latency, 0.5);
+        let p90 = percentile(&mut latency, 0.9);
+        println!("Control plane on `wmig up` (3 worker processes, 127.0.0.1)");
+        println!("| metric | result | goal | ratio to goal |");
+        println!("|---|---:|---:|---:|");
+        println!(
+            "| submit → first instruction, warm cache, median of {LATENCY_RUNS} | {p50:.2} ms (p90 {p90:.2}) | ≤ 5 ms | {:.2}× |",
+            p50 / 5.0
+        );
+        println!(
+            "| trivial tasks completed per second ({completed} tasks, {IN_FLIGHT} in flight) | {rate:.0} /s | ≥ 1,000 /s | {:.2}× |",
+            1000.0 / rate
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! How operator commands find and reach the coordinator, and small helpers
+//! the control-plane commands share.
+//!
+//! Lookup order for the cluster directory: `--cluster`, `WMIG_CLUSTER`,
+//! `.wmig`; for the coordinator address: `--coordinator`,
+//! `WMIG_COORDINATOR`, then `coordinator = "..."` in the cluster's
+//! `config.toml`, which `wmig coordinator` writes once it is listening.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use wmig_coordinator::ControlClient;
+use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, OPERATOR};
+
+/// Where the coordinator is and which cluster's certificates to use.
+#[derive(clap::Args, Clone)]
+pub struct ControlTarget {
+    /// Coordinator address (default: the cluster's config.toml).
+    #[arg(long, env = "WMIG_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Cluster directory with the CA and the operator's certificate.
+    #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+    pub cluster: PathBuf,
+}
+
+impl ControlTarget {
+    /// The coordinator's address from the flag, the environment or the
+    /// cluster config.
+    pub async fn addr(&self) -> anyhow::Result<SocketAddr> {
+        let addr = match &self.coordinator {
+            Some(a) => a.clone(),
+            None => ClusterDir::new(&self.cluster)
+                .config()?
+                .coordinator
+                .with_context(|| {
+                    format!(
+                        "no coordinator address: pass --coordinator ADDR, set WMIG_COORDINATOR, \
+                         or start `wmig up` / `wmig coordinator --cluster {}`, which records it \
+                         in config.toml there",
+                        self.cluster.display()
+                    )
+                })?,
+        };
+        resolve(&addr, "coordinator").await
+    }
+
+    /// Connect as the operator.
+    pub async fn connect(&self) -> anyhow::Result<ControlClient> {
+        let addr = self.addr().await?;
+        let creds = ClusterDir::new(&self.cluster).credentials(OPERATOR)?;
+        ControlClient::connect(addr, &creds, Duration::from_secs(5))
+            .await
+            .with_context(|| {
+                format!("could not reach the coordinator at {addr}; is `wmig up` running?")
+            })
+    }
+}
+
+/// `HOST:PORT` to a socket address, with an error that names the role.
+pub async fn resolve(addr: &str, role: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("`{addr}` is not a usable {role} address (want HOST:PORT)"))
+}
+
+/// `KEY=VALUE` for `--env` and `--label`.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A duration for humans: `850 ms`, `12.3 s`, `4 min`.
+pub fn ago(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=119_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{} min", ms / 60_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values() {
+        assert_eq!(
+            parse_key_value("A=b=c"),
+            Ok(("A".to_owned(), "b=c".to_owned()))
+        );
+        assert!(parse_key_value("=x").is_err());
+        assert!(parse_key_value("novalue").is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! `wmig events [-f]` (the coordinator's decisions) and `wmig monitor`
+//! (a monitor node: the live stream of events, output and statistics).
+
+use std::time::Duration;
+
+use wmig_coordinator::wire::{ControlRequest, ControlResponse, MonitorItem, Stream};
+use wmig_coordinator::{ControlClient, Event, MembershipEvent, NodeInfo, Outcome, Role, TaskEvent};
+use wmig_proto::NodeId;
+
+use crate::cmd::control::ControlTarget;
+use crate::cmd::registry::runtime;
+
+#[derive(clap::Args)]
+pub struct EventsCommand {
+    /// Keep printing new events as they happen.
+    #[arg(short, long)]
+    follow: bool,
+    /// Start at this event number.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl EventsCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let r = print_stream(&client, self.from, self.follow, false).await;
+            client.close();
+            r
+        })?;
+        Ok(0)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct MonitorCommand {
+    /// This monitor's node name (default: monitor-<pid>).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl MonitorCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let name = NodeId(
+                self.name
+                    .clone()
+                    .unwrap_or_else(|| format!("monitor-{}", std::process::id())),
+            );
+            let info = NodeInfo {
+                name: name.clone(),
+                role: Role::Monitor,
+                slots: 0,
+                labels: Default::default(),
+                addr: String::new(),
+                pid: std::process::id(),
+            };
+            let beat = match client.ask(&ControlRequest::Register(info)).await? {
+                ControlResponse::Registered { heartbeat_ms, .. } => heartbeat_ms.max(50),
+                other => anyhow::bail!("unexpected answer to Register: {other:?}"),
+            };
+            eprintln!("monitoring as {name} (Ctrl-C to stop)");
+            let heartbeats = async {
+                let mut every = tokio::time::interval(Duration::from_millis(beat));
+                loop {
+                    every.tick().await;
+                    if let Err(e) = client.heartbeat(&name).await {
+                        eprintln!("heartbeat failed: {e}");
+                    }
+                }
+            };
+            let r = tokio::select! {
+                r = print_stream(&client, 0, true, true) => r,
+                _ = heartbeats => Ok(()),
+                _ = crate::cmd::control::shutdown_signal() => Ok(()),
+            };
+            client.close();
+            r
+        })?;
+        Ok(0)
+    }
+}
+
+async fn print_stream(
+    client: &ControlClient,
+    from: u64,
+    follow: bool,
+    live: bool,
+) -> anyhow::Result<()> {
+    let mut sub = client
+        .subscribe(&ControlRequest::Events { from, follow })
+        .await?;
+    while let Some(resp) = sub.next().await? {
+        let ControlResponse::Monitor(item) = resp else {
+            anyhow::bail!("unexpected message on the events stream: {resp:?}");
+        };
+        match *item {
+            MonitorItem::Event { seq, at_ms, event } => {
+                println!("#{seq:<5} {} {}", clock(at_ms), describe(&event));
+            }
+            MonitorItem::Output(chunk) if live => {
+                let text = String::from_utf8_lossy(&chunk.bytes);
+                let tag = match chunk.stream {
+                    Stream::Stdout => "out",
+                    Stream::Stderr => "err",
+                };
+                for line in text.lines() {
+                    println!("       {} {tag}   {line}", chunk.task);
+                }
+            }
+            MonitorItem::Stats(s) if live => println!(
+                "       stats: {} workers online ({} offline), {} running, {} pending, \
+                 {} completed, {} failed, {} checkpoints",
+                s.workers_online,
+                s.workers_offline,
+                s.tasks_running,
+                s.tasks_pending,
+                s.tasks_completed,
+                s.tasks_failed,
+                s.checkpoints
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `HH:MM:SS.mmm` UTC, or blanks for events replayed from before a restart.
+fn clock(at_ms: u64) -> String {
+    if at_ms == 0 {
+        return " ".repeat(12);
+    }
+    let day_ms = at_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}
+
+pub(crate) fn describe(event: &Event) -> String {
+    match event {
+        Event::Node(m) => match m {
+            MembershipEvent::Joined(info) => format!(
+                "node {} joined as {} ({} slots, pid {})",
+                info.name, info.role, info.slots, info.pid
+            ),
+            MembershipEvent::Recovered { node, .. } => format!("node {node} is online again"),
+            MembershipEvent::Offline(node) => format!("node {node} is offline"),
+            MembershipEvent::Drained(node) => format!("node {node} is draining"),
+            MembershipEvent::Uncordoned(node) => format!("node {node} takes tasks again"),
+        },
+        Event::Task(t) => match t {
+            TaskEvent::Submitted { id, spec } => format!("task {id} submitted ({})", spec.bundle),
+            TaskEvent::SubmittedWith { id, options, .. } => {
+                format!("task {id} submitted ({})", options.name)
+            }
+            TaskEvent::Placed { id, worker, epoch } => {
+                format!("task {id} placed on {worker} (epoch {epoch})")
+            }
+            TaskEvent::Checkpointed { id, seq, .. } => format!("task {id} checkpoint #{seq}"),
+            TaskEvent::Finished { id, outcome, .. } => match outcome {
+                Outcome::Completed { exit_code } => {
+                    format!("task {id} completed (exit {exit_code})")
+                }
+                Outcome::Failed { reason, .. } => format!("task {id} failed: {reason}"),
+            },
+            TaskEvent::Cancelled { id } => format!("task {id} cancelled"),
+        },
+    }
+}

@@ -1,0 +1,116 @@
+//! `wmig nodes`, `wmig drain WORKER`, `wmig uncordon WORKER`.
+
+use serde_json::json;
+use wmig_coordinator::wire::ControlRequest;
+use wmig_coordinator::Liveness;
+use wmig_proto::NodeId;
+
+use crate::cmd::control::{ago, ControlTarget};
+use crate::cmd::registry::runtime;
+
+#[derive(clap::Args)]
+pub struct NodesCommand {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl NodesCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let nodes = runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let nodes = client.nodes().await;
+            client.close();
+            anyhow::Ok(nodes?)
+        })?;
+        if self.json {
+            let all: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    json!({
+                        "name": n.name.0,
+                        "role": n.role.to_string(),
+                        "state": liveness(n.liveness),
+                        "draining": n.draining,
+                        "addr": n.addr,
+                        "pid": n.pid,
+                        "slots": n.slots,
+                        "tasks": n.tasks,
+                        "last_heartbeat_ms": n.last_seen_ms,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(0);
+        }
+        if nodes.is_empty() {
+            eprintln!("no nodes registered; `wmig up` or `wmig worker` starts one");
+            return Ok(0);
+        }
+        println!(
+            "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}",
+            "NAME", "ROLE", "STATE", "TASKS", "LAST HEARTBEAT", "PID"
+        );
+        for n in &nodes {
+            let state = if n.draining && n.liveness == Liveness::Online {
+                "draining"
+            } else {
+                liveness(n.liveness)
+            };
+            println!(
+                "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}",
+                n.name.0,
+                n.role.to_string(),
+                state,
+                format!("{}/{}", n.tasks, n.slots),
+                format!("{} ago", ago(n.last_seen_ms)),
+                n.pid
+            );
+        }
+        Ok(0)
+    }
+}
+
+pub(crate) fn liveness(l: Liveness) -> &'static str {
+    match l {
+        Liveness::Online => "online",
+        Liveness::Offline => "offline",
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CordonCommand {
+    /// The worker's name (see `wmig nodes`).
+    worker: String,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl CordonCommand {
+    /// `drain` (`true`) or `uncordon` (`false`).
+    pub fn execute(self, drain: bool) -> anyhow::Result<i32> {
+        let node = NodeId(self.worker.clone());
+        runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let (req, what) = if drain {
+                (ControlRequest::Drain { node }, "Drain")
+            } else {
+                (ControlRequest::Uncordon { node }, "Uncordon")
+            };
+            let r = client.call(&req, what).await;
+            client.close();
+            anyhow::Ok(r?)
+        })?;
+        if drain {
+            eprintln!(
+                "{} takes no new tasks; `wmig uncordon {}` undoes it",
+                self.worker, self.worker
+            );
+        } else {
+            eprintln!("{} takes new tasks again", self.worker);
+        }
+        Ok(0)
+    }
+}

@@ -1,0 +1,406 @@
+//! Operator commands about tasks: `submit`, `ps`, `inspect`, `logs`,
+//! `wait`, `cancel`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use wmig_coordinator::wire::{ControlRequest, ControlResponse, Stream, TaskView};
+use wmig_coordinator::{ControlClient, Placement, TaskOptions, TaskSpec, TaskState};
+use wmig_proto::wire::registry::BundleRef;
+use wmig_proto::{Hash, NodeId, TaskId};
+
+use crate::cmd::control::{ago, parse_key_value, ControlTarget};
+use crate::cmd::registry::{parse_duration, runtime, Target};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Policy {
+    LeastLoaded,
+    RoundRobin,
+    Random,
+}
+
+#[derive(clap::Args)]
+pub struct SubmitCommand {
+    /// A wasm file (uploaded first), a bundle hash, or NAME[:TAG].
+    bundle: String,
+    /// Run it on this worker.
+    #[arg(long)]
+    on: Option<String>,
+    /// How to choose a worker when --on is not given.
+    #[arg(long, value_enum, default_value = "least-loaded")]
+    policy: Policy,
+    /// An environment variable for the guest, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Preopen a directory of the worker's machine: HOST::GUEST or DIR.
+    #[arg(long = "dir")]
+    dirs: Vec<String>,
+    /// Memory limit (bytes, or with K/M/G).
+    #[arg(long, value_parser = crate::cmd::run::parse_size)]
+    max_memory_size: Option<usize>,
+    /// Total fuel before the task fails.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock limit (e.g. 30s, 5m).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Checkpoint period (default: the worker's).
+    #[arg(long, value_parser = parse_duration)]
+    checkpoint_every: Option<Duration>,
+    /// Registry address for uploads and names (default: config.toml).
+    #[arg(long, env = "WMIG_REGISTRY")]
+    registry: Option<String>,
+    #[command(flatten)]
+    target: ControlTarget,
+    /// Arguments for the guest (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+impl SubmitCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        runtime()?.block_on(self.run())
+    }
+
+    async fn run(self) -> anyhow::Result<i32> {
+        let (bundle, name) = self.resolve_bundle().await?;
+        let mut dirs = Vec::new();
+        for d in &self.dirs {
+            let (host, guest) = d.split_once("::").unwrap_or((d.as_str(), d.as_str()));
+            // The worker runs elsewhere: give it an absolute path.
+            let host = std::fs::canonicalize(host)
+                .with_context(|| format!("--dir {d}: no directory `{host}` here"))?;
+            dirs.push((host.display().to_string(), guest.to_owned()));
+        }
+        let mut args = vec![name.clone()];
+        args.extend(self.args.iter().cloned());
+        let placement = match (&self.on, self.policy) {
+            (Some(w), _) => Placement::Pinned(NodeId(w.clone())),
+            (None, Policy::LeastLoaded) => Placement::LeastLoaded,
+            (None, Policy::RoundRobin) => Placement::RoundRobin,
+            (None, Policy::Random) => Placement::Random,
+        };
+        let req = ControlRequest::Submit {
+            spec: TaskSpec {
+                bundle,
+                args,
+                env: self.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+            },
+            options: TaskOptions {
+                name,
+                dirs,
+                memory_limit: self.max_memory_size.map(|b| b as u64),
+                fuel_limit: self.fuel,
+                wall_limit_ms: self.timeout.map(|d| d.as_millis() as u64),
+                checkpoint_every_ms: self.checkpoint_every.map(|d| d.as_millis() as u64),
+            },
+            placement,
+        };
+        let client = self.target.connect().await?;
+        let answer = client.ask(&req).await;
+        client.close();
+        match answer.context("the coordinator refused the task")? {
+            ControlResponse::Submitted { task, worker } => {
+                match worker {
+                    Some(w) => eprintln!("submitted {task} to {w}"),
+                    None => eprintln!(
+                        "submitted {task}; every worker is busy, it starts when a slot frees up"
+                    ),
+                }
+                println!("{task}");
+                Ok(0)
+            }
+            other => anyhow::bail!("unexpected answer to Submit: {other:?}"),
+        }
+    }
+
+    /// The bundle's hash and the name shown by `ps` (also the guest's argv[0]).
+    async fn resolve_bundle(&self) -> anyhow::Result<(Hash, String)> {
+        let registry = Target::new(self.registry.clone(), self.target.cluster.clone());
+        let path = Path::new(&self.bundle);
+        if path.is_file() {
+            let wasm = std::fs::read(path)
+                .with_context(|| format!("could not read {}", path.display()))?;
+            let client = registry.connect().await?;
+            let stored = client.upload_bundle(&wasm, None).await;
+            client.close().await;
+            let stored = stored.with_context(|| format!("could not upload {}", path.display()))?;
+            let name = path
+                .file_name()
+                .map_or_else(|| self.bundle.clone(), |n| n.to_string_lossy().into_owned());
+            return Ok((stored.hash, name));
+        }
+        if self.bundle.ends_with(".wasm") || self.bundle.ends_with(".wat") {
+            anyhow::bail!(
+                "no file `{}`: pass a wasm file, a bundle hash or NAME[:TAG]",
+                self.bundle
+            );
+        }
+        let wanted: BundleRef = self.bundle.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "`{}` is neither a file nor a bundle hash or NAME[:TAG]: {e}",
+                self.bundle
+            )
+        })?;
+        let client = registry.connect().await?;
+        let bundles = client.list_bundles().await;
+        client.close().await;
+        let found = bundles?.into_iter().find(|b| match &wanted {
+            BundleRef::Hash(h) => b.hash == *h,
+            BundleRef::Name(n) => b.names.contains(n),
+        });
+        match found {
+            Some(b) => Ok((b.hash, wanted.to_string())),
+            None => anyhow::bail!(
+                "unknown bundle `{wanted}`: upload it with `wmig upload FILE.wasm --name NAME`, \
+                 or see `wmig registry ls`"
+            ),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct PsCommand {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+pub(crate) fn task_json(t: &TaskView) -> serde_json::Value {
+    json!({
+        "id": t.id.to_string(),
+        "name": t.name,
+        "bundle": t.bundle.to_string(),
+        "args": t.args,
+        "state": t.state.to_string(),
+        "owner": t.owner.as_ref().map(|o| o.0.clone()),
+        "epoch": t.epoch,
+        "checkpoint_seq": t.checkpoint_seq,
+        "fuel_used": t.fuel_used,
+        "exit_code": t.exit_code,
+        "failure": t.failure,
+        "stdout_bytes": t.stdout_bytes,
+        "stderr_bytes": t.stderr_bytes,
+    })
+}
+
+impl PsCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let tasks = runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let tasks = client.tasks().await;
+            client.close();
+            anyhow::Ok(tasks?)
+        })?;
+        if self.json {
+            let all: Vec<_> = tasks.iter().map(task_json).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(0);
+        }
+        if tasks.is_empty() {
+            eprintln!("no tasks; `wmig submit FILE.wasm` starts one");
+            return Ok(0);
+        }
+        println!(
+            "{:<8} {:<10} {:<12} {:>5} {:>6} {:>12}  NAME",
+            "TASK", "STATE", "WORKER", "EPOCH", "CKPT", "OUTPUT"
+        );
+        for t in &tasks {
+            let state = match (t.state, t.exit_code) {
+                (TaskState::Completed, Some(c)) if c != 0 => format!("exit {c}"),
+                (s, _) => s.to_string(),
+            };
+            println!(
+                "{:<8} {:<10} {:<12} {:>5} {:>6} {:>12}  {}",
+                t.id.to_string(),
+                state,
+                t.owner.as_ref().map_or("-", |o| o.0.as_str()),
+                t.epoch,
+                t.checkpoint_seq.map_or("-".to_owned(), |s| s.to_string()),
+                crate::cmd::registry::human(t.stdout_bytes + t.stderr_bytes),
+                t.name
+            );
+        }
+        Ok(0)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct InspectCommand {
+    task: TaskId,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl InspectCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let t = runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let t = client.task(self.task).await;
+            client.close();
+            anyhow::Ok(t?)
+        })?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&task_json(&t))?);
+            return Ok(0);
+        }
+        println!("task        {}", t.id);
+        println!("name        {}", t.name);
+        println!("bundle      {}", t.bundle);
+        println!("args        {}", t.args.join(" "));
+        println!("state       {}", t.state);
+        println!(
+            "owner       {}",
+            t.owner.as_ref().map_or("-", |o| o.0.as_str())
+        );
+        println!("epoch       {}", t.epoch);
+        println!(
+            "checkpoint  {}",
+            t.checkpoint_seq
+                .map_or("none yet".to_owned(), |s| format!("#{s}"))
+        );
+        println!("fuel used   {}", t.fuel_used);
+        println!(
+            "output      {} B stdout, {} B stderr",
+            t.stdout_bytes, t.stderr_bytes
+        );
+        if let Some(c) = t.exit_code {
+            println!("exit code   {c}");
+        }
+        if let Some(f) = &t.failure {
+            println!("failure     {f}");
+        }
+        if let (Some(us), false) = (t.started_us, t.state.is_terminal()) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            println!("running for {}", ago(now.saturating_sub(us) / 1000));
+        }
+        Ok(0)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct LogsCommand {
+    task: TaskId,
+    /// Keep printing new output until the task ends.
+    #[arg(short, long)]
+    follow: bool,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl LogsCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let r = stream_logs(&client, self.task, self.follow).await;
+            client.close();
+            r.map(|_| 0)
+        })
+    }
+}
+
+/// Copy a task's output to our stdout/stderr; returns the task as it was
+/// when the stream ended.
+pub(crate) async fn stream_logs(
+    client: &ControlClient,
+    task: TaskId,
+    follow: bool,
+) -> anyhow::Result<TaskView> {
+    let mut sub = client
+        .subscribe(&ControlRequest::Logs {
+            task,
+            stdout_from: 0,
+            stderr_from: 0,
+            follow,
+        })
+        .await?;
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    loop {
+        match sub.next().await? {
+            Some(ControlResponse::Output(chunk)) => {
+                match chunk.stream {
+                    Stream::Stdout => out.write_all(&chunk.bytes)?,
+                    Stream::Stderr => err.write_all(&chunk.bytes)?,
+                }
+                out.flush()?;
+            }
+            Some(ControlResponse::Ended(view)) => return Ok(*view),
+            Some(other) => anyhow::bail!("unexpected message on the logs stream: {other:?}"),
+            None => anyhow::bail!("the coordinator closed the logs stream early"),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct WaitCommand {
+    task: TaskId,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl WaitCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let t = runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let t = client.wait(self.task).await;
+            client.close();
+            anyhow::Ok(t?)
+        })?;
+        Ok(exit_code_of(&t))
+    }
+}
+
+/// What `wmig wait` exits with: the guest's code, 1 for a failure without
+/// one, 130 for a cancelled task (as a shell reports an interrupted job).
+pub(crate) fn exit_code_of(t: &TaskView) -> i32 {
+    match t.state {
+        TaskState::Completed => t.exit_code.unwrap_or(0),
+        TaskState::Failed => {
+            eprintln!(
+                "{} failed: {}",
+                t.id,
+                t.failure.as_deref().unwrap_or("no reason given")
+            );
+            t.exit_code.unwrap_or(1)
+        }
+        TaskState::Cancelled => {
+            eprintln!("{} was cancelled", t.id);
+            130
+        }
+        _ => 1,
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CancelCommand {
+    task: TaskId,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl CancelCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let r = client
+                .call(&ControlRequest::Cancel { task: self.task }, "Cancel")
+                .await;
+            client.close();
+            r.with_context(|| format!("could not cancel {}", self.task))
+        })?;
+        eprintln!("cancelled {}", self.task);
+        Ok(0)
+    }
+}

@@ -1,0 +1,351 @@
+//! `wmig up`: the embedded local cluster. Registry, coordinator and workers
+//! run as separate `wmig` processes on 127.0.0.1 (ports chosen by the OS),
+//! exactly as they would on separate machines; this process only starts
+//! them, waits until every worker is online, prints `ready`, and stops them
+//! all on Ctrl-C or SIGTERM.
+//!
+//! Each child's output goes to `CLUSTER/logs/NAME.log`. Children are tied to
+//! this process (`PR_SET_PDEATHSIG` on Linux), so even a `kill -9` of
+//! `wmig up` leaves no orphans behind.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use wmig_coordinator::Liveness;
+use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR};
+
+use crate::cmd::control::{shutdown_signal, ControlTarget};
+use crate::cmd::registry::{parse_duration, runtime};
+
+#[derive(clap::Args)]
+pub struct UpCommand {
+    #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+    cluster: PathBuf,
+    /// Number of worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: u32,
+    /// Task slots per worker.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// A node silent this long is declared offline.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    offline_timeout: Duration,
+    /// Workers' checkpoint period for tasks that do not set their own.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    checkpoint_every: Duration,
+    /// How long to wait for every node to come up.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    ready_timeout: Duration,
+}
+
+/// One child process and where its output goes.
+struct Node {
+    name: String,
+    pid: u32,
+}
+
+impl UpCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let dir = ClusterDir::new(&self.cluster);
+        if !dir.is_initialized() {
+            dir.init(false).with_context(|| {
+                format!("could not create a cluster in {}", self.cluster.display())
+            })?;
+            eprintln!("initialized cluster in {}", self.cluster.display());
+        }
+        let logs = self.cluster.join("logs");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("could not create {}", logs.display()))?;
+        let exe = std::env::current_exe().context("could not find the wmig executable")?;
+        let cluster = self.cluster.display().to_string();
+        let (exited_tx, exited_rx) = mpsc::channel::<(String, String)>();
+        let mut nodes: Vec<Node> = Vec::new();
+        let result = (|| {
+            let registry = spawn(
+                &exe,
+                &logs,
+                "registry",
+                &[
+                    "registry",
+                    "serve",
+                    "--cluster",
+                    &cluster,
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                &exited_tx,
+            )?;
+            eprintln!("registry     {} (pid {})", registry.1, registry.0.pid);
+            nodes.push(registry.0);
+            let timeout = format!("{}ms", self.offline_timeout.as_millis());
+            let coordinator = spawn(
+                &exe,
+                &logs,
+                "coordinator",
+                &[
+                    "coordinator",
+                    "--cluster",
+                    &cluster,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--http",
+                    "127.0.0.1:0",
+                    "--offline-timeout",
+                    &timeout,
+                ],
+                &exited_tx,
+            )?;
+            eprintln!("coordinator  {} (pid {})", coordinator.1, coordinator.0.pid);
+            nodes.push(coordinator.0);
+            let slots = self.slots.to_string();
+            let every = format!("{}ms", self.checkpoint_every.as_millis());
+            for i in 1..=self.workers {
+                let name = format!("worker-{i}");
+                let child = spawn_quiet(
+                    &exe,
+                    &logs,
+                    &name,
+                    &[
+                        "worker",
+                        "--cluster",
+                        &cluster,
+                        "--name",
+                        &name,
+                        "--slots",
+                        &slots,
+                        "--checkpoint-every",
+                        &every,
+                    ],
+                    &exited_tx,
+                )?;
+                nodes.push(child);
+            }
+            anyhow::Ok(())
+        })();
+        let mut dead = Vec::new();
+        let code = match result {
+            Ok(()) => runtime()?.block_on(self.serve(&exited_rx, &mut dead)),
+            Err(e) => Err(e),
+        };
+        nodes.retain(|n| !dead.contains(&n.name));
+        stop_all(&nodes, &exited_rx);
+        code
+    }
+
+    /// Wait for readiness, then until a signal.
+    async fn serve(
+        &self,
+        exited: &mpsc::Receiver<(String, String)>,
+        dead: &mut Vec<String>,
+    ) -> anyhow::Result<i32> {
+        let target = ControlTarget {
+            coordinator: None,
+            cluster: self.cluster.clone(),
+        };
+        let deadline = Instant::now() + self.ready_timeout;
+        let client = loop {
+            if let Ok((name, how)) = exited.try_recv() {
+                anyhow::bail!(
+                    "{name} exited during start-up ({how}); see {}",
+                    log_path(&self.cluster, &name).display()
+                );
+            }
+            match target.connect().await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let want: Vec<String> = (1..=self.workers).map(|i| format!("worker-{i}")).collect();
+        loop {
+            if let Ok((name, how)) = exited.try_recv() {
+                anyhow::bail!(
+                    "{name} exited during start-up ({how}); see {}",
+                    log_path(&self.cluster, &name).display()
+                );
+            }
+            let nodes = client.nodes().await?;
+            let online = want
+                .iter()
+                .filter(|w| {
+                    nodes
+                        .iter()
+                        .any(|n| n.name.0 == **w && n.liveness == Liveness::Online)
+                })
+                .count();
+            if online == want.len() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {online} of {} workers came online within {:?}; see the logs in {}",
+                want.len(),
+                self.ready_timeout,
+                self.cluster.join("logs").display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.close();
+        eprintln!("{} workers online: {}", want.len(), want.join(", "));
+        println!("ready");
+        std::io::stdout().flush()?;
+        // Report children that die (a test may kill workers on purpose).
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    while let Ok((name, how)) = exited.try_recv() {
+                        eprintln!("{name} exited ({how})");
+                        dead.push(name);
+                    }
+                }
+            }
+        }
+        eprintln!("stopping the cluster");
+        Ok(0)
+    }
+}
+
+fn log_path(cluster: &Path, name: &str) -> PathBuf {
+    cluster.join("logs").join(format!("{name}.log"))
+}
+
+fn command(exe: &Path, logs: &Path, name: &str, args: &[&str]) -> anyhow::Result<Command> {
+    let log = File::create(logs.join(format!("{name}.log")))
+        .with_context(|| format!("could not create the log of {name}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stderr(log).env(
+        "WMIG_LOG",
+        std::env::var("WMIG_LOG").unwrap_or_else(|_| "info".to_owned()),
+    );
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent; it only asks the kernel to SIGKILL the child when this
+        // thread (the main thread, which lives until exit) dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    Ok(cmd)
+}
+
+/// Start a child that prints `listening on ADDR`; returns it and ADDR.
+fn spawn(
+    exe: &Path,
+    logs: &Path,
+    name: &str,
+    args: &[&str],
+    exited: &mpsc::Sender<(String, String)>,
+) -> anyhow::Result<(Node, String)> {
+    let mut cmd = command(exe, logs, name, args)?;
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {name}"))?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let (addr_tx, addr_rx) = mpsc::channel();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    let log = logs.join(format!("{name}.log"));
+    std::thread::spawn(move || {
+        let mut sink = std::fs::OpenOptions::new().append(true).open(&log).ok();
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let (false, Some(addr)) = (sent, line.strip_prefix("listening on ")) {
+                let _ = addr_tx.send(addr.to_owned());
+                sent = true;
+            }
+            if let Some(f) = sink.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    let pid = child.id();
+    watch(child, name, exited);
+    let addr = addr_rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+        anyhow::anyhow!(
+            "{name} did not start listening; see {}",
+            logs.join(format!("{name}.log")).display()
+        )
+    })?;
+    Ok((
+        Node {
+            name: name.to_owned(),
+            pid,
+        },
+        addr,
+    ))
+}
+
+fn spawn_quiet(
+    exe: &Path,
+    logs: &Path,
+    name: &str,
+    args: &[&str],
+    exited: &mpsc::Sender<(String, String)>,
+) -> anyhow::Result<Node> {
+    let mut cmd = command(exe, logs, name, args)?;
+    cmd.stdout(Stdio::null());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {name}"))?;
+    let pid = child.id();
+    watch(child, name, exited);
+    Ok(Node {
+        name: name.to_owned(),
+        pid,
+    })
+}
+
+/// Reap the child on its own thread and report how it ended.
+fn watch(mut child: Child, name: &str, exited: &mpsc::Sender<(String, String)>) {
+    let name = name.to_owned();
+    let exited = exited.clone();
+    std::thread::spawn(move || {
+        let how = match child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        let _ = exited.send((name, how));
+    });
+}
+
+/// SIGTERM every child (workers first, registry last), then SIGKILL what
+/// is still there after a grace period.
+fn stop_all(nodes: &[Node], exited: &mpsc::Receiver<(String, String)>) {
+    let mut alive: Vec<&Node> = nodes.iter().rev().collect();
+    for n in &alive {
+        signal(n.pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive.is_empty() && Instant::now() < deadline {
+        match exited.recv_timeout(Duration::from_millis(100)) {
+            Ok((name, _)) => alive.retain(|n| n.name != name),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for n in alive {
+        signal(n.pid, libc::SIGKILL);
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a pid we spawned; it has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `wmig worker`: a worker daemon. It registers with the coordinator,
+//! heartbeats, runs the tasks it is given in wasmtime and checkpoints them
+//! into the registry.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use wmig_host::{Runtime, RuntimeConfig};
+use wmig_net::ClusterDir;
+use wmig_proto::NodeId;
+use wmig_worker::WorkerConfig;
+
+use crate::cmd::control::{parse_key_value, resolve, shutdown_signal, ControlTarget};
+use crate::cmd::registry::{parse_duration, runtime};
+
+#[derive(clap::Args)]
+pub struct WorkerCommand {
+    /// This worker's name, unique in the cluster (default: worker-<pid>).
+    #[arg(long, env = "WMIG_NODE_NAME")]
+    name: Option<String>,
+    /// Tasks it runs at once.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// A label for placement, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_key_value)]
+    labels: Vec<(String, String)>,
+    /// Registry address (default: the cluster's config.toml).
+    #[arg(long, env = "WMIG_REGISTRY")]
+    registry: Option<String>,
+    /// Where fetched bundles are kept (default: CLUSTER/workers/NAME).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Checkpoint period of tasks that do not set their own.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    checkpoint_every: Duration,
+    /// Fuel between host-visible yields (how often a task can pause).
+    #[arg(long, default_value_t = wmig_host::task::DEFAULT_YIELD_FUEL)]
+    yield_fuel: u32,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl WorkerCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        runtime()?.block_on(self.run())?;
+        Ok(0)
+    }
+
+    async fn run(self) -> anyhow::Result<()> {
+        let cluster = &self.target.cluster;
+        let dir = ClusterDir::new(cluster);
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+        let creds = dir
+            .credentials(&name)
+            .with_context(|| format!("no certificate for worker `{name}`"))?;
+        let coordinator = self.target.addr().await?;
+        let registry = match &self.registry {
+            Some(a) => a.clone(),
+            None => dir.config()?.registry.with_context(|| {
+                format!(
+                    "no registry address: pass --registry ADDR, set WMIG_REGISTRY, or start \
+                     `wmig registry serve --cluster {}`",
+                    cluster.display()
+                )
+            })?,
+        };
+        let registry = resolve(&registry, "registry").await?;
+        let cache_dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| cluster.join("workers").join(&name));
+        let runtime = Runtime::new(RuntimeConfig::default())?;
+        let config = WorkerConfig {
+            name: NodeId(name.clone()),
+            creds,
+            coordinator,
+            registry,
+            slots: self.slots.max(1),
+            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            addr: String::new(),
+            cache_dir,
+            checkpoint_every: self.checkpoint_every,
+            yield_fuel: self.yield_fuel.max(1),
+        };
+        eprintln!("worker {name} starting (coordinator {coordinator}, registry {registry})");
+        wmig_worker::run(config, runtime, shutdown_signal()).await?;
+        eprintln!("worker {name} stopped");
+        Ok(())
+    }
+}

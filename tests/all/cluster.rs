@@ -1,0 +1,422 @@
+//! The control plane through real processes: `wmig up` starts registry,
+//! coordinator and workers as separate OS processes on 127.0.0.1; tasks are
+//! submitted, followed and waited for with the `wmig` CLI; workers and the
+//! coordinator are killed with SIGKILL for real.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use wmig_tests::artifacts;
+
+use crate::support::{run, stderr, stdout, wmig};
+
+/// Offline timeout the test clusters run with.
+const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running `wmig up`; it and its children are killed on drop.
+struct Up {
+    child: Child,
+    dir: PathBuf,
+    /// `wmig up`'s stderr, line by line.
+    log: mpsc::Receiver<String>,
+    _tmp: TempDir,
+}
+
+impl Up {
+    fn start(workers: u32) -> Up {
+        let tmp = TempDir::new().expect("tempdir");
+        let dir = tmp.path().join("cluster");
+        let mut child = wmig()
+            .env("WMIG_CLUSTER", &dir)
+            .args(["up", "--workers", &workers.to_string(), "--offline-timeout"])
+            .arg(format!("{}ms", OFFLINE_TIMEOUT.as_millis()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wmig up");
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let (log_tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[wmig up] {line}");
+                let _ = log_tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("wmig up did not print `ready`; logs in {}", dir.display()));
+        assert_eq!(line, "ready");
+        Up {
+            child,
+            dir,
+            log,
+            _tmp: tmp,
+        }
+    }
+
+    /// `wmig ARGS` against this cluster.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = wmig();
+        c.env("WMIG_CLUSTER", &self.dir).args(args);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = run(&mut self.cmd(args));
+        assert!(
+            o.status.success(),
+            "wmig {args:?} failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let o = run(&mut self.cmd(args));
+        assert!(
+            !o.status.success(),
+            "wmig {args:?} should fail: {}",
+            stdout(&o)
+        );
+        stderr(&o)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed {text}: {e}"))
+    }
+
+    fn node(&self, name: &str) -> Value {
+        let nodes = self.json(&["nodes", "--json"]);
+        nodes
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no node {name} in {nodes}"))
+    }
+
+    fn submit(&self, module: &str, extra: &[&str], args: &[&str]) -> String {
+        let mut all = vec!["submit", module];
+        all.extend_from_slice(extra);
+        all.push("--");
+        all.extend_from_slice(args);
+        self.ok(&all).trim().to_owned()
+    }
+
+    /// The pid `wmig up` reported for a role (`registry`, `coordinator`).
+    fn pid_of(&self, role: &str) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Ok(line) = self
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.starts_with(role) {
+                if let Some(pid) = line
+                    .rsplit_once("(pid ")
+                    .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+                {
+                    return pid;
+                }
+            }
+        }
+        panic!("wmig up did not report the pid of the {role}")
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGKILL: the children follow through PR_SET_PDEATHSIG.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kill9(pid: u64) {
+    let o = run(Command::new("kill").args(["-9", &pid.to_string()]));
+    assert!(o.status.success(), "kill -9 {pid}: {}", stderr(&o));
+}
+
+/// What `wmig run` prints for the same module and arguments.
+fn local_stdout(module: &str, args: &[&str]) -> String {
+    let o = run(wmig().arg("run").arg(module).args(args));
+    assert!(o.status.success(), "wmig run {module}: {}", stderr(&o));
+    stdout(&o)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn twenty_tasks_complete_with_the_output_of_a_local_run() {
+    let up = Up::start(3);
+    let jobs: Vec<(&str, Vec<&str>)> = (0..20)
+        .map(|i| match i % 4 {
+            0 => (artifacts::COUNTER, vec!["3000000"]),
+            1 => (artifacts::SIEVE, vec!["1000000"]),
+            2 => (artifacts::NBODY, vec!["20000"]),
+            _ => (artifacts::ARGS_ENV, vec!["a b", "c"]),
+        })
+        .collect();
+    let ids: Vec<String> = jobs
+        .iter()
+        .map(|(m, a)| up.submit(m, &["--env", "TASK_X=1"], a))
+        .collect();
+    for ((module, args), id) in jobs.iter().zip(&ids) {
+        let o = run(&mut up.cmd(&["wait", id]));
+        assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
+        let logs = up.ok(&["logs", id]);
+        let mut want = local_stdout(module, args);
+        if *module == artifacts::ARGS_ENV {
+            want = local_stdout_env(module, args);
+        }
+        assert_eq!(logs, want, "{id} ({module} {args:?})");
+    }
+    let ps = up.json(&["ps", "--json"]);
+    let tasks = ps.as_array().expect("ps --json is a list");
+    assert_eq!(tasks.len(), 20);
+    assert!(tasks.iter().all(|t| t["state"] == "completed"), "{ps}");
+    // Least-loaded placement spread them over all three workers.
+    for w in ["worker-1", "worker-2", "worker-3"] {
+        assert!(
+            tasks.iter().any(|t| t["owner"] == w),
+            "no task on {w}: {ps}"
+        );
+    }
+}
+
+/// `wmig run` with the same `--env` the submissions used.
+fn local_stdout_env(module: &str, args: &[&str]) -> String {
+    let o = run(wmig()
+        .args(["run", "--env", "TASK_X=1"])
+        .arg(module)
+        .args(args));
+    assert!(o.status.success(), "wmig run {module}: {}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn exit_codes_failures_and_cancellation_reach_the_operator() {
+    let up = Up::start(1);
+    let id = up.submit(artifacts::EXIT_CODE, &[], &["7"]);
+    let o = run(&mut up.cmd(&["wait", &id]));
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+
+    // A memory limit the task exceeds fails it; the worker carries on.
+    let id = up.submit(artifacts::BIGHEAP, &["--max-memory-size", "16M"], &["80"]);
+    let o = run(&mut up.cmd(&["wait", &id]));
+    assert_ne!(o.status.code(), Some(0));
+    let t = up.json(&["inspect", &id, "--json"]);
+    assert_eq!(t["state"], "failed", "{t}");
+
+    // A long task, followed live, then cancelled.
+    let id = up.submit(artifacts::COUNTER, &[], &["4000000000"]);
+    wait_until("counter prints", Duration::from_secs(30), || {
+        up.json(&["inspect", &id, "--json"])["stdout_bytes"].as_u64() > Some(0)
+    });
+    up.ok(&["cancel", &id]);
+    let o = run(&mut up.cmd(&["wait", &id]));
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "cancelled");
+    let id = up.submit(artifacts::EXIT_CODE, &[], &["0"]);
+    assert!(run(&mut up.cmd(&["wait", &id])).status.success());
+    assert_eq!(up.node("worker-1")["state"], "online");
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let up = Up::start(1);
+    let e = up.fails(&["inspect", "t-999"]);
+    assert!(e.contains("unknown task t-999"), "{e}");
+    let e = up.fails(&["logs", "t-999"]);
+    assert!(e.contains("unknown task"), "{e}");
+    let e = up.fails(&["submit", artifacts::COUNTER, "--on", "worker-9"]);
+    assert!(e.contains("unknown worker `worker-9`"), "{e}");
+    let e = up.fails(&["submit", "no-such-bundle:v1"]);
+    assert!(e.contains("unknown bundle"), "{e}");
+    let e = up.fails(&["drain", "nobody"]);
+    assert!(e.contains("nobody"), "{e}");
+    let e = up.fails(&["submit", "missing.wasm"]);
+    assert!(e.contains("no file `missing.wasm`"), "{e}");
+    let e = up.fails(&["submit", "not a name!"]);
+    assert!(e.contains("neither a file nor"), "{e}");
+    // Not wasm: the registry refuses the upload.
+    let tmp = TempDir::new().expect("tempdir");
+    let junk = tmp.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm at all").expect("write");
+    let e = up.fails(&["submit", junk.to_str().expect("utf-8 path")]);
+    assert!(e.to_lowercase().contains("wasm"), "{e}");
+    // A second worker process with a name that is online.
+    let o = run(&mut up.cmd(&["worker", "--name", "worker-1"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already registered"), "{}", stderr(&o));
+    // A drained worker takes no new tasks.
+    // A drained worker takes no new tasks: pinned is refused, unpinned waits.
+    up.ok(&["drain", "worker-1"]);
+    let e = up.fails(&["submit", artifacts::COUNTER, "--on", "worker-1"]);
+    assert!(e.contains("draining"), "{e}");
+    let id = up.submit(artifacts::COUNTER, &[], &["1000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "pending");
+    up.ok(&["uncordon", "worker-1"]);
+    assert!(run(&mut up.cmd(&["wait", &id])).status.success());
+    // An unreachable coordinator.
+    let o = run(wmig()
+        .env("WMIG_CLUSTER", &up.dir)
+        .args(["ps", "--coordinator", "127.0.0.1:9"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("could not reach the coordinator"),
+        "{}",
+        stderr(&o)
+    );
+    // A client without a cluster certificate.
+    let other = tmp.path().join("other");
+    assert!(run(wmig().arg("init").arg("--cluster").arg(&other))
+        .status
+        .success());
+    let addr = cluster_addr(&up.dir);
+    let o = run(wmig()
+        .env("WMIG_CLUSTER", &other)
+        .args(["ps", "--coordinator", &addr]));
+    assert!(!o.status.success(), "a foreign certificate was accepted");
+}
+
+fn cluster_addr(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("config.toml")).expect("config.toml");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("coordinator"))
+        .expect("the coordinator recorded its address");
+    line.split('"').nth(1).expect("quoted address").to_owned()
+}
+
+#[test]
+fn a_killed_worker_is_offline_within_the_timeout() {
+    let up = Up::start(3);
+    let pid = up.node("worker-2")["pid"].as_u64().expect("pid");
+    assert_eq!(up.node("worker-2")["state"], "online");
+    kill9(pid);
+    let took = wait_until(
+        "worker-2 offline",
+        OFFLINE_TIMEOUT + Duration::from_secs(3),
+        || up.node("worker-2")["state"] == "offline",
+    );
+    assert!(
+        took <= OFFLINE_TIMEOUT + Duration::from_secs(1),
+        "offline after {took:?}, timeout {OFFLINE_TIMEOUT:?}"
+    );
+    // The others stay online, and new tasks avoid the dead worker.
+    assert_eq!(up.node("worker-1")["state"], "online");
+    let e = up.fails(&["submit", artifacts::COUNTER, "--on", "worker-2"]);
+    assert!(e.contains("offline"), "{e}");
+    let id = up.submit(artifacts::COUNTER, &[], &["1000"]);
+    assert!(run(&mut up.cmd(&["wait", &id])).status.success());
+    // The same worker restarted comes back online.
+    let mut w = up
+        .cmd(&["worker", "--name", "worker-2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart worker-2");
+    wait_until("worker-2 online again", Duration::from_secs(20), || {
+        up.node("worker-2")["state"] == "online"
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+}
+
+#[test]
+fn a_killed_coordinator_restarts_with_its_tasks_and_nodes() {
+    let up = Up::start(2);
+    let coordinator = up.pid_of("coordinator");
+    let ids: Vec<String> = (0..4)
+        .map(|i| up.submit(artifacts::EXIT_CODE, &[], &[&i.to_string()]))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            run(&mut up.cmd(&["wait", id])).status.code(),
+            Some(i as i32)
+        );
+    }
+    let ps_before = up.json(&["ps", "--json"]);
+    let addr = cluster_addr(&up.dir);
+    kill9(u64::from(coordinator));
+    let o = run(&mut up.cmd(&["ps"]));
+    assert!(!o.status.success(), "ps answered with the coordinator dead");
+
+    // Restart it on the same address: the workers reconnect by themselves.
+    let mut restarted = up
+        .cmd(&[
+            "coordinator",
+            "--listen",
+            &addr,
+            "--http",
+            "off",
+            "--offline-timeout",
+        ])
+        .arg(format!("{}ms", OFFLINE_TIMEOUT.as_millis()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("restart the coordinator");
+    wait_until("coordinator answers", Duration::from_secs(20), || {
+        run(&mut up.cmd(&["ps"])).status.success()
+    });
+    let ps_after = up.json(&["ps", "--json"]);
+    for (a, b) in ps_before
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(ps_after.as_array().into_iter().flatten())
+    {
+        for key in [
+            "id",
+            "state",
+            "owner",
+            "epoch",
+            "exit_code",
+            "stdout_bytes",
+            "bundle",
+        ] {
+            assert_eq!(a[key], b[key], "{key} of {}", a["id"]);
+        }
+    }
+    assert_eq!(
+        ps_before.as_array().map(Vec::len),
+        ps_after.as_array().map(Vec::len)
+    );
+    assert_eq!(up.ok(&["logs", &ids[1]]), {
+        let o = run(wmig().arg("run").arg(artifacts::EXIT_CODE).arg("1"));
+        stdout(&o)
+    });
+    for w in ["worker-1", "worker-2"] {
+        wait_until(
+            &format!("{w} online after the restart"),
+            Duration::from_secs(10),
+            || up.node(w)["state"] == "online",
+        );
+    }
+    // And it keeps working.
+    let id = up.submit(artifacts::EXIT_CODE, &[], &["5"]);
+    assert_eq!(run(&mut up.cmd(&["wait", &id])).status.code(), Some(5));
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+}
