@@ -61,6 +61,8 @@ pub enum PlacementError {
 pub struct Placer {
     /// Last worker chosen by round-robin.
     cursor: Option<NodeId>,
+    /// Last worker chosen by least-loaded (for its tie-break).
+    ll_cursor: Option<NodeId>,
     /// splitmix64 state for `Random`.
     rng: u64,
 }
@@ -75,6 +77,7 @@ impl Placer {
     pub fn new(seed: u64) -> Self {
         Placer {
             cursor: None,
+            ll_cursor: None,
             rng: seed,
         }
     }
@@ -122,10 +125,14 @@ impl Placer {
             });
         }
         let chosen = match policy {
-            Placement::LeastLoaded => eligible
-                .iter()
-                .min_by_key(|name| (running(name), **name))
-                .copied(),
+            Placement::LeastLoaded => {
+                // Rank workers after the last choice before those up to it.
+                let after_last = |name: &NodeId| self.ll_cursor.as_ref().is_none_or(|c| name > c);
+                eligible
+                    .iter()
+                    .min_by_key(|name| (running(name), !after_last(name), **name))
+                    .copied()
+            }
             Placement::RoundRobin => {
                 let after = self
                     .cursor
@@ -142,8 +149,10 @@ impl Placer {
         let chosen = chosen.cloned().ok_or(PlacementError::NoFreeSlot {
             online: online.len(),
         })?;
-        if *policy == Placement::RoundRobin {
-            self.cursor = Some(chosen.clone());
+        match policy {
+            Placement::RoundRobin => self.cursor = Some(chosen.clone()),
+            Placement::LeastLoaded => self.ll_cursor = Some(chosen.clone()),
+            _ => {}
         }
         Ok(chosen)
     }
@@ -201,7 +210,7 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_prefers_fewest_tasks_then_name() {
+    fn least_loaded_prefers_fewest_tasks_then_takes_turns() {
         let m = cluster(&[("c", 4), ("a", 4), ("b", 4)]);
         let mut p = Placer::default();
         let ll = Placement::LeastLoaded;
@@ -209,8 +218,13 @@ mod tests {
         assert_eq!(p.choose(&ll, &m, &load(&[("a", 1)])), Ok(id("b")));
         assert_eq!(
             p.choose(&ll, &m, &load(&[("a", 2), ("b", 1), ("c", 1)])),
-            Ok(id("b"))
+            Ok(id("c"))
         );
+        // All idle (short tasks that finish between submissions): turns.
+        let idle: Vec<_> = (0..4)
+            .map(|_| p.choose(&ll, &m, &load(&[])).unwrap())
+            .collect();
+        assert_eq!(idle, vec![id("a"), id("b"), id("c"), id("a")]);
         // A full worker is skipped even if it sorts first.
         let m = cluster(&[("a", 1), ("b", 3)]);
         assert_eq!(p.choose(&ll, &m, &load(&[("a", 1), ("b", 2)])), Ok(id("b")));
