@@ -49,9 +49,11 @@ enum Command {
     Wait(cmd::task::WaitCommand),
     /// Cancel a task.
     Cancel(cmd::task::CancelCommand),
+    /// Move a running task to another worker; it continues where it stopped.
+    Migrate(cmd::task::MigrateCommand),
     /// List nodes: role, state, last heartbeat, tasks, pid.
     Nodes(cmd::nodes::NodesCommand),
-    /// Stop placing new tasks on a worker.
+    /// Stop placing new tasks on a worker and migrate its tasks away.
     Drain(cmd::nodes::CordonCommand),
     /// Place new tasks on a drained worker again.
     Uncordon(cmd::nodes::CordonCommand),
@@ -78,6 +80,7 @@ impl Command {
             Command::Logs(c) => c.execute(),
             Command::Wait(c) => c.execute(),
             Command::Cancel(c) => c.execute(),
+            Command::Migrate(c) => c.execute(),
             Command::Nodes(c) => c.execute(),
             Command::Drain(c) => c.execute(true),
             Command::Uncordon(c) => c.execute(false),

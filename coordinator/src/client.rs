@@ -9,7 +9,9 @@ use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
 use wmig_proto::wire::{RemoteError, CONTROL_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
-use crate::wire::{ClusterStats, ControlRequest, ControlResponse, NodeStatus, TaskView};
+use crate::wire::{
+    ClusterStats, ControlRequest, ControlResponse, MigrationReport, NodeStatus, TaskView,
+};
 
 /// The node name on the coordinator's certificate.
 pub const COORDINATOR_NODE: &str = "coordinator";
@@ -171,11 +173,31 @@ impl ControlClient {
         }
     }
 
-    pub async fn heartbeat(&self, node: &NodeId) -> Result<(), ControlError> {
-        self.call(
-            &ControlRequest::Heartbeat { node: node.clone() },
-            "Heartbeat",
-        )
-        .await
+    /// Heartbeat; returns the listed tasks this node no longer owns.
+    pub async fn heartbeat(
+        &self,
+        node: &NodeId,
+        tasks: Vec<(TaskId, u64)>,
+    ) -> Result<Vec<(TaskId, u64)>, ControlError> {
+        let req = ControlRequest::Heartbeat {
+            node: node.clone(),
+            tasks,
+        };
+        match self.ask(&req).await? {
+            ControlResponse::Ok => Ok(Vec::new()),
+            ControlResponse::Stale(stale) => Ok(stale),
+            _ => Err(ControlError::Unexpected { what: "Heartbeat" }),
+        }
+    }
+
+    /// Migrate a running task; returns once it runs on its new worker.
+    pub async fn migrate(&self, task: TaskId, to: NodeId) -> Result<MigrationReport, ControlError> {
+        match self
+            .ask_untimed(&ControlRequest::Migrate { task, to })
+            .await?
+        {
+            ControlResponse::Migrated(r) => Ok(r),
+            _ => Err(ControlError::Unexpected { what: "Migrate" }),
+        }
     }
 }

@@ -131,11 +131,59 @@ impl Coordinator {
         Ok(self.node_events(event))
     }
 
-    /// Run the failure detector; call at [`Self::next_deadline`].
+    /// Run the failure detector; call at [`Self::next_deadline`]. Tasks of a
+    /// worker declared offline move to other workers with the next epoch
+    /// (they resume there from their last checkpoint), or wait as pending
+    /// when no worker has a free slot.
     pub fn tick(&mut self, now: Millis) -> Vec<Event> {
         self.advance(now);
-        let events = self.membership.poll_timeouts(now);
-        self.node_events(events)
+        let offline = self.membership.poll_timeouts(now);
+        let mut events = Vec::new();
+        for e in offline {
+            let node = match &e {
+                MembershipEvent::Offline(n) => Some(n.clone()),
+                _ => None,
+            };
+            events.push(Event::Node(e));
+            if let Some(node) = node {
+                events.extend(self.recover_tasks_of(&node));
+            }
+        }
+        events
+    }
+
+    fn recover_tasks_of(&mut self, node: &NodeId) -> Vec<Event> {
+        let ids: Vec<TaskId> = self.tasks.running_on(node).map(|t| t.id).collect();
+        let mut events = Vec::new();
+        for id in ids {
+            let event = match self.choose_worker(&Placement::LeastLoaded) {
+                Ok(worker) => self.tasks.reassign(id, worker),
+                Err(_) => self.tasks.requeue(id),
+            };
+            if let Ok(event) = event {
+                events.push(self.task_event(event));
+            }
+        }
+        events
+    }
+
+    /// Move a running task to `worker` (the last step of a migration). If
+    /// `worker` cannot take it any more, another worker is chosen; if none
+    /// can, the task waits as pending.
+    pub fn hand_over(
+        &mut self,
+        id: TaskId,
+        worker: &NodeId,
+    ) -> Result<Vec<Event>, CoordinatorError> {
+        let worker = match self.choose_worker(&Placement::Pinned(worker.clone())) {
+            Ok(w) => Ok(w),
+            Err(_) => self.choose_worker(&Placement::LeastLoaded),
+        };
+        let event = match worker {
+            Ok(w) => self.tasks.reassign(id, w)?,
+            Err(_) => self.tasks.requeue(id)?,
+        };
+        Ok(vec![self.task_event(event)])
     }
 
     pub fn next_deadline(&self) -> Option<Millis> {

@@ -149,6 +149,11 @@ pub enum TaskEvent {
         spec: TaskSpec,
         options: TaskOptions,
     },
+    /// A running task lost its worker and no other could take it: it waits
+    /// as pending and resumes from its last checkpoint when placed.
+    Requeued {
+        id: TaskId,
+    },
 }
 
 /// Why a task command was refused.
@@ -256,6 +261,29 @@ impl TaskTable {
             worker,
             epoch: task.epoch + 1,
         })
+    }
+
+    /// Move a running task to another worker (migration or recovery): a
+    /// placement with the next epoch, which fences the old owner.
+    pub fn reassign(&self, id: TaskId, worker: NodeId) -> Result<TaskEvent, TaskError> {
+        let task = self.get(id)?;
+        if !task.state.occupies_slot() {
+            return Err(illegal(task, "moved"));
+        }
+        Ok(TaskEvent::Placed {
+            id,
+            worker,
+            epoch: task.epoch + 1,
+        })
+    }
+
+    /// Take a running task off its worker and queue it as pending.
+    pub fn requeue(&self, id: TaskId) -> Result<TaskEvent, TaskError> {
+        let task = self.get(id)?;
+        if !task.state.occupies_slot() {
+            return Err(illegal(task, "requeued"));
+        }
+        Ok(TaskEvent::Requeued { id })
     }
 
     fn check_owner(&self, id: TaskId, from: &NodeId, epoch: u64) -> Result<&Task, TaskError> {
@@ -403,6 +431,14 @@ impl TaskTable {
                             t.failure = Some(reason.clone());
                         }
                     }
+                }
+            }
+            TaskEvent::Requeued { id } => {
+                self.release_slot(*id);
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.owner = None;
+                    t.state = TaskState::Pending;
+                    self.pending.insert(*id);
                 }
             }
             TaskEvent::Cancelled { id } => {

@@ -54,9 +54,11 @@ pub enum ControlRequest {
     // --- nodes -----------------------------------------------------------
     /// Join (or rejoin) the cluster.
     Register(NodeInfo),
-    /// I am alive.
+    /// I am alive, and run these tasks (at these epochs). The answer names
+    /// the ones this node no longer owns ([`ControlResponse::Stale`]).
     Heartbeat {
         node: NodeId,
+        tasks: Vec<(TaskId, u64)>,
     },
     /// Open the worker's command stream (see the module docs).
     Attach {
@@ -92,6 +94,35 @@ pub enum ControlRequest {
         fuel_used: u64,
     },
 
+    /// Migration target: the pre-copy checkpoint is in the local chunk
+    /// cache (`bytes` fetched for it).
+    Prefetched {
+        node: NodeId,
+        task: TaskId,
+        seq: u64,
+        bytes: u64,
+    },
+    /// Migration source: the task paused at unix µs `paused_at_us`, its final
+    /// checkpoint `seq` is durable (`bytes` uploaded for it) and this node
+    /// has forgotten the task.
+    HandedOff {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        seq: u64,
+        fuel_used: u64,
+        paused_at_us: u64,
+        bytes: u64,
+    },
+    /// Migration source: the final checkpoint could not be stored; the task
+    /// carries on here.
+    HandoffFailed {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        reason: String,
+    },
+
     // --- operators -------------------------------------------------------
     Submit {
         spec: TaskSpec,
@@ -110,6 +141,13 @@ pub enum ControlRequest {
     Checkpoint {
         task: TaskId,
     },
+    /// Move a running task to another worker; answered when it runs there.
+    Migrate {
+        task: TaskId,
+        to: NodeId,
+    },
+    /// Stop placing tasks on the worker and migrate its tasks away;
+    /// answered when they have moved.
     Drain {
         node: NodeId,
     },
@@ -155,6 +193,34 @@ pub enum WorkerCommand {
     Drop { task: TaskId, epoch: u64 },
     /// Checkpoint the task at its next yield point.
     Checkpoint { task: TaskId, epoch: u64 },
+    /// Migration, source side, step 1: checkpoint now (the pre-copy) and
+    /// keep running.
+    Migrate { task: TaskId, epoch: u64 },
+    /// Migration, target side: fetch checkpoint `seq` (and the module) into
+    /// the local caches, then report [`ControlRequest::Prefetched`].
+    Prefetch { task: TaskId, seq: u64 },
+    /// Migration, source side, step 2: pause at the next yield point, store
+    /// the final checkpoint, report [`ControlRequest::HandedOff`], forget
+    /// the task.
+    Handoff { task: TaskId, epoch: u64 },
+}
+
+/// How one migration went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    pub task: TaskId,
+    pub from: NodeId,
+    /// Where the task runs now (the requested target unless it failed in
+    /// between).
+    pub to: NodeId,
+    /// From the pause on the source to the first instruction on the target.
+    pub downtime_ms: f64,
+    /// From the request to the first instruction on the target.
+    pub total_ms: f64,
+    /// Bytes the target fetched ahead of the pause (pre-copy).
+    pub precopy_bytes: u64,
+    /// Bytes of the final checkpoint the source stored after the pause.
+    pub delta_bytes: u64,
 }
 
 /// A task as operators see it.
@@ -243,7 +309,7 @@ pub enum MonitorItem {
     Stats(ClusterStats),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ControlResponse {
     Ok,
     Registered {
@@ -268,5 +334,13 @@ pub enum ControlResponse {
     Ended(Box<TaskView>),
     /// On an events stream.
     Monitor(Box<MonitorItem>),
+    /// Answers `Heartbeat`: drop these tasks, they are no longer yours.
+    Stale(Vec<(TaskId, u64)>),
+    Migrated(MigrationReport),
+    /// Answers `Drain`: the tasks that moved, and why others did not.
+    Drained {
+        moved: Vec<MigrationReport>,
+        failed: Vec<String>,
+    },
     Error(RemoteError),
 }

@@ -57,6 +57,15 @@ impl MemChunks {
     pub fn insert_owned(&mut self, hash: Hash, bytes: Vec<u8>) {
         self.map.insert(hash, bytes.into());
     }
+    pub fn insert_shared(&mut self, hash: Hash, bytes: Arc<[u8]>) {
+        self.map.insert(hash, bytes);
+    }
+    pub fn shared(&self, hash: &Hash) -> Option<Arc<[u8]>> {
+        self.map.get(hash).cloned()
+    }
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
 }
 
 impl ChunkSink for MemChunks {

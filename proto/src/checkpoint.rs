@@ -19,6 +19,23 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 pub const MAGIC: [u8; 8] = *b"\0wmigckp";
 pub const FORMAT_VERSION: u16 = 1;
 
+/// The checkpoint number after `prev` for an owner at `epoch`. Cluster
+/// checkpoints carry the owner's epoch in their high 32 bits, so successive
+/// owners of a task (after a migration or a recovery) never reuse a number,
+/// and numbers always grow.
+pub fn next_seq(prev: u64, epoch: u64) -> u64 {
+    prev.saturating_add(1)
+        .max(epoch.saturating_mul(1 << 32).saturating_add(1))
+}
+
+/// `EPOCH.N` for a cluster checkpoint number, plain `N` for a local one.
+pub fn seq_label(seq: u64) -> String {
+    match seq >> 32 {
+        0 => seq.to_string(),
+        epoch => format!("{epoch}.{}", seq & 0xffff_ffff),
+    }
+}
+
 /// A paused task's state with memory referenced by chunk hashes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -285,5 +302,24 @@ mod tests {
             Err(CheckpointError::UnknownVersion { found: 9, .. }) => {}
             other => panic!("expected UnknownVersion, got {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_seqs_grow_across_owners_and_read_as_epoch_dot_n() {
+        let first = next_seq(0, 1);
+        assert_eq!(seq_label(first), "1.1");
+        assert_eq!(seq_label(next_seq(first, 1)), "1.2");
+        // The next owner continues above every number of the previous one.
+        let moved = next_seq(next_seq(first, 1), 2);
+        assert_eq!(seq_label(moved), "2.1");
+        assert!(moved > next_seq(first, 1));
+        // Local checkpoints (epoch 0) stay plain.
+        assert_eq!(next_seq(4, 0), 5);
+        assert_eq!(seq_label(5), "5");
     }
 }

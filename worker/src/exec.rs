@@ -34,6 +34,9 @@ pub struct TaskControl {
     pub drop: AtomicBool,
     /// Checkpoint at that pause.
     pub checkpoint: AtomicBool,
+    /// At that pause, store the final checkpoint and forget the task (the
+    /// last step of a migration).
+    pub handoff: AtomicBool,
 }
 
 impl TaskControl {
@@ -46,6 +49,19 @@ impl TaskControl {
         self.checkpoint.store(true, Ordering::SeqCst);
         self.pause.store(true, Ordering::SeqCst);
     }
+
+    pub fn request_handoff(&self) {
+        self.handoff.store(true, Ordering::SeqCst);
+        self.pause.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The final checkpoint of a migration: the task thread waits on `done` to
+/// learn whether it is durable (then it forgets the task) or not (then it
+/// carries on).
+pub struct Handoff {
+    pub paused_at_us: u64,
+    pub done: std::sync::mpsc::Sender<bool>,
 }
 
 /// A captured checkpoint on its way to the registry.
@@ -54,17 +70,25 @@ pub struct Upload {
     pub epoch: u64,
     pub manifest: Manifest,
     /// Chunks the registry may lack (the rest it is known to hold).
-    pub chunks: Vec<(Hash, Vec<u8>)>,
+    pub chunks: Vec<(Hash, Arc<[u8]>)>,
     pub fuel_used: u64,
+    pub handoff: Option<Handoff>,
 }
 
 /// Hashes this worker knows the registry holds; capture skips copying them.
 pub type KnownChunks = Arc<Mutex<HashSet<Hash>>>;
 
+/// Chunk bytes this worker holds (captured here, prefetched or restored),
+/// so a task migrating here again fetches only what changed.
+pub type ChunkCache = Arc<Mutex<MemChunks>>;
+
+/// Past this many chunks (1 GiB) the cache starts over.
+pub const CHUNK_CACHE_MAX: usize = 16 * 1024;
+
 /// A capture sink that copies only chunks not known to be stored.
 struct NewChunks<'a> {
     known: &'a HashSet<Hash>,
-    new: Vec<(Hash, Vec<u8>)>,
+    new: Vec<(Hash, Arc<[u8]>)>,
     seen: HashSet<Hash>,
 }
 
@@ -74,7 +98,7 @@ impl ChunkSink for NewChunks<'_> {
     }
     fn put(&mut self, hash: Hash, bytes: &[u8]) {
         if self.seen.insert(hash) {
-            self.new.push((hash, bytes.to_vec()));
+            self.new.push((hash, Arc::from(bytes)));
         }
     }
 }
@@ -124,6 +148,7 @@ pub struct Job {
     pub yield_fuel: u32,
     pub control: Arc<TaskControl>,
     pub known: KnownChunks,
+    pub cache: ChunkCache,
     pub reports: mpsc::UnboundedSender<Report>,
     pub uploads: mpsc::UnboundedSender<Upload>,
 }
@@ -250,6 +275,7 @@ impl Job {
         let started = Instant::now();
         loop {
             let result = task.run();
+            let paused_at_us = unix_us();
             let fuel = task.counters().fuel;
             match result {
                 Ok(wmig_host::Outcome::Exited(code)) => {
@@ -282,17 +308,49 @@ impl Job {
                 );
                 return;
             }
+            let handoff = self.control.handoff.swap(false, Ordering::SeqCst);
             self.control.pause.store(false, Ordering::SeqCst);
             self.control.checkpoint.store(false, Ordering::SeqCst);
-            *seq += 1;
-            if let Err(e) = self.checkpoint(&mut task, *seq, fuel) {
-                // The task itself is fine; the next period tries again.
-                tracing::warn!(task = %self.task, error = %e, "checkpoint capture failed");
+            *seq = wmig_proto::checkpoint::next_seq(*seq, self.epoch);
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let handoff = handoff.then_some(Handoff {
+                paused_at_us,
+                done: done_tx,
+            });
+            let handing_off = handoff.is_some();
+            match self.checkpoint(&mut task, *seq, fuel, handoff) {
+                Ok(()) if handing_off => {
+                    // Durable in the registry: the task is the target's now.
+                    if done_rx.recv() == Ok(true) {
+                        tracing::info!(task = %self.task, seq = *seq, "handed off");
+                        return;
+                    }
+                    tracing::warn!(task = %self.task, "handoff failed; carrying on here");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    // The task itself is fine; the next period tries again.
+                    tracing::warn!(task = %self.task, error = %e, "checkpoint capture failed");
+                    if handing_off {
+                        let _ = self.reports.send(ControlRequest::HandoffFailed {
+                            node: self.node.clone(),
+                            task: self.task,
+                            epoch: self.epoch,
+                            reason: format!("capture failed: {e}"),
+                        });
+                    }
+                }
             }
         }
     }
 
-    fn checkpoint(&self, task: &mut Task, seq: u64, fuel: u64) -> Result<(), wmig_host::HostError> {
+    fn checkpoint(
+        &self,
+        task: &mut Task,
+        seq: u64,
+        fuel: u64,
+        handoff: Option<Handoff>,
+    ) -> Result<(), wmig_host::HostError> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut sink = NewChunks {
             known: &known,
@@ -309,6 +367,15 @@ impl Job {
         )?;
         let chunks = sink.new;
         drop(known);
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() + chunks.len() > CHUNK_CACHE_MAX {
+                cache.clear();
+            }
+            for (h, b) in &chunks {
+                cache.insert_shared(*h, b.clone());
+            }
+        }
         tracing::debug!(task = %self.task, seq, new_chunks = chunks.len(), ms = captured.millis, "captured");
         let _ = self.uploads.send(Upload {
             task: self.task,
@@ -316,6 +383,7 @@ impl Job {
             manifest: captured.manifest,
             chunks,
             fuel_used: fuel,
+            handoff,
         });
         Ok(())
     }

@@ -39,7 +39,7 @@ use wmig_proto::wire::ErrorCode;
 use wmig_proto::{Hash, NodeId, TaskId};
 use wmig_registry::{ClientConfig, RegistryClient};
 
-use exec::{Job, KnownChunks, TaskControl, Upload};
+use exec::{ChunkCache, Job, KnownChunks, TaskControl, Upload, CHUNK_CACHE_MAX};
 use report::Report;
 
 /// Settings of one worker process.
@@ -72,6 +72,7 @@ struct Worker {
     modules: Mutex<HashMap<Hash, Arc<PreparedModule>>>,
     running: Mutex<HashMap<TaskId, Running>>,
     known: KnownChunks,
+    cache: ChunkCache,
     reports: mpsc::UnboundedSender<Report>,
     uploads: mpsc::UnboundedSender<Upload>,
 }
@@ -95,6 +96,7 @@ pub async fn run(
         modules: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
         known: Arc::new(Mutex::new(HashSet::new())),
+        cache: Arc::new(Mutex::new(MemChunks::new())),
         reports: report_tx,
         uploads: upload_tx,
         config,
@@ -219,8 +221,13 @@ async fn session(
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                match client.heartbeat(&cfg.name).await {
-                    Ok(()) => {}
+                match client.heartbeat(&cfg.name, worker.running_tasks()).await {
+                    Ok(stale) => {
+                        for (task, epoch) in stale {
+                            tracing::warn!(%task, epoch, "no longer ours (fenced); dropping it");
+                            worker.drop_task(task, epoch);
+                        }
+                    }
                     Err(ControlError::Remote(e)) if e.code == ErrorCode::NotFound => {
                         // The coordinator forgot us (fresh log): register again.
                         return Err(SessionError::Retry(e.into()));
@@ -241,6 +248,17 @@ async fn session(
 impl Worker {
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running_tasks(&self) -> Vec<(TaskId, u64)> {
+        self.lock_running()
+            .iter()
+            .map(|(t, r)| (*t, r.epoch))
+            .collect()
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, MemChunks> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn obey(self: &Arc<Self>, cmd: WorkerCommand) {
@@ -275,10 +293,43 @@ impl Worker {
                 });
             }
             WorkerCommand::Drop { task, epoch } => self.drop_task(task, epoch),
-            WorkerCommand::Checkpoint { task, epoch } => {
+            // A migration's pre-copy is an ordinary checkpoint.
+            WorkerCommand::Checkpoint { task, epoch } | WorkerCommand::Migrate { task, epoch } => {
                 if let Some(r) = self.lock_running().get(&task).filter(|r| r.epoch == epoch) {
                     r.control.request_checkpoint();
                 }
+            }
+            WorkerCommand::Handoff { task, epoch } => {
+                match self.lock_running().get(&task).filter(|r| r.epoch == epoch) {
+                    Some(r) => r.control.request_handoff(),
+                    None => {
+                        let _ = self.reports.send(ControlRequest::HandoffFailed {
+                            node: self.config.name.clone(),
+                            task,
+                            epoch,
+                            reason: "the task is not running here".into(),
+                        });
+                    }
+                }
+            }
+            WorkerCommand::Prefetch { task, seq } => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let bytes = match me.prefetch(task, seq).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            // Not fatal: the resume fetches what is missing.
+                            tracing::warn!(%task, seq, error = %format!("{e:#}"), "prefetch failed");
+                            0
+                        }
+                    };
+                    let _ = me.reports.send(ControlRequest::Prefetched {
+                        node: me.config.name.clone(),
+                        task,
+                        seq,
+                        bytes,
+                    });
+                });
             }
         }
     }
@@ -311,7 +362,10 @@ impl Worker {
         let prepared = async {
             let module = self.module(&spec.bundle).await?;
             let resume = match resume {
-                Some(seq) => Some(self.fetch_checkpoint(task, seq).await?),
+                Some(seq) => {
+                    let (manifest, chunks, _) = self.fetch_checkpoint(task, seq).await?;
+                    Some((manifest, chunks))
+                }
                 None => None,
             };
             anyhow::Ok((module, resume))
@@ -347,6 +401,7 @@ impl Worker {
             yield_fuel: self.config.yield_fuel,
             control,
             known: self.known.clone(),
+            cache: self.cache.clone(),
             reports: self.reports.clone(),
             uploads: self.uploads.clone(),
         };
@@ -406,35 +461,72 @@ impl Worker {
         Ok(module)
     }
 
+    /// Fetch checkpoint `seq` of `task`: its manifest, and the chunks the
+    /// local cache lacks. Returns the manifest, the chunks it names and the
+    /// bytes fetched.
     async fn fetch_checkpoint(
         &self,
         task: TaskId,
         seq: u64,
-    ) -> anyhow::Result<(wmig_proto::checkpoint::Manifest, MemChunks)> {
+    ) -> anyhow::Result<(wmig_proto::checkpoint::Manifest, MemChunks, u64)> {
         let manifest = self
             .registry
             .manifest(task, Some(seq))
             .await
             .with_context(|| format!("fetching checkpoint {seq} of {task}"))?;
-        let hashes: Vec<Hash> = manifest
+        let mut hashes: Vec<Hash> = manifest
             .memories
             .iter()
             .flat_map(|m| m.chunks.iter().map(|(_, h)| *h))
             .collect();
-        let bytes = self
-            .registry
-            .get_chunks(&hashes)
-            .await
-            .with_context(|| format!("fetching the chunks of checkpoint {seq} of {task}"))?;
+        hashes.sort_unstable();
+        hashes.dedup();
         let mut chunks = MemChunks::new();
-        for (h, b) in hashes.iter().zip(bytes) {
-            chunks.insert_owned(*h, b);
+        let missing: Vec<Hash> = {
+            let cache = self.lock_cache();
+            hashes
+                .iter()
+                .filter(|h| match cache.shared(h) {
+                    Some(b) => {
+                        chunks.insert_shared(**h, b);
+                        false
+                    }
+                    None => true,
+                })
+                .copied()
+                .collect()
+        };
+        let mut fetched = 0u64;
+        if !missing.is_empty() {
+            let bytes =
+                self.registry.get_chunks(&missing).await.with_context(|| {
+                    format!("fetching the chunks of checkpoint {seq} of {task}")
+                })?;
+            let mut cache = self.lock_cache();
+            if cache.len() + missing.len() > CHUNK_CACHE_MAX {
+                cache.clear();
+            }
+            for (h, b) in missing.iter().zip(bytes) {
+                fetched += b.len() as u64;
+                let b: Arc<[u8]> = b.into();
+                cache.insert_shared(*h, b.clone());
+                chunks.insert_shared(*h, b);
+            }
         }
         self.known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(hashes);
-        Ok((manifest, chunks))
+        Ok((manifest, chunks, fetched))
+    }
+
+    /// A migration is coming: pull its pre-copy checkpoint into the chunk
+    /// cache and get the module ready, so the resume after the pause only
+    /// fetches what changed. Returns the bytes fetched.
+    async fn prefetch(&self, task: TaskId, seq: u64) -> anyhow::Result<u64> {
+        let (manifest, _, fetched) = self.fetch_checkpoint(task, seq).await?;
+        self.module(&manifest.module).await?;
+        Ok(fetched)
     }
 }
 
@@ -442,17 +534,31 @@ impl Worker {
 async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) {
     while let Some(up) = rx.recv().await {
         let (task, seq) = (up.task, up.manifest.seq);
-        match store_checkpoint(&worker, &up).await {
-            Ok(()) => {
+        let stored = store_checkpoint(&worker, &up).await;
+        let node = worker.config.name.clone();
+        match (stored, up.handoff) {
+            (Ok(bytes), Some(h)) => {
+                let _ = worker.reports.send(ControlRequest::HandedOff {
+                    node,
+                    task,
+                    epoch: up.epoch,
+                    seq,
+                    fuel_used: up.fuel_used,
+                    paused_at_us: h.paused_at_us,
+                    bytes,
+                });
+                let _ = h.done.send(true);
+            }
+            (Ok(_), None) => {
                 let _ = worker.reports.send(ControlRequest::Checkpointed {
-                    node: worker.config.name.clone(),
+                    node,
                     task,
                     epoch: up.epoch,
                     seq,
                     fuel_used: up.fuel_used,
                 });
             }
-            Err(e) => {
+            (Err(e), handoff) => {
                 tracing::warn!(%task, seq, error = %format!("{e:#}"), "checkpoint not stored");
                 // Our idea of what the registry holds may be stale (gc):
                 // the next capture copies every chunk again.
@@ -461,14 +567,26 @@ async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) 
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
+                if let Some(h) = handoff {
+                    let _ = worker.reports.send(ControlRequest::HandoffFailed {
+                        node,
+                        task,
+                        epoch: up.epoch,
+                        reason: format!("{e:#}"),
+                    });
+                    let _ = h.done.send(false);
+                }
             }
         }
     }
 }
 
-async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<()> {
+/// Store the chunks the registry lacks, then the manifest; returns the
+/// chunk bytes uploaded.
+async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<u64> {
     let reg = &worker.registry;
-    let mut todo: Vec<&(Hash, Vec<u8>)> = up.chunks.iter().collect();
+    let mut uploaded = 0u64;
+    let mut todo: Vec<&(Hash, Arc<[u8]>)> = up.chunks.iter().collect();
     // Lease protocol: store what we are granted, skip what is stored, and
     // wait for chunks someone else is storing right now.
     for _ in 0..100 {
@@ -481,7 +599,10 @@ async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<()> {
         let mut leased = Vec::new();
         for (c, a) in todo.into_iter().zip(answers) {
             match a {
-                LeaseStatus::Granted => put.push((c.0, Bytes::copy_from_slice(&c.1))),
+                LeaseStatus::Granted => {
+                    uploaded += c.1.len() as u64;
+                    put.push((c.0, Bytes::copy_from_slice(&c.1)));
+                }
                 LeaseStatus::AlreadyStored => {}
                 LeaseStatus::Leased => leased.push(c),
             }
@@ -504,5 +625,5 @@ async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<()> {
     for m in &up.manifest.memories {
         known.extend(m.chunks.iter().map(|(_, h)| *h));
     }
-    Ok(())
+    Ok(uploaded)
 }

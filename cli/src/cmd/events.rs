@@ -69,7 +69,7 @@ impl MonitorCommand {
                 let mut every = tokio::time::interval(Duration::from_millis(beat));
                 loop {
                     every.tick().await;
-                    if let Err(e) = client.heartbeat(&name).await {
+                    if let Err(e) = client.heartbeat(&name, Vec::new()).await {
                         eprintln!("heartbeat failed: {e}");
                     }
                 }
@@ -165,7 +165,12 @@ pub(crate) fn describe(event: &Event) -> String {
             TaskEvent::Placed { id, worker, epoch } => {
                 format!("task {id} placed on {worker} (epoch {epoch})")
             }
-            TaskEvent::Checkpointed { id, seq, .. } => format!("task {id} checkpoint #{seq}"),
+            TaskEvent::Checkpointed { id, seq, .. } => {
+                format!(
+                    "task {id} checkpoint #{}",
+                    wmig_proto::checkpoint::seq_label(*seq)
+                )
+            }
             TaskEvent::Finished { id, outcome, .. } => match outcome {
                 Outcome::Completed { exit_code } => {
                     format!("task {id} completed (exit {exit_code})")
@@ -173,6 +178,9 @@ pub(crate) fn describe(event: &Event) -> String {
                 Outcome::Failed { reason, .. } => format!("task {id} failed: {reason}"),
             },
             TaskEvent::Cancelled { id } => format!("task {id} cancelled"),
+            TaskEvent::Requeued { id } => {
+                format!("task {id} lost its worker and waits for a free slot")
+            }
         },
     }
 }

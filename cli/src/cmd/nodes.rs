@@ -1,7 +1,7 @@
 //! `wmig nodes`, `wmig drain WORKER`, `wmig uncordon WORKER`.
 
 use serde_json::json;
-use wmig_coordinator::wire::ControlRequest;
+use wmig_coordinator::wire::{ControlRequest, ControlResponse};
 use wmig_coordinator::Liveness;
 use wmig_proto::NodeId;
 
@@ -92,25 +92,38 @@ impl CordonCommand {
     /// `drain` (`true`) or `uncordon` (`false`).
     pub fn execute(self, drain: bool) -> anyhow::Result<i32> {
         let node = NodeId(self.worker.clone());
-        runtime()?.block_on(async {
+        let answer = runtime()?.block_on(async {
             let client = self.target.connect().await?;
-            let (req, what) = if drain {
-                (ControlRequest::Drain { node }, "Drain")
+            let req = if drain {
+                ControlRequest::Drain { node }
             } else {
-                (ControlRequest::Uncordon { node }, "Uncordon")
+                ControlRequest::Uncordon { node }
             };
-            let r = client.call(&req, what).await;
+            let r = client.ask_untimed(&req).await;
             client.close();
             anyhow::Ok(r?)
         })?;
-        if drain {
-            eprintln!(
-                "{} takes no new tasks; `wmig uncordon {}` undoes it",
-                self.worker, self.worker
-            );
-        } else {
-            eprintln!("{} takes new tasks again", self.worker);
+        match answer {
+            ControlResponse::Drained { moved, failed } => {
+                for m in &moved {
+                    println!(
+                        "moved {} to {} (downtime {:.1} ms)",
+                        m.task, m.to, m.downtime_ms
+                    );
+                }
+                for f in &failed {
+                    eprintln!("not moved: {f}");
+                }
+                eprintln!(
+                    "{} takes no new tasks; `wmig uncordon {}` undoes it",
+                    self.worker, self.worker
+                );
+                Ok(i32::from(!failed.is_empty()))
+            }
+            _ => {
+                eprintln!("{} takes new tasks again", self.worker);
+                Ok(0)
+            }
         }
-        Ok(0)
     }
 }

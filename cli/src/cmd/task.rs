@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde_json::json;
 use wmig_coordinator::wire::{ControlRequest, ControlResponse, Stream, TaskView};
 use wmig_coordinator::{ControlClient, Placement, TaskOptions, TaskSpec, TaskState};
+use wmig_proto::checkpoint::seq_label;
 use wmig_proto::wire::registry::BundleRef;
 use wmig_proto::{Hash, NodeId, TaskId};
 
@@ -222,7 +223,7 @@ impl PsCommand {
                 state,
                 t.owner.as_ref().map_or("-", |o| o.0.as_str()),
                 t.epoch,
-                t.checkpoint_seq.map_or("-".to_owned(), |s| s.to_string()),
+                t.checkpoint_seq.map_or("-".to_owned(), seq_label),
                 crate::cmd::registry::human(t.stdout_bytes + t.stderr_bytes),
                 t.name
             );
@@ -266,7 +267,7 @@ impl InspectCommand {
         println!(
             "checkpoint  {}",
             t.checkpoint_seq
-                .map_or("none yet".to_owned(), |s| format!("#{s}"))
+                .map_or("none yet".to_owned(), |s| format!("#{}", seq_label(s)))
         );
         println!("fuel used   {}", t.fuel_used);
         println!(
@@ -401,6 +402,55 @@ impl CancelCommand {
             r.with_context(|| format!("could not cancel {}", self.task))
         })?;
         eprintln!("cancelled {}", self.task);
+        Ok(0)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct MigrateCommand {
+    task: TaskId,
+    /// The worker to move it to (see `wmig nodes`).
+    worker: String,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl MigrateCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let r = runtime()?.block_on(async {
+            let client = self.target.connect().await?;
+            let r = client.migrate(self.task, NodeId(self.worker.clone())).await;
+            client.close();
+            r.with_context(|| format!("could not migrate {} to {}", self.task, self.worker))
+        })?;
+        if self.json {
+            let v = json!({
+                "task": r.task.to_string(),
+                "from": r.from.0,
+                "to": r.to.0,
+                "downtime_ms": r.downtime_ms,
+                "total_ms": r.total_ms,
+                "precopy_bytes": r.precopy_bytes,
+                "delta_bytes": r.delta_bytes,
+                "bytes_moved": r.precopy_bytes + r.delta_bytes,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "migrated {} from {} to {}: downtime {:.1} ms, total {:.1} ms, {} moved ({} pre-copied, {} after the pause)",
+                r.task,
+                r.from,
+                r.to,
+                r.downtime_ms,
+                r.total_ms,
+                crate::cmd::registry::human(r.precopy_bytes + r.delta_bytes),
+                crate::cmd::registry::human(r.precopy_bytes),
+                crate::cmd::registry::human(r.delta_bytes),
+            );
+        }
         Ok(0)
     }
 }

@@ -14,6 +14,7 @@
 //! restarted coordinator converge.
 
 pub mod http;
+mod migrate;
 pub mod output;
 
 use std::collections::HashMap;
@@ -29,7 +30,8 @@ use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
 use wmig_proto::wire::{ErrorCode, RemoteError, CONTROL_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
-use crate::membership::{Liveness, Role};
+use crate::membership::{Liveness, MembershipEvent, Role};
+use crate::placement::Placement;
 use crate::tasks::{TaskEvent, TaskState};
 use crate::wire::{
     ClusterStats, ControlRequest, ControlResponse, MonitorItem, NodeStatus, OutputChunk, Stream,
@@ -101,6 +103,8 @@ struct Core {
     attach_gen: u64,
     started: HashMap<TaskId, u64>,
     checkpoints: u64,
+    /// Migrations in flight (volatile; see [`migrate`]).
+    migrations: HashMap<TaskId, migrate::Migration>,
 }
 
 /// Durability progress published by the committer.
@@ -184,6 +188,7 @@ impl Server {
                     attach_gen: 0,
                     started: HashMap::new(),
                     checkpoints,
+                    migrations: HashMap::new(),
                 }),
                 config,
                 clock,
@@ -332,12 +337,11 @@ impl Shared {
         })?;
         let out = core.outputs.len(id, Stream::Stdout);
         let err = core.outputs.len(id, Stream::Stderr);
-        Ok(TaskView::new(
-            &task,
-            out,
-            err,
-            core.started.get(&id).copied(),
-        ))
+        let mut view = TaskView::new(&task, out, err, core.started.get(&id).copied());
+        if view.state == TaskState::Running && core.migrations.contains_key(&id) {
+            view.state = TaskState::Migrating;
+        }
+        Ok(view)
     }
 
     fn node_statuses(&self, core: &Core) -> Vec<NodeStatus> {
@@ -432,12 +436,14 @@ fn effects(core: &mut Core, event: &Event) {
     match event {
         Event::Task(TaskEvent::Placed { id, worker, epoch }) => {
             if let Some(task) = core.coord.task(*id) {
+                // A task that moved (migration, recovery) resumes from its
+                // last durable checkpoint; a new one starts from scratch.
                 let cmd = WorkerCommand::Run {
                     task: *id,
                     epoch: *epoch,
                     spec: task.spec.clone(),
                     options: task.options.clone(),
-                    resume: None,
+                    resume: task.checkpoint_seq,
                 };
                 send_command(core, worker, cmd);
             }
@@ -482,8 +488,13 @@ async fn failure_detector(shared: Arc<Shared>) {
         if core.coord.next_deadline().is_some_and(|d| d <= now) {
             let events = core.coord.tick(now);
             for e in &events {
-                if let Event::Node(m) = e {
-                    tracing::info!(event = ?m, "membership");
+                match e {
+                    Event::Node(MembershipEvent::Offline(node)) => {
+                        tracing::info!(%node, "offline");
+                        migrate::node_offline(&mut core, node);
+                    }
+                    Event::Task(t) => tracing::info!(event = ?t, "recovery"),
+                    Event::Node(m) => tracing::info!(event = ?m, "membership"),
                 }
             }
             shared.queue(&mut core, events);
@@ -598,11 +609,22 @@ async fn dispatch(
                 offline_timeout_ms: shared.config.coordinator.membership.offline_timeout,
             }
         }
-        Q::Heartbeat { node } => {
+        Q::Heartbeat { node, tasks } => {
             shared
                 .command(|c, now| Ok(((), c.heartbeat(&node, now)?)))
                 .await?;
-            R::Ok
+            // Tasks the node runs but no longer owns (it was cut off and
+            // its tasks moved on): tell it to drop them.
+            let core = shared.lock();
+            let stale: Vec<(TaskId, u64)> = tasks
+                .into_iter()
+                .filter(|(t, e)| fenced(&core, &node, *t, *e).is_err())
+                .collect();
+            if stale.is_empty() {
+                R::Ok
+            } else {
+                R::Stale(stale)
+            }
         }
         Q::Attach { node } => {
             attach(node, send, shared).await;
@@ -617,6 +639,7 @@ async fn dispatch(
             let mut core = shared.lock();
             fenced(&core, &node, task, epoch)?;
             core.started.insert(task, at_us);
+            migrate::started(&mut core, &node, task, at_us);
             R::Ok
         }
         Q::Output { node, epoch, chunk } => {
@@ -642,7 +665,54 @@ async fn dispatch(
             shared
                 .command(|c, _| Ok(((), c.report_checkpoint(task, &node, epoch, seq, fuel_used)?)))
                 .await?;
+            migrate::checkpointed(&mut shared.lock(), &node, task, epoch, seq);
             R::Ok
+        }
+        Q::Prefetched {
+            node,
+            task,
+            seq: _,
+            bytes,
+        } => {
+            migrate::prefetched(&mut shared.lock(), &node, task, bytes);
+            R::Ok
+        }
+        Q::HandedOff {
+            node,
+            task,
+            epoch,
+            seq,
+            fuel_used,
+            paused_at_us,
+            bytes,
+        } => {
+            let to = migrate::handoff_target(&shared.lock(), &node, task);
+            shared
+                .command(|c, _| {
+                    let mut events = c.report_checkpoint(task, &node, epoch, seq, fuel_used)?;
+                    events.extend(c.hand_over(task, &to)?);
+                    Ok(((), events))
+                })
+                .await?;
+            migrate::handed_off(&mut shared.lock(), task, paused_at_us, bytes);
+            R::Ok
+        }
+        Q::HandoffFailed {
+            node,
+            task,
+            epoch: _,
+            reason,
+        } => {
+            migrate::abort(
+                &mut shared.lock(),
+                task,
+                format!("{node} could not store the final checkpoint of {task} ({reason}); it carries on there"),
+            );
+            R::Ok
+        }
+        Q::Migrate { task, to } => {
+            let rx = migrate::start(&mut shared.lock(), task, &to)?;
+            R::Migrated(migrate::wait(shared, task, rx).await?)
         }
         Q::Finished {
             node,
@@ -722,7 +792,37 @@ async fn dispatch(
         }
         Q::Drain { node } => {
             shared.command(|c, _| Ok(((), c.drain(&node)?))).await?;
-            R::Ok
+            // Move every task off it, each to the least-loaded other worker.
+            let mut moving = Vec::new();
+            let mut failed = Vec::new();
+            {
+                let mut core = shared.lock();
+                let tasks: Vec<TaskId> = core
+                    .coord
+                    .task_table()
+                    .running_on(&node)
+                    .map(|t| t.id)
+                    .collect();
+                for task in tasks {
+                    let started = core
+                        .coord
+                        .choose_worker(&Placement::LeastLoaded)
+                        .map_err(coordinator_error)
+                        .and_then(|to| migrate::start(&mut core, task, &to));
+                    match started {
+                        Ok(rx) => moving.push((task, rx)),
+                        Err(e) => failed.push(format!("{task}: {e}")),
+                    }
+                }
+            }
+            let mut moved = Vec::new();
+            for (task, rx) in moving {
+                match migrate::wait(shared, task, rx).await {
+                    Ok(r) => moved.push(r),
+                    Err(e) => failed.push(format!("{task}: {e}")),
+                }
+            }
+            R::Drained { moved, failed }
         }
         Q::Uncordon { node } => {
             shared.command(|c, _| Ok(((), c.uncordon(&node)?))).await?;
@@ -887,6 +987,7 @@ fn task_of(e: &TaskEvent) -> TaskId {
         | TaskEvent::Placed { id, .. }
         | TaskEvent::Checkpointed { id, .. }
         | TaskEvent::Finished { id, .. }
+        | TaskEvent::Requeued { id }
         | TaskEvent::Cancelled { id } => *id,
     }
 }
