@@ -19,22 +19,28 @@ use crate::support::{run, stderr, stdout, wmig};
 const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running `wmig up`; it and its children are killed on drop.
-struct Up {
+pub struct Up {
     child: Child,
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// `wmig up`'s stderr, line by line.
     log: mpsc::Receiver<String>,
     _tmp: TempDir,
 }
 
 impl Up {
-    fn start(workers: u32) -> Up {
+    pub fn start(workers: u32) -> Up {
+        let timeout = format!("{}ms", OFFLINE_TIMEOUT.as_millis());
+        Up::start_with(workers, &["--offline-timeout", &timeout])
+    }
+
+    /// `wmig up --workers N EXTRA...`.
+    pub fn start_with(workers: u32, extra: &[&str]) -> Up {
         let tmp = TempDir::new().expect("tempdir");
         let dir = tmp.path().join("cluster");
         let mut child = wmig()
             .env("WMIG_CLUSTER", &dir)
-            .args(["up", "--workers", &workers.to_string(), "--offline-timeout"])
-            .arg(format!("{}ms", OFFLINE_TIMEOUT.as_millis()))
+            .args(["up", "--workers", &workers.to_string()])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -67,13 +73,13 @@ impl Up {
     }
 
     /// `wmig ARGS` against this cluster.
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = wmig();
         c.env("WMIG_CLUSTER", &self.dir).args(args);
         c
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let o = run(&mut self.cmd(args));
         assert!(
             o.status.success(),
@@ -84,7 +90,7 @@ impl Up {
         stdout(&o)
     }
 
-    fn fails(&self, args: &[&str]) -> String {
+    pub fn fails(&self, args: &[&str]) -> String {
         let o = run(&mut self.cmd(args));
         assert!(
             !o.status.success(),
@@ -94,12 +100,12 @@ impl Up {
         stderr(&o)
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub fn json(&self, args: &[&str]) -> Value {
         let text = self.ok(args);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed {text}: {e}"))
     }
 
-    fn node(&self, name: &str) -> Value {
+    pub fn node(&self, name: &str) -> Value {
         let nodes = self.json(&["nodes", "--json"]);
         nodes
             .as_array()
@@ -107,7 +113,7 @@ impl Up {
             .unwrap_or_else(|| panic!("no node {name} in {nodes}"))
     }
 
-    fn submit(&self, module: &str, extra: &[&str], args: &[&str]) -> String {
+    pub fn submit(&self, module: &str, extra: &[&str], args: &[&str]) -> String {
         let mut all = vec!["submit", module];
         all.extend_from_slice(extra);
         all.push("--");
@@ -143,19 +149,19 @@ impl Drop for Up {
     }
 }
 
-fn kill9(pid: u64) {
+pub fn kill9(pid: u64) {
     let o = run(Command::new("kill").args(["-9", &pid.to_string()]));
     assert!(o.status.success(), "kill -9 {pid}: {}", stderr(&o));
 }
 
 /// What `wmig run` prints for the same module and arguments.
-fn local_stdout(module: &str, args: &[&str]) -> String {
+pub fn local_stdout(module: &str, args: &[&str]) -> String {
     let o = run(wmig().arg("run").arg(module).args(args));
     assert!(o.status.success(), "wmig run {module}: {}", stderr(&o));
     stdout(&o)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");

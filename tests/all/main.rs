@@ -2,6 +2,7 @@
 //! starts the real `wmig` binary as a separate process.
 
 mod cluster;
+mod migration;
 mod registry;
 mod runtime;
 mod support;

@@ -83,6 +83,10 @@ impl UpCommand {
             eprintln!("registry     {} (pid {})", registry.1, registry.0.pid);
             nodes.push(registry.0);
             let timeout = format!("{}ms", self.offline_timeout.as_millis());
+            // A node should miss several heartbeats before it is declared
+            // offline: one per second, or a quarter of a short timeout.
+            let beat = (self.offline_timeout / 4).min(Duration::from_secs(1));
+            let heartbeat = format!("{}ms", beat.as_millis().max(10));
             let coordinator = spawn(
                 &exe,
                 &logs,
@@ -97,6 +101,8 @@ impl UpCommand {
                     "127.0.0.1:0",
                     "--offline-timeout",
                     &timeout,
+                    "--heartbeat",
+                    &heartbeat,
                 ],
                 &exited_tx,
             )?;

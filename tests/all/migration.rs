@@ -1,0 +1,245 @@
+//! Strong migration and fault tolerance through real processes: tasks moved
+//! between `wmig worker` processes with `wmig migrate` and `wmig drain`,
+//! workers killed with SIGKILL or frozen with SIGSTOP while tasks run. In
+//! every case the task's output (from `wmig logs`) must be byte-identical to
+//! running the same module alone with `wmig run`.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use wmig_tests::artifacts;
+
+use crate::cluster::{kill9, local_stdout, wait_until, Up};
+use crate::support::{run, stderr};
+
+/// Cluster settings for fault tests: a fast failure detector and frequent
+/// checkpoints, so recoveries happen within the test's patience.
+const FAST: &[&str] = &["--offline-timeout", "1s", "--checkpoint-every", "300ms"];
+
+/// A counter long enough to be migrated many times (a few seconds).
+const LONG: &str = "800000000";
+
+fn task(up: &Up, id: &str) -> Value {
+    up.json(&["inspect", id, "--json"])
+}
+
+fn pid_of(up: &Up, worker: &str) -> u64 {
+    up.node(worker)["pid"].as_u64().expect("pid")
+}
+
+/// Worker processes a test restarted by hand; killed on drop.
+#[derive(Default)]
+struct Restarted(Vec<Child>);
+
+impl Restarted {
+    fn worker(&mut self, up: &Up, name: &str) {
+        let child = up
+            .cmd(&["worker", "--name", name, "--checkpoint-every", "300ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart a worker");
+        self.0.push(child);
+    }
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn assert_same_as_local(up: &Up, id: &str, module: &str, args: &[&str]) {
+    let o = run(&mut up.cmd(&["wait", id]));
+    assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
+    assert_eq!(
+        up.ok(&["logs", id]),
+        local_stdout(module, args),
+        "{id}: output differs from a local run"
+    );
+}
+
+#[test]
+fn a_task_migrated_ten_times_round_robin_matches_a_local_run() {
+    let up = Up::start(3);
+    let id = up.submit(artifacts::COUNTER, &[], &[LONG]);
+    wait_until("the task prints", Duration::from_secs(30), || {
+        task(&up, &id)["stdout_bytes"].as_u64() > Some(0)
+    });
+    let workers = ["worker-1", "worker-2", "worker-3"];
+    let first = task(&up, &id)["owner"].as_str().expect("owner").to_owned();
+    let mut at = workers
+        .iter()
+        .position(|w| *w == first)
+        .expect("known owner");
+    for hop in 1..=10 {
+        at = (at + 1) % workers.len();
+        let to = workers[at];
+        let report = up.json(&["migrate", &id, to, "--json"]);
+        assert_eq!(report["to"], to, "hop {hop}: {report}");
+        assert!(report["downtime_ms"].as_f64() > Some(0.0), "{report}");
+        let t = task(&up, &id);
+        assert_eq!(t["owner"], to);
+        assert_eq!(t["epoch"], hop + 1, "every move is a new epoch: {t}");
+    }
+    assert_same_as_local(&up, &id, artifacts::COUNTER, &[LONG]);
+}
+
+#[test]
+fn drain_moves_every_task_and_bad_migrations_are_refused() {
+    let up = Up::start(3);
+    let a = up.submit(artifacts::COUNTER, &["--on", "worker-1"], &[LONG]);
+    let b = up.submit(artifacts::SIEVE, &["--on", "worker-1"], &["60000000"]);
+    for id in [&a, &b] {
+        wait_until("running", Duration::from_secs(30), || {
+            task(&up, id)["state"] == "running"
+        });
+    }
+    let e = up.fails(&["migrate", &a, "worker-9"]);
+    assert!(e.contains("unknown worker `worker-9`"), "{e}");
+    let e = up.fails(&["migrate", &a, "worker-1"]);
+    assert!(e.contains("already runs on worker-1"), "{e}");
+    let e = up.fails(&["migrate", "t-999", "worker-2"]);
+    assert!(e.contains("unknown task t-999"), "{e}");
+
+    let out = up.ok(&["drain", "worker-1"]);
+    assert_eq!(out.matches("moved ").count(), 2, "{out}");
+    let w1 = up.node("worker-1");
+    assert_eq!(
+        (w1["draining"].as_bool(), w1["tasks"].as_u64()),
+        (Some(true), Some(0))
+    );
+    for id in [&a, &b] {
+        assert_ne!(task(&up, id)["owner"], "worker-1");
+    }
+    let e = up.fails(&["migrate", &a, "worker-1"]);
+    assert!(e.contains("draining"), "{e}");
+
+    assert_same_as_local(&up, &a, artifacts::COUNTER, &[LONG]);
+    assert_same_as_local(&up, &b, artifacts::SIEVE, &["60000000"]);
+    let e = up.fails(&["migrate", &a, "worker-2"]);
+    assert!(
+        e.contains("is completed; only a running task can migrate"),
+        "{e}"
+    );
+    up.ok(&["uncordon", "worker-1"]);
+
+    // An offline target is refused; the task stays where it was.
+    let c = up.submit(artifacts::COUNTER, &["--on", "worker-2"], &[LONG]);
+    kill9(pid_of(&up, "worker-3"));
+    wait_until("worker-3 offline", Duration::from_secs(10), || {
+        up.node("worker-3")["state"] == "offline"
+    });
+    let e = up.fails(&["migrate", &c, "worker-3"]);
+    assert!(e.contains("offline"), "{e}");
+    assert_eq!(task(&up, &c)["owner"], "worker-2");
+    up.ok(&["cancel", &c]);
+}
+
+#[test]
+fn a_killed_worker_s_task_resumes_elsewhere_from_its_checkpoint() {
+    let up = Up::start_with(3, FAST);
+    let id = up.submit(artifacts::COUNTER, &[], &[LONG]);
+    wait_until("a checkpoint", Duration::from_secs(30), || {
+        !task(&up, &id)["checkpoint_seq"].is_null()
+    });
+    let owner = task(&up, &id)["owner"].as_str().expect("owner").to_owned();
+    kill9(pid_of(&up, &owner));
+    wait_until("the task moves", Duration::from_secs(10), || {
+        let t = task(&up, &id);
+        t["owner"] != owner.as_str() && t["epoch"] == 2
+    });
+    assert_same_as_local(&up, &id, artifacts::COUNTER, &[LONG]);
+}
+
+#[test]
+fn chaos_twenty_tasks_survive_workers_killed_and_restarted() {
+    let up = Up::start_with(3, FAST);
+    let mut restarted = Restarted::default();
+    let jobs: Vec<(&str, &str)> = (0..20)
+        .map(|i| match i % 3 {
+            0 => (artifacts::COUNTER, "150000000"),
+            1 => (artifacts::SIEVE, "8000000"),
+            _ => (artifacts::NBODY, "300000"),
+        })
+        .collect();
+    let ids: Vec<String> = jobs
+        .iter()
+        .map(|(m, arg)| up.submit(m, &[], &[arg]))
+        .collect();
+    // Kill a worker every ~2.5 s (a fixed pseudo-random order), restart it
+    // right away, until every task has ended (at most 8 kills).
+    let mut x: u32 = 7;
+    let mut kills = 0;
+    let all_done = |up: &Up| {
+        let ps = up.json(&["ps", "--json"]);
+        ps.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|t| t["state"] == "completed" || t["state"] == "failed")
+        })
+    };
+    while kills < 8 && !all_done(&up) {
+        std::thread::sleep(Duration::from_millis(2500));
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345) & 0x7fff_ffff;
+        let victim = format!("worker-{}", 1 + x % 3);
+        if up.node(&victim)["state"] != "online" {
+            continue;
+        }
+        kill9(pid_of(&up, &victim));
+        kills += 1;
+        wait_until("victim offline", Duration::from_secs(10), || {
+            up.node(&victim)["state"] == "offline"
+        });
+        restarted.worker(&up, &victim);
+    }
+    assert!(kills >= 1, "the tasks ended before any worker was killed");
+    for ((module, arg), id) in jobs.iter().zip(&ids) {
+        assert_same_as_local(&up, id, module, &[arg]);
+    }
+}
+
+#[test]
+fn a_frozen_worker_is_fenced_when_it_wakes_up() {
+    let up = Up::start_with(3, FAST);
+    let id = up.submit(artifacts::COUNTER, &[], &[LONG]);
+    wait_until("a checkpoint", Duration::from_secs(30), || {
+        !task(&up, &id)["checkpoint_seq"].is_null()
+    });
+    let owner = task(&up, &id)["owner"].as_str().expect("owner").to_owned();
+    let pid = pid_of(&up, &owner).to_string();
+    assert!(
+        run(std::process::Command::new("kill").args(["-STOP", &pid]))
+            .status
+            .success()
+    );
+    wait_until(
+        "the task moves off the frozen worker",
+        Duration::from_secs(10),
+        || task(&up, &id)["owner"] != owner.as_str(),
+    );
+    let new_owner = task(&up, &id)["owner"].clone();
+    assert!(
+        run(std::process::Command::new("kill").args(["-CONT", &pid]))
+            .status
+            .success()
+    );
+    wait_until(
+        "the frozen worker is back online",
+        Duration::from_secs(10),
+        || up.node(&owner)["state"] == "online",
+    );
+    // The stale owner is told to drop the task: its log says so, and the
+    // task stays with its new owner.
+    let log = up.dir.join("logs").join(format!("{owner}.log"));
+    wait_until(
+        "the stale owner drops the task",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("dropping")),
+    );
+    assert_eq!(task(&up, &id)["owner"], new_owner);
+    assert_same_as_local(&up, &id, artifacts::COUNTER, &[LONG]);
+}
