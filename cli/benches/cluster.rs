@@ -7,6 +7,13 @@
 //!    machine), with the module already fetched and compiled. Goal ≤ 5 ms.
 //! 2. Trivial tasks (`_start` returns at once) completed per second, with
 //!    up to 64 submissions in flight. Goal ≥ 1,000 tasks/s.
+//! 3. Migration downtime (pause on the source → first instruction on the
+//!    target) and total time for a task holding 1, 16, 64 and 256 MiB of
+//!    live memory: cold (`--no-precopy`: the whole checkpoint moves during
+//!    the pause) and with pre-copy (≤ 1 MiB changes after it). Goals
+//!    ≤ 25 ms cold at 64 MiB, ≤ 5 ms after pre-copy.
+//! 4. Recovery: from SIGKILL of the worker running a task to the task's
+//!    first instruction on another worker, offline timeout 1 s. Goal ≤ 2 s.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +49,122 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+fn human(bytes: u64) -> String {
+    match bytes {
+        0..=1023 => format!("{bytes} B"),
+        1024..=1_048_575 => format!("{:.0} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1048576.0),
+    }
+}
+
+async fn upload(registry: &RegistryClient, path: &str) -> anyhow::Result<wmig_proto::Hash> {
+    let wasm = std::fs::read(path)?;
+    Ok(registry.upload_bundle(&wasm, None).await?.hash)
+}
+
+async fn submit_on(
+    client: &ControlClient,
+    bundle: wmig_proto::Hash,
+    args: &[&str],
+    worker: &str,
+) -> anyhow::Result<wmig_proto::TaskId> {
+    let req = ControlRequest::Submit {
+        spec: TaskSpec {
+            bundle,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Default::default(),
+        },
+        options: TaskOptions::default(),
+        placement: Placement::Pinned(wmig_proto::NodeId(worker.into())),
+    };
+    match client.ask(&req).await? {
+        ControlResponse::Submitted { task, .. } => Ok(task),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+}
+
+async fn until_output(client: &ControlClient, task: wmig_proto::TaskId) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.task(task).await?.stdout_bytes == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "{task} printed nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn migration_table(
+    client: &ControlClient,
+    registry: &RegistryClient,
+) -> anyhow::Result<Vec<String>> {
+    let holdmem = upload(registry, wmig_tests::artifacts::HOLDMEM).await?;
+    let mut rows = Vec::new();
+    for mib in [1u64, 16, 64, 256] {
+        let arg = mib.to_string();
+        let t = submit_on(client, holdmem, &["holdmem", &arg, "100000000"], "worker-1").await?;
+        until_output(client, t).await?;
+        let node = |n: &str| wmig_proto::NodeId(n.into());
+        let runs = [
+            ("cold", node("worker-2"), false, "≤ 25 ms at 64 MiB"),
+            ("pre-copy", node("worker-3"), true, "≤ 5 ms"),
+            (
+                "pre-copy, back to a worker that ran it",
+                node("worker-2"),
+                true,
+                "≤ 5 ms",
+            ),
+        ];
+        for (mode, to, precopy, goal) in runs {
+            let r = client.migrate(t, to, precopy).await?;
+            rows.push(format!(
+                "| {mib} MiB | {mode} | {:.1} | {:.1} | {} / {} | {goal} |",
+                r.downtime_ms,
+                r.total_ms,
+                human(r.precopy_bytes),
+                human(r.delta_bytes + r.resume_bytes)
+            ));
+        }
+        client
+            .call(&ControlRequest::Cancel { task: t }, "Cancel")
+            .await?;
+    }
+    Ok(rows)
+}
+
+async fn recovery_ms(client: &ControlClient, registry: &RegistryClient) -> anyhow::Result<f64> {
+    let holdmem = upload(registry, wmig_tests::artifacts::HOLDMEM).await?;
+    let t = submit_on(client, holdmem, &["holdmem", "16", "100000000"], "worker-1").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.task(t).await?.checkpoint_seq.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "no checkpoint of {t}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = client
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.name.0 == "worker-1")
+        .map(|n| n.pid)
+        .ok_or_else(|| anyhow::anyhow!("no worker-1"))?;
+    let killed = unix_us();
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -9 {pid}");
+    loop {
+        let v = client.task(t).await?;
+        if v.epoch >= 2 {
+            if let Some(started) = v.started_us.filter(|s| *s > killed) {
+                client
+                    .call(&ControlRequest::Cancel { task: t }, "Cancel")
+                    .await?;
+                return Ok((started - killed) as f64 / 1000.0);
+            }
+        }
+        anyhow::ensure!(unix_us() - killed < 30_000_000, "{t} did not recover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let tmp = tempfile::TempDir::new()?;
     let dir = tmp.path().join("cluster");
@@ -50,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         .env("WMIG_CACHE_DIR", tmp.path().join("cache"))
         .env("WMIG_LOG", "warn")
         .args(["up", "--workers", "3", "--slots", "16"])
+        .args(["--offline-timeout", "1s", "--checkpoint-every", "500ms"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -134,6 +258,9 @@ fn main() -> anyhow::Result<()> {
         let secs = start.elapsed().as_secs_f64();
         let rate = completed as f64 / secs;
 
+        let migrations = migration_table(&client, &registry).await?;
+        let recovery = recovery_ms(&client, &registry).await?;
+
         let p50 = percentile(&mut latency, 0.5);
         let p90 = percentile(&mut latency, 0.9);
         println!("Control plane on `wmig up` (3 worker processes, 127.0.0.1)");
@@ -146,6 +273,18 @@ fn main() -> anyhow::Result<()> {
         println!(
             "| trivial tasks completed per second ({completed} tasks, {IN_FLIGHT} in flight) | {rate:.0} /s | ≥ 1,000 /s | {:.2}× |",
             1000.0 / rate
+        );
+        println!();
+        println!("Migration (holdmem task; downtime = pause on the source → first instruction on the target)");
+        println!("| live memory | mode | downtime (ms) | total (ms) | moved before / after the pause | goal |");
+        println!("|---:|---|---:|---:|---:|---:|");
+        for row in &migrations {
+            println!("{row}");
+        }
+        println!();
+        println!(
+            "| recovery: SIGKILL of the owner → first instruction elsewhere (offline timeout 1 s) | {recovery:.0} ms | ≤ 2,000 ms | {:.2}× |",
+            recovery / 2000.0
         );
         anyhow::Ok(())
     })?;

@@ -191,9 +191,14 @@ impl ControlClient {
     }
 
     /// Migrate a running task; returns once it runs on its new worker.
-    pub async fn migrate(&self, task: TaskId, to: NodeId) -> Result<MigrationReport, ControlError> {
+    pub async fn migrate(
+        &self,
+        task: TaskId,
+        to: NodeId,
+        precopy: bool,
+    ) -> Result<MigrationReport, ControlError> {
         match self
-            .ask_untimed(&ControlRequest::Migrate { task, to })
+            .ask_untimed(&ControlRequest::Migrate { task, to, precopy })
             .await?
         {
             ControlResponse::Migrated(r) => Ok(r),

@@ -70,6 +70,8 @@ pub enum ControlRequest {
         task: TaskId,
         epoch: u64,
         at_us: u64,
+        /// Checkpoint bytes fetched from the registry to resume it.
+        fetched: u64,
     },
     /// Task output, from its owner.
     Output {
@@ -142,9 +144,12 @@ pub enum ControlRequest {
         task: TaskId,
     },
     /// Move a running task to another worker; answered when it runs there.
+    /// Without `precopy` the source pauses at once and the target fetches
+    /// the whole checkpoint during the downtime (a cold migration).
     Migrate {
         task: TaskId,
         to: NodeId,
+        precopy: bool,
     },
     /// Stop placing tasks on the worker and migrate its tasks away;
     /// answered when they have moved.
@@ -221,6 +226,8 @@ pub struct MigrationReport {
     pub precopy_bytes: u64,
     /// Bytes of the final checkpoint the source stored after the pause.
     pub delta_bytes: u64,
+    /// Bytes the target fetched after the pause (what its caches lacked).
+    pub resume_bytes: u64,
 }
 
 /// A task as operators see it.

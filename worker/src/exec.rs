@@ -144,6 +144,8 @@ pub struct Job {
     pub runtime: Arc<Runtime>,
     /// Restore from this checkpoint instead of starting fresh.
     pub resume: Option<(Manifest, MemChunks)>,
+    /// Checkpoint bytes fetched from the registry for `resume`.
+    pub resume_fetched: u64,
     pub checkpoint_every: Duration,
     pub yield_fuel: u32,
     pub control: Arc<TaskControl>,
@@ -270,6 +272,7 @@ impl Job {
             task: self.task,
             epoch: self.epoch,
             at_us: unix_us(),
+            fetched: self.resume_fetched,
         });
         let wall = self.options.wall_limit_ms.map(Duration::from_millis);
         let started = Instant::now();

@@ -363,8 +363,8 @@ impl Worker {
             let module = self.module(&spec.bundle).await?;
             let resume = match resume {
                 Some(seq) => {
-                    let (manifest, chunks, _) = self.fetch_checkpoint(task, seq).await?;
-                    Some((manifest, chunks))
+                    let (manifest, chunks, fetched) = self.fetch_checkpoint(task, seq).await?;
+                    Some((manifest, chunks, fetched))
                 }
                 None => None,
             };
@@ -396,7 +396,8 @@ impl Worker {
             options,
             module,
             runtime: self.runtime.clone(),
-            resume,
+            resume_fetched: resume.as_ref().map_or(0, |r| r.2),
+            resume: resume.map(|(m, c, _)| (m, c)),
             checkpoint_every: self.config.checkpoint_every,
             yield_fuel: self.config.yield_fuel,
             control,

@@ -183,6 +183,7 @@ pub(crate) fn task_json(t: &TaskView) -> serde_json::Value {
         "owner": t.owner.as_ref().map(|o| o.0.clone()),
         "epoch": t.epoch,
         "checkpoint_seq": t.checkpoint_seq,
+        "checkpoint": t.checkpoint_seq.map(seq_label),
         "fuel_used": t.fuel_used,
         "exit_code": t.exit_code,
         "failure": t.failure,
@@ -411,6 +412,10 @@ pub struct MigrateCommand {
     task: TaskId,
     /// The worker to move it to (see `wmig nodes`).
     worker: String,
+    /// Pause at once and move the whole checkpoint during the downtime
+    /// (by default the target pre-copies while the task runs).
+    #[arg(long)]
+    no_precopy: bool,
     /// Machine-readable report.
     #[arg(long)]
     json: bool,
@@ -422,7 +427,9 @@ impl MigrateCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
         let r = runtime()?.block_on(async {
             let client = self.target.connect().await?;
-            let r = client.migrate(self.task, NodeId(self.worker.clone())).await;
+            let r = client
+                .migrate(self.task, NodeId(self.worker.clone()), !self.no_precopy)
+                .await;
             client.close();
             r.with_context(|| format!("could not migrate {} to {}", self.task, self.worker))
         })?;
@@ -435,20 +442,21 @@ impl MigrateCommand {
                 "total_ms": r.total_ms,
                 "precopy_bytes": r.precopy_bytes,
                 "delta_bytes": r.delta_bytes,
-                "bytes_moved": r.precopy_bytes + r.delta_bytes,
+                "resume_bytes": r.resume_bytes,
+                "bytes_moved": r.precopy_bytes + r.delta_bytes + r.resume_bytes,
             });
             println!("{v}");
         } else {
             println!(
-                "migrated {} from {} to {}: downtime {:.1} ms, total {:.1} ms, {} moved ({} pre-copied, {} after the pause)",
+                "migrated {} from {} to {}: downtime {:.1} ms, total {:.1} ms; pre-copied {}, after the pause {} stored + {} fetched",
                 r.task,
                 r.from,
                 r.to,
                 r.downtime_ms,
                 r.total_ms,
-                crate::cmd::registry::human(r.precopy_bytes + r.delta_bytes),
                 crate::cmd::registry::human(r.precopy_bytes),
                 crate::cmd::registry::human(r.delta_bytes),
+                crate::cmd::registry::human(r.resume_bytes),
             );
         }
         Ok(0)

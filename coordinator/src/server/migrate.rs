@@ -69,7 +69,12 @@ fn conflict(message: String) -> RemoteError {
 }
 
 /// Validate and start moving `task` to `to`.
-pub(super) fn start(core: &mut Core, task: TaskId, to: &NodeId) -> Result<Waiter, RemoteError> {
+pub(super) fn start(
+    core: &mut Core,
+    task: TaskId,
+    to: &NodeId,
+    precopy: bool,
+) -> Result<Waiter, RemoteError> {
     let t = core.coord.task(task).cloned().ok_or_else(|| {
         RemoteError::new(
             ErrorCode::NotFound,
@@ -106,7 +111,11 @@ pub(super) fn start(core: &mut Core, task: TaskId, to: &NodeId) -> Result<Waiter
             from: from.clone(),
             to: to.clone(),
             epoch: t.epoch,
-            stage: Stage::PreCopy,
+            stage: if precopy {
+                Stage::PreCopy
+            } else {
+                Stage::Handoff
+            },
             began: Instant::now(),
             precopy_bytes: 0,
             delta_bytes: 0,
@@ -114,14 +123,18 @@ pub(super) fn start(core: &mut Core, task: TaskId, to: &NodeId) -> Result<Waiter
             waiters: vec![tx],
         },
     );
-    send_command(
-        core,
-        &from,
+    let command = if precopy {
         WorkerCommand::Migrate {
             task,
             epoch: t.epoch,
-        },
-    );
+        }
+    } else {
+        WorkerCommand::Handoff {
+            task,
+            epoch: t.epoch,
+        }
+    };
+    send_command(core, &from, command);
     tracing::info!(%task, %from, %to, "migration started");
     Ok(rx)
 }
@@ -202,7 +215,7 @@ pub(super) fn handed_off(core: &mut Core, task: TaskId, paused_at_us: u64, bytes
 }
 
 /// The new owner executes its first instruction: the migration is done.
-pub(super) fn started(core: &mut Core, node: &NodeId, task: TaskId, at_us: u64) {
+pub(super) fn started(core: &mut Core, node: &NodeId, task: TaskId, at_us: u64, fetched: u64) {
     let done = core
         .migrations
         .get(&task)
@@ -221,6 +234,7 @@ pub(super) fn started(core: &mut Core, node: &NodeId, task: TaskId, at_us: u64) 
         total_ms: m.began.elapsed().as_secs_f64() * 1000.0,
         precopy_bytes: m.precopy_bytes,
         delta_bytes: m.delta_bytes,
+        resume_bytes: fetched,
     };
     tracing::info!(
         %task, from = %m.from, to = %m.to,

@@ -635,11 +635,12 @@ async fn dispatch(
             task,
             epoch,
             at_us,
+            fetched,
         } => {
             let mut core = shared.lock();
             fenced(&core, &node, task, epoch)?;
             core.started.insert(task, at_us);
-            migrate::started(&mut core, &node, task, at_us);
+            migrate::started(&mut core, &node, task, at_us, fetched);
             R::Ok
         }
         Q::Output { node, epoch, chunk } => {
@@ -710,8 +711,8 @@ async fn dispatch(
             );
             R::Ok
         }
-        Q::Migrate { task, to } => {
-            let rx = migrate::start(&mut shared.lock(), task, &to)?;
+        Q::Migrate { task, to, precopy } => {
+            let rx = migrate::start(&mut shared.lock(), task, &to, precopy)?;
             R::Migrated(migrate::wait(shared, task, rx).await?)
         }
         Q::Finished {
@@ -808,7 +809,7 @@ async fn dispatch(
                         .coord
                         .choose_worker(&Placement::LeastLoaded)
                         .map_err(coordinator_error)
-                        .and_then(|to| migrate::start(&mut core, task, &to));
+                        .and_then(|to| migrate::start(&mut core, task, &to, true));
                     match started {
                         Ok(rx) => moving.push((task, rx)),
                         Err(e) => failed.push(format!("{task}: {e}")),
