@@ -460,9 +460,6 @@ fn effects(core: &mut Core, event: &Event) {
             }
         }
         Event::Task(TaskEvent::Checkpointed { .. }) => core.checkpoints += 1,
-        Event::Task(TaskEvent::Finished { id, .. }) => {
-            core.started.remove(id);
-        }
         _ => {}
     }
 }

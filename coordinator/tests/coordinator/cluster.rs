@@ -194,3 +194,34 @@ fn full_lifecycle_through_the_coordinator() {
     assert_eq!(sim.c.task(p).unwrap().state, TaskState::Cancelled);
     assert!(sim.c.task_table().load().is_empty());
 }
+
+#[test]
+fn an_offline_worker_s_tasks_move_with_the_next_epoch_or_wait() {
+    let mut sim = Sim::new(5_000);
+    sim.join("w1", Role::Worker, 1, 1_000, 10_000);
+    sim.join("w2", Role::Worker, 1, 1_000, u64::MAX);
+    sim.join("w3", Role::Worker, 1, 1_000, u64::MAX);
+    let (a, _) = sim.c.submit(spec(1), &Placement::Pinned(id("w1"))).unwrap();
+    let (b, _) = sim.c.submit(spec(2), &Placement::Pinned(id("w2"))).unwrap();
+    let (c, _) = sim.c.submit(spec(3), &Placement::Pinned(id("w3"))).unwrap();
+    sim.c.report_checkpoint(a, &id("w1"), 1, 7, 70).unwrap();
+    sim.run_until(20_000);
+    // w1 went silent; w2 and w3 are full, so its task waits as pending
+    // with its checkpoint, and w1 is fenced out.
+    let t = sim.c.task(a).unwrap();
+    assert_eq!(
+        (t.state, t.owner.clone(), t.epoch, t.checkpoint_seq),
+        (TaskState::Pending, None, 1, Some(7))
+    );
+    assert!(sim.c.report_checkpoint(a, &id("w1"), 1, 8, 80).is_err());
+    // A slot frees up: the task resumes there at the next epoch.
+    sim.c
+        .report_finished(b, &id("w2"), 1, Outcome::Completed { exit_code: 0 }, 1)
+        .unwrap();
+    assert_eq!(sim.c.place_pending().len(), 1);
+    let t = sim.c.task(a).unwrap();
+    assert_eq!((t.owner.clone(), t.epoch), (Some(id("w2")), 2));
+    // The other tasks never moved.
+    assert_eq!(sim.c.task(c).unwrap().owner, Some(id("w3")));
+    assert_eq!(sim.c.task(c).unwrap().epoch, 1);
+}
