@@ -16,12 +16,13 @@
 //! | `sdk_demo`  | `[N=300000]`                                          | imports `wmig.*`; see [`inputs::WMIG_STUB_WAT`] |
 //! | `exit_code` | `[CODE=3]`                                            | exits with CODE halfway |
 //! | `args_env`  | `[--cat PATH] [ARGS...]`                              | prints args, `TASK_*` env vars, PATH |
+//! | `holdmem`   | `[MIB=64] [ROUNDS=20000]`                             | MIB live, ≤ 1 MiB rewritten after the fill |
 //!
 //! All tasks are deterministic: the same arguments, environment and input files
 //! give byte-identical stdout (and output files), however often the run is paused.
 
 /// Paths of the built task modules: one `pub const` per task (`COUNTER`, `SIEVE`,
-/// `NBODY`, `BIGHEAP`, `RECURSION`, `FILEIO`, `SDK_DEMO`, `EXIT_CODE`, `ARGS_ENV`)
+/// `NBODY`, `BIGHEAP`, `RECURSION`, `FILEIO`, `SDK_DEMO`, `EXIT_CODE`, `ARGS_ENV`, `HOLDMEM`)
 /// and [`artifacts::ALL`] listing `(name, path)` pairs.
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
@@ -67,7 +68,7 @@ mod tests {
 
     #[test]
     fn every_artifact_exists() {
-        assert_eq!(artifacts::ALL.len(), 9);
+        assert_eq!(artifacts::ALL.len(), 10);
         for (name, path) in artifacts::ALL {
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {path}: {e}"));
             assert_eq!(&bytes[..4], b"\0asm", "{name} is not a wasm module");
