@@ -85,11 +85,17 @@ async fn submit_on(
 
 async fn until_output(client: &ControlClient, task: wmig_proto::TaskId) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while client.task(task).await?.stdout_bytes == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "{task} printed nothing");
+    loop {
+        let v = client.task(task).await?;
+        if v.stdout_bytes > 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !v.state.is_terminal() && Instant::now() < deadline,
+            "{task} printed nothing: {v:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
 }
 
 async fn migration_table(

@@ -186,7 +186,7 @@ fn twenty_tasks_complete_with_the_output_of_a_local_run() {
         .map(|(m, a)| up.submit(m, &["--env", "TASK_X=1"], a))
         .collect();
     for ((module, args), id) in jobs.iter().zip(&ids) {
-        let o = run(&mut up.cmd(&["wait", id]));
+        let o = run(&mut up.cmd(&["wait", id, "--timeout", "180s"]));
         assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
         let logs = up.ok(&["logs", id]);
         let mut want = local_stdout(module, args);
@@ -222,12 +222,12 @@ fn local_stdout_env(module: &str, args: &[&str]) -> String {
 fn exit_codes_failures_and_cancellation_reach_the_operator() {
     let up = Up::start(1);
     let id = up.submit(artifacts::EXIT_CODE, &[], &["7"]);
-    let o = run(&mut up.cmd(&["wait", &id]));
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
 
     // A memory limit the task exceeds fails it; the worker carries on.
     let id = up.submit(artifacts::BIGHEAP, &["--max-memory-size", "16M"], &["80"]);
-    let o = run(&mut up.cmd(&["wait", &id]));
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
     assert_ne!(o.status.code(), Some(0));
     let t = up.json(&["inspect", &id, "--json"]);
     assert_eq!(t["state"], "failed", "{t}");
@@ -238,11 +238,13 @@ fn exit_codes_failures_and_cancellation_reach_the_operator() {
         up.json(&["inspect", &id, "--json"])["stdout_bytes"].as_u64() > Some(0)
     });
     up.ok(&["cancel", &id]);
-    let o = run(&mut up.cmd(&["wait", &id]));
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "cancelled");
     let id = up.submit(artifacts::EXIT_CODE, &[], &["0"]);
-    assert!(run(&mut up.cmd(&["wait", &id])).status.success());
+    assert!(run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]))
+        .status
+        .success());
     assert_eq!(up.node("worker-1")["state"], "online");
 }
 
@@ -282,7 +284,9 @@ fn bad_requests_are_clear_errors() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "pending");
     up.ok(&["uncordon", "worker-1"]);
-    assert!(run(&mut up.cmd(&["wait", &id])).status.success());
+    assert!(run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]))
+        .status
+        .success());
     // An unreachable coordinator.
     let o = run(wmig()
         .env("WMIG_CLUSTER", &up.dir)
@@ -334,7 +338,9 @@ fn a_killed_worker_is_offline_within_the_timeout() {
     let e = up.fails(&["submit", artifacts::COUNTER, "--on", "worker-2"]);
     assert!(e.contains("offline"), "{e}");
     let id = up.submit(artifacts::COUNTER, &[], &["1000"]);
-    assert!(run(&mut up.cmd(&["wait", &id])).status.success());
+    assert!(run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]))
+        .status
+        .success());
     // The same worker restarted comes back online.
     let mut w = up
         .cmd(&["worker", "--name", "worker-2"])
@@ -358,7 +364,9 @@ fn a_killed_coordinator_restarts_with_its_tasks_and_nodes() {
         .collect();
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(
-            run(&mut up.cmd(&["wait", id])).status.code(),
+            run(&mut up.cmd(&["wait", id, "--timeout", "180s"]))
+                .status
+                .code(),
             Some(i as i32)
         );
     }
@@ -422,7 +430,12 @@ fn a_killed_coordinator_restarts_with_its_tasks_and_nodes() {
     }
     // And it keeps working.
     let id = up.submit(artifacts::EXIT_CODE, &[], &["5"]);
-    assert_eq!(run(&mut up.cmd(&["wait", &id])).status.code(), Some(5));
+    assert_eq!(
+        run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]))
+            .status
+            .code(),
+        Some(5)
+    );
     let _ = restarted.kill();
     let _ = restarted.wait();
 }

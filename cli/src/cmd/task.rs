@@ -348,6 +348,9 @@ pub(crate) async fn stream_logs(
 #[derive(clap::Args)]
 pub struct WaitCommand {
     task: TaskId,
+    /// Give up after this long (e.g. 30s, 10m); exit code 124, like timeout(1).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
     #[command(flatten)]
     target: ControlTarget,
 }
@@ -356,11 +359,28 @@ impl WaitCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
         let t = runtime()?.block_on(async {
             let client = self.target.connect().await?;
-            let t = client.wait(self.task).await;
+            let t = match self.timeout {
+                Some(limit) => match tokio::time::timeout(limit, client.wait(self.task)).await {
+                    Ok(t) => t.map(Some),
+                    Err(_) => Ok(None),
+                },
+                None => client.wait(self.task).await.map(Some),
+            };
             client.close();
             anyhow::Ok(t?)
         })?;
-        Ok(exit_code_of(&t))
+        match t {
+            Some(t) => Ok(exit_code_of(&t)),
+            None => {
+                eprintln!(
+                    "{} has not ended after {:?}; `wmig inspect {}` shows where it is",
+                    self.task,
+                    self.timeout.unwrap_or_default(),
+                    self.task
+                );
+                Ok(124)
+            }
+        }
     }
 }
 
