@@ -67,6 +67,7 @@ async fn submit_on(
     bundle: wmig_proto::Hash,
     args: &[&str],
     worker: &str,
+    checkpoint_every_ms: Option<u64>,
 ) -> anyhow::Result<wmig_proto::TaskId> {
     let req = ControlRequest::Submit {
         spec: TaskSpec {
@@ -74,7 +75,10 @@ async fn submit_on(
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Default::default(),
         },
-        options: TaskOptions::default(),
+        options: TaskOptions {
+            checkpoint_every_ms,
+            ..TaskOptions::default()
+        },
         placement: Placement::Pinned(wmig_proto::NodeId(worker.into())),
     };
     match client.ask(&req).await? {
@@ -106,7 +110,14 @@ async fn migration_table(
     let mut rows = Vec::new();
     for mib in [1u64, 16, 64, 256] {
         let arg = mib.to_string();
-        let t = submit_on(client, holdmem, &["holdmem", &arg, "100000000"], "worker-1").await?;
+        let t = submit_on(
+            client,
+            holdmem,
+            &["holdmem", &arg, "100000000"],
+            "worker-1",
+            None,
+        )
+        .await?;
         until_output(client, t).await?;
         let node = |n: &str| wmig_proto::NodeId(n.into());
         let runs = [
@@ -138,7 +149,14 @@ async fn migration_table(
 
 async fn recovery_ms(client: &ControlClient, registry: &RegistryClient) -> anyhow::Result<f64> {
     let holdmem = upload(registry, wmig_tests::artifacts::HOLDMEM).await?;
-    let t = submit_on(client, holdmem, &["holdmem", "16", "100000000"], "worker-1").await?;
+    let t = submit_on(
+        client,
+        holdmem,
+        &["holdmem", "16", "100000000"],
+        "worker-1",
+        Some(500),
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.task(t).await?.checkpoint_seq.is_none() {
         anyhow::ensure!(Instant::now() < deadline, "no checkpoint of {t}");
@@ -179,7 +197,7 @@ fn main() -> anyhow::Result<()> {
         .env("WMIG_CACHE_DIR", tmp.path().join("cache"))
         .env("WMIG_LOG", "warn")
         .args(["up", "--workers", "3", "--slots", "16"])
-        .args(["--offline-timeout", "1s", "--checkpoint-every", "500ms"])
+        .args(["--offline-timeout", "1s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;

@@ -11,7 +11,7 @@
 //! chunks no kept manifest references, sparing those a live lease or a
 //! recent upload protects.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Instant, SystemTime};
 
 use wmig_proto::checkpoint::Manifest;
@@ -96,15 +96,12 @@ impl Registry {
                  checkpoints are immutable, commit this one as seq {next}"
             )));
         }
-        if seqs.len() >= keep {
-            if let Some(&oldest) = seqs.keys().next() {
-                if seq < oldest {
-                    return Err(RegistryError::Conflict(format!(
-                        "task {task} keeps {keep} newer checkpoints (oldest seq {oldest}); \
-                         seq {seq} is stale and would be deleted at once"
-                    )));
-                }
-            }
+        if retired(seqs.keys().copied().chain([seq]), keep).contains(&seq) {
+            let oldest = seqs.keys().next().copied().unwrap_or(seq);
+            return Err(RegistryError::Conflict(format!(
+                "task {task} keeps {keep} newer checkpoints (oldest seq {oldest}); \
+                 seq {seq} is stale and would be deleted at once"
+            )));
         }
         let hashes = m.chunk_hashes();
         let present = self.store.contains_many(ObjectKind::Chunk, &hashes);
@@ -123,14 +120,11 @@ impl Registry {
         self.store
             .put_ref(RefSpace::Manifests, &key(task, seq), &body)?;
         seqs.insert(seq, body.len() as u64);
-        let mut pruned = Vec::new();
-        while seqs.len() > keep {
-            let Some((old, _)) = seqs.pop_first() else {
-                break;
-            };
+        let pruned = retired(seqs.keys().copied(), keep);
+        for old in &pruned {
+            seqs.remove(old);
             self.store
-                .delete_ref(RefSpace::Manifests, &key(task, old))?;
-            pruned.push(old);
+                .delete_ref(RefSpace::Manifests, &key(task, *old))?;
         }
         Ok(ManifestStored { task, seq, pruned })
     }
@@ -202,6 +196,35 @@ impl Registry {
     }
 }
 
+/// Epochs whose checkpoints retention keeps (see [`retired`]).
+const KEPT_EPOCHS: usize = 8;
+
+/// Which of a task's checkpoint numbers retention deletes. Cluster
+/// checkpoints carry their owner's epoch in the high 32 bits: each epoch
+/// keeps its `keep` newest, and the newest [`KEPT_EPOCHS`] epochs are kept.
+/// An owner therefore never deletes the checkpoints of another epoch: a
+/// stale owner still uploading after its task moved cannot push out the
+/// checkpoint the coordinator resumes the task from.
+fn retired(seqs: impl IntoIterator<Item = u64>, keep: usize) -> Vec<u64> {
+    let mut by_epoch: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for s in seqs {
+        by_epoch.entry(s >> 32).or_default().push(s);
+    }
+    let epochs = by_epoch.len();
+    let mut out = Vec::new();
+    for (i, (_, mut list)) in by_epoch.into_iter().enumerate() {
+        list.sort_unstable();
+        if i + KEPT_EPOCHS < epochs {
+            out.extend(list);
+        } else {
+            let excess = list.len().saturating_sub(keep.max(1));
+            out.extend(list.into_iter().take(excess));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +249,27 @@ mod tests {
             .contains("version 7"));
         v.truncate(9);
         assert!(decode_manifest(&v).is_err());
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::retired;
+
+    const E: u64 = 1 << 32;
+
+    #[test]
+    fn each_epoch_keeps_its_newest_and_stale_owners_cannot_push_others_out() {
+        // Local checkpoints (epoch 0): the newest `keep`.
+        assert_eq!(retired([1, 2, 3, 4, 5], 3), vec![1, 2]);
+        // Epoch 2 committed 2.1; a stale epoch-1 owner keeps uploading.
+        let seqs = [E + 1, E + 2, E + 3, E + 4, 2 * E + 1];
+        assert_eq!(retired(seqs, 3), vec![E + 1]);
+        // A newer stale owner (epoch 3) cannot prune epoch 2 either.
+        let seqs = [2 * E + 1, 3 * E + 1, 3 * E + 2, 3 * E + 3, 3 * E + 4];
+        assert_eq!(retired(seqs, 3), vec![3 * E + 1]);
+        // Only the newest 8 epochs are kept.
+        let many: Vec<u64> = (1..=10).map(|e| e * E + 1).collect();
+        assert_eq!(retired(many, 3), vec![E + 1, 2 * E + 1]);
     }
 }
