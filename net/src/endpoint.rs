@@ -213,3 +213,17 @@ pub async fn connect(
         }),
     }
 }
+
+/// Finish a server-side handshake. A refused peer (typically one without a
+/// certificate signed by the cluster CA) is logged and yields `None`.
+pub async fn accept(incoming: quinn::Incoming) -> Option<quinn::Connection> {
+    let remote = incoming.remote_address();
+    match incoming.await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            let reason = crate::error::describe_connection_error(&e);
+            tracing::info!(%remote, %reason, "refused connection");
+            None
+        }
+    }
+}

@@ -117,16 +117,10 @@ pub async fn run(
 }
 
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            // Typically a client without a cluster certificate.
-            let reason = wmig_net::error::describe_connection_error(&e);
-            tracing::info!(%remote, %reason, "refused connection");
-            return;
-        }
+    let Some(conn) = wmig_net::accept(incoming).await else {
+        return;
     };
+    let remote = conn.remote_address();
     let owner = conn.stable_id() as u64;
     tracing::debug!(%remote, owner, "connection open");
     while let Ok((send, recv)) = conn.accept_bi().await {

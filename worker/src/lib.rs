@@ -602,7 +602,8 @@ async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<u64> {
             match a {
                 LeaseStatus::Granted => {
                     uploaded += c.1.len() as u64;
-                    put.push((c.0, Bytes::copy_from_slice(&c.1)));
+                    // Shares the captured bytes; no second copy of the chunk.
+                    put.push((c.0, Bytes::from_owner(c.1.clone())));
                 }
                 LeaseStatus::AlreadyStored => {}
                 LeaseStatus::Leased => leased.push(c),

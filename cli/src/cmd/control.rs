@@ -46,6 +46,20 @@ impl ControlTarget {
         resolve(&addr, "coordinator").await
     }
 
+    /// Connect as the operator, run `f` on the connection and close it: the
+    /// shape of every one-shot operator command.
+    pub fn with_client<T>(
+        &self,
+        f: impl AsyncFnOnce(&ControlClient) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        crate::cmd::registry::runtime()?.block_on(async {
+            let client = self.connect().await?;
+            let r = f(&client).await;
+            client.close();
+            r
+        })
+    }
+
     /// Connect as the operator.
     pub async fn connect(&self) -> anyhow::Result<ControlClient> {
         let addr = self.addr().await?;
@@ -65,6 +79,15 @@ pub async fn resolve(addr: &str, role: &str) -> anyhow::Result<SocketAddr> {
         .ok()
         .and_then(|mut a| a.next())
         .with_context(|| format!("`{addr}` is not a usable {role} address (want HOST:PORT)"))
+}
+
+/// The address to tell clients: a server bound to 0.0.0.0 is reached on
+/// loopback from this machine.
+pub fn loopback_if_unspecified(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
 }
 
 /// `KEY=VALUE` for `--env` and `--label`.

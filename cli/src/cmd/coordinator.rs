@@ -11,7 +11,7 @@ use wmig_coordinator::server::{Server, ServerConfig};
 use wmig_coordinator::COORDINATOR_NODE;
 use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR};
 
-use crate::cmd::control::shutdown_signal;
+use crate::cmd::control::{loopback_if_unspecified, shutdown_signal};
 use crate::cmd::registry::{parse_duration, runtime};
 
 #[derive(clap::Args)]
@@ -91,11 +91,4 @@ impl CoordinatorCommand {
         eprintln!("coordinator stopped");
         Ok(())
     }
-}
-
-pub(crate) fn loopback_if_unspecified(mut addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    addr
 }

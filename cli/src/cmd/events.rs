@@ -24,12 +24,8 @@ pub struct EventsCommand {
 
 impl EventsCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        runtime()?.block_on(async {
-            let client = self.target.connect().await?;
-            let r = print_stream(&client, self.from, self.follow, false).await;
-            client.close();
-            r
-        })?;
+        self.target
+            .with_client(async |c| print_stream(c, self.from, self.follow, false).await)?;
         Ok(0)
     }
 }

@@ -19,12 +19,7 @@ pub struct NodesCommand {
 
 impl NodesCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        let nodes = runtime()?.block_on(async {
-            let client = self.target.connect().await?;
-            let nodes = client.nodes().await;
-            client.close();
-            anyhow::Ok(nodes?)
-        })?;
+        let nodes = self.target.with_client(async |c| Ok(c.nodes().await?))?;
         if self.json {
             let all: Vec<_> = nodes
                 .iter()

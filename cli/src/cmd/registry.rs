@@ -205,10 +205,7 @@ impl Serve {
         let registry = Arc::new(Registry::open(Arc::new(store), config)?);
         let server_config = ServerConfig::default();
         let endpoint = wmig_net::server_endpoint(self.listen, &creds, &server_config.endpoint)?;
-        let mut addr = endpoint.local_addr()?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+        let addr = crate::cmd::control::loopback_if_unspecified(endpoint.local_addr()?);
         dir.update_config(|c| c.registry = Some(addr.to_string()))?;
         println!("listening on {addr}");
         std::io::stdout().flush()?;

@@ -194,12 +194,7 @@ pub(crate) fn task_json(t: &TaskView) -> serde_json::Value {
 
 impl PsCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        let tasks = runtime()?.block_on(async {
-            let client = self.target.connect().await?;
-            let tasks = client.tasks().await;
-            client.close();
-            anyhow::Ok(tasks?)
-        })?;
+        let tasks = self.target.with_client(async |c| Ok(c.tasks().await?))?;
         if self.json {
             let all: Vec<_> = tasks.iter().map(task_json).collect();
             println!("{}", serde_json::to_string_pretty(&all)?);
@@ -245,12 +240,9 @@ pub struct InspectCommand {
 
 impl InspectCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        let t = runtime()?.block_on(async {
-            let client = self.target.connect().await?;
-            let t = client.task(self.task).await;
-            client.close();
-            anyhow::Ok(t?)
-        })?;
+        let t = self
+            .target
+            .with_client(async |c| Ok(c.task(self.task).await?))?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&task_json(&t))?);
             return Ok(0);
@@ -303,12 +295,9 @@ pub struct LogsCommand {
 
 impl LogsCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        runtime()?.block_on(async {
-            let client = self.target.connect().await?;
-            let r = stream_logs(&client, self.task, self.follow).await;
-            client.close();
-            r.map(|_| 0)
-        })
+        self.target
+            .with_client(async |c| stream_logs(c, self.task, self.follow).await)?;
+        Ok(0)
     }
 }
 
@@ -414,13 +403,10 @@ pub struct CancelCommand {
 
 impl CancelCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        runtime()?.block_on(async {
-            let client = self.target.connect().await?;
-            let r = client
-                .call(&ControlRequest::Cancel { task: self.task }, "Cancel")
-                .await;
-            client.close();
-            r.with_context(|| format!("could not cancel {}", self.task))
+        self.target.with_client(async |c| {
+            c.call(&ControlRequest::Cancel { task: self.task }, "Cancel")
+                .await
+                .with_context(|| format!("could not cancel {}", self.task))
         })?;
         eprintln!("cancelled {}", self.task);
         Ok(0)
@@ -445,13 +431,10 @@ pub struct MigrateCommand {
 
 impl MigrateCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        let r = runtime()?.block_on(async {
-            let client = self.target.connect().await?;
-            let r = client
-                .migrate(self.task, NodeId(self.worker.clone()), !self.no_precopy)
-                .await;
-            client.close();
-            r.with_context(|| format!("could not migrate {} to {}", self.task, self.worker))
+        let r = self.target.with_client(async |c| {
+            c.migrate(self.task, NodeId(self.worker.clone()), !self.no_precopy)
+                .await
+                .with_context(|| format!("could not migrate {} to {}", self.task, self.worker))
         })?;
         if self.json {
             let v = json!({

@@ -515,14 +515,8 @@ async fn stats_ticker(shared: Arc<Shared>) {
 }
 
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            let reason = wmig_net::error::describe_connection_error(&e);
-            tracing::info!(%remote, %reason, "refused connection");
-            return;
-        }
+    let Some(conn) = wmig_net::accept(incoming).await else {
+        return;
     };
     while let Ok((send, recv)) = conn.accept_bi().await {
         tokio::spawn(serve_stream(send, recv, shared.clone()));
@@ -790,7 +784,9 @@ async fn dispatch(
         }
         Q::Drain { node } => {
             shared.command(|c, _| Ok(((), c.drain(&node)?))).await?;
-            // Move every task off it, each to the least-loaded other worker.
+            // Move every task off it. Round-robin, not least-loaded: the load
+            // only changes when each handoff is logged, so least-loaded would
+            // send every task to the same worker.
             let mut moving = Vec::new();
             let mut failed = Vec::new();
             {
@@ -804,7 +800,7 @@ async fn dispatch(
                 for task in tasks {
                     let started = core
                         .coord
-                        .choose_worker(&Placement::LeastLoaded)
+                        .choose_worker(&Placement::RoundRobin)
                         .map_err(coordinator_error)
                         .and_then(|to| migrate::start(&mut core, task, &to, true));
                     match started {
