@@ -24,6 +24,7 @@ mod report;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct WorkerConfig {
     pub checkpoint_every: Duration,
     pub yield_fuel: u32,
 }
+
+/// Tries at fetching a task's module and checkpoint (about 8 s in all).
+const PREPARE_ATTEMPTS: u32 = 5;
 
 struct Running {
     epoch: u64,
@@ -359,18 +363,33 @@ impl Worker {
         resume: Option<u64>,
         control: Arc<TaskControl>,
     ) {
-        let prepared = async {
-            let module = self.module(&spec.bundle).await?;
-            let resume = match resume {
-                Some(seq) => {
-                    let (manifest, chunks, fetched) = self.fetch_checkpoint(task, seq).await?;
-                    Some((manifest, chunks, fetched))
+        // A registry that is briefly unreachable must not fail a task that
+        // is being recovered or migrated here: retry before giving up.
+        let mut attempt = 0;
+        let prepared = loop {
+            let prepared = async {
+                let module = self.module(&spec.bundle).await?;
+                let resume = match resume {
+                    Some(seq) => Some(self.fetch_checkpoint(task, seq).await?),
+                    None => None,
+                };
+                anyhow::Ok((module, resume))
+            }
+            .await;
+            attempt += 1;
+            match prepared {
+                // A module the runtime refuses (HostError) stays refused.
+                Err(e)
+                    if attempt < PREPARE_ATTEMPTS
+                        && !control.drop.load(Ordering::SeqCst)
+                        && !e.chain().any(|c| c.is::<wmig_host::HostError>()) =>
+                {
+                    tracing::warn!(%task, attempt, error = %format!("{e:#}"), "could not prepare the task; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
                 }
-                None => None,
-            };
-            anyhow::Ok((module, resume))
-        }
-        .await;
+                done => break done,
+            }
+        };
         let (module, resume) = match prepared {
             Ok(p) => p,
             Err(e) => {
