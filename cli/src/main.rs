@@ -57,6 +57,10 @@ enum Command {
     Drain(cmd::nodes::CordonCommand),
     /// Place new tasks on a drained worker again.
     Uncordon(cmd::nodes::CordonCommand),
+    /// Forget an offline node (see `wmig nodes`).
+    Remove(cmd::nodes::RemoveCommand),
+    /// Print the URL of the web dashboard (served by the coordinator).
+    Dashboard(cmd::dashboard::DashboardCommand),
     /// Print the coordinator's event log.
     Events(cmd::events::EventsCommand),
     /// Watch the live stream of events, output and statistics (a monitor node).
@@ -84,6 +88,8 @@ impl Command {
             Command::Nodes(c) => c.execute(),
             Command::Drain(c) => c.execute(true),
             Command::Uncordon(c) => c.execute(false),
+            Command::Remove(c) => c.execute(),
+            Command::Dashboard(c) => c.execute(),
             Command::Events(c) => c.execute(),
             Command::Monitor(c) => c.execute(),
         }

@@ -10,7 +10,7 @@ use wmig_proto::wire::{RemoteError, CONTROL_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
 use crate::wire::{
-    ClusterStats, ControlRequest, ControlResponse, MigrationReport, NodeStatus, TaskView,
+    ClusterStats, ControlRequest, ControlResponse, MigrationReport, NodeStatus, TaskBeat, TaskView,
 };
 
 /// The node name on the coordinator's certificate.
@@ -177,7 +177,7 @@ impl ControlClient {
     pub async fn heartbeat(
         &self,
         node: &NodeId,
-        tasks: Vec<(TaskId, u64)>,
+        tasks: Vec<TaskBeat>,
     ) -> Result<Vec<(TaskId, u64)>, ControlError> {
         let req = ControlRequest::Heartbeat {
             node: node.clone(),

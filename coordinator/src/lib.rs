@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod client;
+mod describe;
 pub mod log;
 pub mod membership;
 pub mod placement;

@@ -120,6 +120,8 @@ pub enum MembershipEvent {
     Drained(NodeId),
     /// The worker takes new tasks again.
     Uncordoned(NodeId),
+    /// An operator removed the (offline) node from the table.
+    Removed(NodeId),
 }
 
 /// Why a membership command was refused.
@@ -139,6 +141,10 @@ pub enum MembershipError {
     RoleChange { name: NodeId, was: Role, now: Role },
     #[error("invalid node name {name:?}: use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'")]
     InvalidName { name: String },
+    #[error("node `{name}` is online; only an offline node can be removed: stop it first (or drain it to keep it out of placement)")]
+    StillOnline { name: NodeId },
+    #[error("node `{name}` still owns {tasks} task(s); wait for them to be recovered elsewhere, or cancel them")]
+    HasTasks { name: NodeId, tasks: u32 },
 }
 
 /// The node table plus the failure detector.
@@ -261,6 +267,21 @@ impl Membership {
             .min()
     }
 
+    /// Forget an offline node. If its process comes back it is told it is
+    /// unknown and registers anew.
+    pub fn remove(&mut self, name: &NodeId) -> Result<MembershipEvent, MembershipError> {
+        let node = self
+            .nodes
+            .get(name)
+            .ok_or_else(|| MembershipError::UnknownNode { name: name.clone() })?;
+        if node.liveness == Liveness::Online {
+            return Err(MembershipError::StillOnline { name: name.clone() });
+        }
+        let event = MembershipEvent::Removed(name.clone());
+        self.apply(&event, 0);
+        Ok(event)
+    }
+
     /// Stop placing new tasks on a worker. `Ok(None)` if it already drains.
     pub fn drain(&mut self, name: &NodeId) -> Result<Option<MembershipEvent>, MembershipError> {
         self.set_draining(name, true)
@@ -340,6 +361,9 @@ impl Membership {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.draining = false;
                 }
+            }
+            MembershipEvent::Removed(node) => {
+                self.nodes.remove(node);
             }
         }
     }

@@ -195,6 +195,29 @@ impl Coordinator {
         Ok(self.node_events(event))
     }
 
+    /// Forget an offline node that owns no task any more.
+    pub fn remove_node(&mut self, node: &NodeId) -> Result<Vec<Event>, CoordinatorError> {
+        let online = self
+            .membership
+            .node(node)
+            .is_some_and(|n| n.liveness == crate::membership::Liveness::Online);
+        if online {
+            return Err(
+                crate::membership::MembershipError::StillOnline { name: node.clone() }.into(),
+            );
+        }
+        let tasks = self.task_table().load().get(node).copied().unwrap_or(0);
+        if tasks > 0 && self.membership.node(node).is_some() {
+            return Err(crate::membership::MembershipError::HasTasks {
+                name: node.clone(),
+                tasks,
+            }
+            .into());
+        }
+        let event = self.membership.remove(node)?;
+        Ok(self.node_events(Some(event)))
+    }
+
     pub fn uncordon(&mut self, node: &NodeId) -> Result<Vec<Event>, CoordinatorError> {
         let event = self.membership.uncordon(node)?;
         Ok(self.node_events(event))

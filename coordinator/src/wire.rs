@@ -58,7 +58,7 @@ pub enum ControlRequest {
     /// the ones this node no longer owns ([`ControlResponse::Stale`]).
     Heartbeat {
         node: NodeId,
-        tasks: Vec<(TaskId, u64)>,
+        tasks: Vec<TaskBeat>,
     },
     /// Open the worker's command stream (see the module docs).
     Attach {
@@ -178,6 +178,22 @@ pub enum ControlRequest {
     },
     /// Cluster counters.
     Stats,
+    /// Forget an offline node that owns no tasks.
+    Remove {
+        node: NodeId,
+    },
+}
+
+/// A running task as its worker sees it, in every heartbeat: the epoch for
+/// fencing, the rest so operators see live progress between checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskBeat {
+    pub task: TaskId,
+    pub epoch: u64,
+    pub fuel_used: u64,
+    pub memory_bytes: u64,
+    /// What the guest last reported through the SDK (`done`, `total`).
+    pub progress: Option<(u64, u64)>,
 }
 
 /// What a worker is told to do, on its [`ControlRequest::Attach`] stream.
@@ -248,6 +264,10 @@ pub struct TaskView {
     pub stderr_bytes: u64,
     /// Unix µs when the current owner started it (not kept across restarts).
     pub started_us: Option<u64>,
+    /// Linear memory of the running task, from its owner's last heartbeat.
+    pub memory_bytes: Option<u64>,
+    /// Progress the guest reported (`done`, `total`), from the last heartbeat.
+    pub progress: Option<(u64, u64)>,
 }
 
 impl TaskView {
@@ -267,6 +287,8 @@ impl TaskView {
             stdout_bytes,
             stderr_bytes,
             started_us,
+            memory_bytes: None,
+            progress: None,
         }
     }
 }
@@ -302,10 +324,15 @@ pub struct ClusterStats {
     pub checkpoints: u64,
     pub output_bytes: u64,
     pub events: u64,
+    /// Linear memory of every running task, from the last heartbeats.
+    pub memory_bytes: u64,
+    /// Fuel used by every task so far (live for running ones): its rate is
+    /// the cluster's throughput.
+    pub fuel_used: u64,
 }
 
 /// One item of the monitor stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MonitorItem {
     /// A logged decision, with its sequence number in the event log and the
     /// unix ms it was made (0 when replayed from before a restart).
@@ -314,6 +341,24 @@ pub enum MonitorItem {
     Output(OutputChunk),
     /// Periodic counters (live only).
     Stats(ClusterStats),
+    /// A migration finished (live only).
+    Migrated(MigrationReport),
+    /// A dead worker's task runs again elsewhere (live only).
+    Recovered(RecoveryReport),
+}
+
+/// How one recovery went: a task of a worker declared offline resumed on
+/// another from its last committed checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    pub task: TaskId,
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The checkpoint it resumed from (`None`: it started over).
+    pub checkpoint_seq: Option<u64>,
+    /// From the last heartbeat of the dead worker to the first instruction
+    /// on the new one: detection plus restore.
+    pub downtime_ms: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@
 //! themselves, the yield import sees the rewind, stops it, and returns into
 //! the code that called it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wasmtime::{
@@ -69,6 +69,48 @@ pub struct TaskConfig {
     pub pause_flag: Arc<AtomicBool>,
     /// Pause when the guest asks for a checkpoint (SDK `checkpoint_now`).
     pub honor_guest_checkpoints: bool,
+    /// Published at every yield point, for whoever watches the task.
+    pub usage: Option<Arc<LiveUsage>>,
+}
+
+/// What a running task has used so far, readable from any thread while the
+/// guest runs. Updated at yield points (a few relaxed stores per slice), so
+/// it lags the guest by at most one slice.
+#[derive(Debug, Default)]
+pub struct LiveUsage {
+    fuel: AtomicU64,
+    memory_bytes: AtomicU64,
+    /// `done + 1`, so that 0 means "never reported".
+    progress_done: AtomicU64,
+    progress_total: AtomicU64,
+}
+
+/// A reading of [`LiveUsage`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageReading {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    /// What the guest last reported through the SDK's `progress(done, total)`.
+    pub progress: Option<(u64, u64)>,
+}
+
+impl LiveUsage {
+    pub fn read(&self) -> UsageReading {
+        let done = self.progress_done.load(Ordering::Relaxed);
+        UsageReading {
+            fuel: self.fuel.load(Ordering::Relaxed),
+            memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+            progress: done
+                .checked_sub(1)
+                .map(|d| (d, self.progress_total.load(Ordering::Relaxed))),
+        }
+    }
+
+    fn set_progress(&self, done: u64, total: u64) {
+        self.progress_total.store(total, Ordering::Relaxed);
+        self.progress_done
+            .store(done.saturating_add(1), Ordering::Relaxed);
+    }
 }
 
 impl TaskConfig {
@@ -81,6 +123,7 @@ impl TaskConfig {
             policy: None,
             pause_flag: Arc::new(AtomicBool::new(false)),
             honor_guest_checkpoints: false,
+            usage: None,
         }
     }
 }
@@ -90,6 +133,8 @@ impl TaskConfig {
 pub(crate) struct Hooks {
     pub fuel: Global,
     pub stack: Memory,
+    /// The guest's own linear memory (`memory`), for [`LiveUsage`].
+    pub memory: Memory,
     pub start_unwind: TypedFunc<i32, ()>,
     pub stop_unwind: TypedFunc<(), ()>,
     pub start_rewind: TypedFunc<i32, ()>,
@@ -118,6 +163,7 @@ pub(crate) struct Control {
     pub progress: Option<(u64, u64)>,
     pub fuel_exhausted: bool,
     pub hooks: Option<Hooks>,
+    pub usage: Option<Arc<LiveUsage>>,
 }
 
 /// Host functions under `wmig.*`: the injected yield point and the guest SDK.
@@ -140,7 +186,12 @@ pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Re
         HOST_MODULE,
         "progress",
         |mut caller: Caller<'_, HostState>, done: i64, total: i64| {
-            caller.data_mut().ctl.progress = Some((done.max(0) as u64, total.max(0) as u64));
+            let (done, total) = (done.max(0) as u64, total.max(0) as u64);
+            let ctl = &mut caller.data_mut().ctl;
+            ctl.progress = Some((done, total));
+            if let Some(u) = &ctl.usage {
+                u.set_progress(done, total);
+            }
         },
     )?;
     Ok(())
@@ -192,6 +243,12 @@ fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Res
         let refill = i32::try_from(refill).unwrap_or(i32::MAX);
         ctl.fuel_set = refill;
         hooks.fuel.set(&mut caller, Val::I32(refill))?;
+    }
+    if let Some(u) = caller.data().ctl.usage.clone() {
+        u.fuel
+            .store(caller.data().ctl.counters.fuel, Ordering::Relaxed);
+        let bytes = hooks.memory.data_size(&caller) as u64;
+        u.memory_bytes.store(bytes, Ordering::Relaxed);
     }
     let ctl = &mut caller.data_mut().ctl;
     ctl.counters.yields += 1;
@@ -273,6 +330,7 @@ impl Task {
                 progress: None,
                 fuel_exhausted: false,
                 hooks: None,
+                usage: cfg.usage,
             },
         };
         let mut store = Store::new(rt.engine(), state);
@@ -289,6 +347,9 @@ impl Task {
             stack: instance
                 .get_memory(&mut store, STACK_MEMORY_EXPORT)
                 .ok_or_else(|| missing(STACK_MEMORY_EXPORT))?,
+            memory: instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| missing("memory"))?,
             start_unwind: export_func(&instance, &mut store, "asyncify_start_unwind")?,
             stop_unwind: export_func(&instance, &mut store, "asyncify_stop_unwind")?,
             start_rewind: export_func(&instance, &mut store, "asyncify_start_rewind")?,
@@ -450,6 +511,7 @@ pub(crate) struct ControlConfig {
     pub policy: Option<PausePolicy>,
     pub pause_flag: Arc<AtomicBool>,
     pub honor_guest_checkpoints: bool,
+    pub usage: Option<Arc<LiveUsage>>,
 }
 
 pub(crate) fn split(c: TaskConfig) -> (WasiConfig, ControlConfig) {
@@ -462,6 +524,7 @@ pub(crate) fn split(c: TaskConfig) -> (WasiConfig, ControlConfig) {
             policy: c.policy,
             pause_flag: c.pause_flag,
             honor_guest_checkpoints: c.honor_guest_checkpoints,
+            usage: c.usage,
         },
     )
 }

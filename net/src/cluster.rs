@@ -78,6 +78,56 @@ impl ClusterDir {
         self.root.join("certs").join(format!("{name}.pem"))
     }
 
+    fn token_path(&self) -> PathBuf {
+        self.root.join("operator.token")
+    }
+
+    /// The operator's bearer token for the coordinator's HTTP API (what a
+    /// browser can present; the CLI uses the operator certificate). Created
+    /// on first use, readable by the owner only.
+    pub fn operator_token(&self) -> Result<String, ClusterError> {
+        let path = self.token_path();
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        match opts.open(&path) {
+            Ok(mut file) => {
+                let mut raw = [0u8; 24];
+                getrandom::fill(&mut raw).map_err(|e| ClusterError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(format!("no randomness for the token: {e}")),
+                })?;
+                let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                use std::io::Write;
+                file.write_all(token.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(ClusterError::io(&path))?;
+                Ok(token)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let token = self.read_to_string(&path)?.trim().to_owned();
+                if token.is_empty() {
+                    return Err(ClusterError::BadConfig {
+                        path,
+                        reason: "the operator token is empty; delete the file and restart the coordinator to make a new one".into(),
+                    });
+                }
+                Ok(token)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ClusterError::NotInitialized {
+                    dir: self.root.clone(),
+                    missing: path,
+                })
+            }
+            Err(e) => Err(ClusterError::Io { path, source: e }),
+        }
+    }
+
     pub fn is_initialized(&self) -> bool {
         self.ca_cert_path().exists()
     }
@@ -95,6 +145,8 @@ impl ClusterDir {
         for name in [OPERATOR, REGISTRY_NODE] {
             self.store_identity(&ca.issue(name)?)?;
         }
+        let _ = fs::remove_file(self.token_path());
+        self.operator_token()?;
         if !self.root.join(CONFIG_FILE).exists() {
             self.write_config(&ClusterConfig::default())?;
         }

@@ -1,6 +1,7 @@
 //! wmig's end-to-end tests: one binary, a module per feature. Every test
 //! starts the real `wmig` binary as a separate process.
 
+mod api;
 mod cluster;
 mod migration;
 mod registry;

@@ -37,6 +37,8 @@ pub struct TaskControl {
     /// At that pause, store the final checkpoint and forget the task (the
     /// last step of a migration).
     pub handoff: AtomicBool,
+    /// Fuel, memory and progress so far, sent with every heartbeat.
+    pub usage: Arc<wmig_host::LiveUsage>,
 }
 
 impl TaskControl {
@@ -235,6 +237,7 @@ impl Job {
             .memory_limit
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
         config.pause_flag = self.control.pause.clone();
+        config.usage = Some(self.control.usage.clone());
         // Pause at the first yield past the checkpoint period or the wall
         // limit; both are checked in `drive`.
         let every = self

@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use wmig_coordinator::wire::{ControlRequest, ControlResponse, WorkerCommand};
+use wmig_coordinator::wire::{ControlRequest, ControlResponse, TaskBeat, WorkerCommand};
 use wmig_coordinator::{ControlClient, ControlError, NodeInfo, Role, TaskOptions, TaskSpec};
 use wmig_host::{MemChunks, PreparedModule, Runtime};
 use wmig_net::Credentials;
@@ -254,10 +254,19 @@ impl Worker {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn running_tasks(&self) -> Vec<(TaskId, u64)> {
+    fn running_tasks(&self) -> Vec<TaskBeat> {
         self.lock_running()
             .iter()
-            .map(|(t, r)| (*t, r.epoch))
+            .map(|(t, r)| {
+                let usage = r.control.usage.read();
+                TaskBeat {
+                    task: *t,
+                    epoch: r.epoch,
+                    fuel_used: usage.fuel,
+                    memory_bytes: usage.memory_bytes,
+                    progress: usage.progress,
+                }
+            })
             .collect()
     }
 

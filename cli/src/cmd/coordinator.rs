@@ -1,5 +1,6 @@
 //! `wmig coordinator`: run the control plane (registration, heartbeats,
-//! placement, the event log, task output, the monitor stream, `/metrics`).
+//! placement, the event log, task output, the monitor stream, `/metrics`,
+//! the HTTP API and the dashboard).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use wmig_coordinator::server::api::ApiConfig;
 use wmig_coordinator::server::{Server, ServerConfig};
 use wmig_coordinator::COORDINATOR_NODE;
 use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR};
@@ -57,6 +59,10 @@ impl CoordinatorCommand {
         let mut config = ServerConfig::new(data.clone());
         config.coordinator.membership.offline_timeout = self.offline_timeout.as_millis() as u64;
         config.heartbeat = self.heartbeat;
+        config.api = ApiConfig {
+            token: Some(dir.operator_token()?),
+            cluster: Some(dir.clone()),
+        };
         let server = Server::open(config.clone()).with_context(|| {
             format!(
                 "could not open the coordinator's state in {}",
@@ -85,6 +91,9 @@ impl CoordinatorCommand {
         println!("listening on {addr}");
         if let Some(h) = http_addr {
             println!("metrics on http://{h}/metrics");
+            println!(
+                "dashboard and API on http://{h}/ (`wmig dashboard` prints the URL with the token)"
+            );
         }
         std::io::stdout().flush()?;
         server.run(endpoint, http, shutdown_signal()).await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use wmig_coordinator::wire::{ControlRequest, ControlResponse, MonitorItem, Stream};
-use wmig_coordinator::{ControlClient, Event, MembershipEvent, NodeInfo, Outcome, Role, TaskEvent};
+use wmig_coordinator::{ControlClient, NodeInfo, Role};
 use wmig_proto::NodeId;
 
 use crate::cmd::control::ControlTarget;
@@ -97,7 +97,7 @@ async fn print_stream(
         };
         match *item {
             MonitorItem::Event { seq, at_ms, event } => {
-                println!("#{seq:<5} {} {}", clock(at_ms), describe(&event));
+                println!("#{seq:<5} {} {}", clock(at_ms), event.describe());
             }
             MonitorItem::Output(chunk) if live => {
                 let text = String::from_utf8_lossy(&chunk.bytes);
@@ -120,6 +120,21 @@ async fn print_stream(
                 s.tasks_failed,
                 s.checkpoints
             ),
+            MonitorItem::Migrated(r) if live => println!(
+                "       migrated {} {} -> {}: downtime {:.1} ms, total {:.1} ms",
+                r.task, r.from, r.to, r.downtime_ms, r.total_ms
+            ),
+            MonitorItem::Recovered(r) if live => println!(
+                "       recovered {} {} -> {} from {}: downtime {:.1} ms",
+                r.task,
+                r.from,
+                r.to,
+                r.checkpoint_seq.map_or_else(
+                    || "the start".to_owned(),
+                    |s| format!("#{}", wmig_proto::checkpoint::seq_label(s))
+                ),
+                r.downtime_ms
+            ),
             _ => {}
         }
     }
@@ -139,44 +154,4 @@ fn clock(at_ms: u64) -> String {
         day_ms / 1000 % 60,
         day_ms % 1000
     )
-}
-
-pub(crate) fn describe(event: &Event) -> String {
-    match event {
-        Event::Node(m) => match m {
-            MembershipEvent::Joined(info) => format!(
-                "node {} joined as {} ({} slots, pid {})",
-                info.name, info.role, info.slots, info.pid
-            ),
-            MembershipEvent::Recovered { node, .. } => format!("node {node} is online again"),
-            MembershipEvent::Offline(node) => format!("node {node} is offline"),
-            MembershipEvent::Drained(node) => format!("node {node} is draining"),
-            MembershipEvent::Uncordoned(node) => format!("node {node} takes tasks again"),
-        },
-        Event::Task(t) => match t {
-            TaskEvent::Submitted { id, spec } => format!("task {id} submitted ({})", spec.bundle),
-            TaskEvent::SubmittedWith { id, options, .. } => {
-                format!("task {id} submitted ({})", options.name)
-            }
-            TaskEvent::Placed { id, worker, epoch } => {
-                format!("task {id} placed on {worker} (epoch {epoch})")
-            }
-            TaskEvent::Checkpointed { id, seq, .. } => {
-                format!(
-                    "task {id} checkpoint #{}",
-                    wmig_proto::checkpoint::seq_label(*seq)
-                )
-            }
-            TaskEvent::Finished { id, outcome, .. } => match outcome {
-                Outcome::Completed { exit_code } => {
-                    format!("task {id} completed (exit {exit_code})")
-                }
-                Outcome::Failed { reason, .. } => format!("task {id} failed: {reason}"),
-            },
-            TaskEvent::Cancelled { id } => format!("task {id} cancelled"),
-            TaskEvent::Requeued { id } => {
-                format!("task {id} lost its worker and waits for a free slot")
-            }
-        },
-    }
 }

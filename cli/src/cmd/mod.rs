@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod coordinator;
+pub mod dashboard;
 pub mod events;
 pub mod init;
 pub mod nodes;

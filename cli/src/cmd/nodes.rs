@@ -1,6 +1,6 @@
 //! `wmig nodes`, `wmig drain WORKER`, `wmig uncordon WORKER`.
 
-use serde_json::json;
+use anyhow::Context;
 use wmig_coordinator::wire::{ControlRequest, ControlResponse};
 use wmig_coordinator::Liveness;
 use wmig_proto::NodeId;
@@ -23,19 +23,7 @@ impl NodesCommand {
         if self.json {
             let all: Vec<_> = nodes
                 .iter()
-                .map(|n| {
-                    json!({
-                        "name": n.name.0,
-                        "role": n.role.to_string(),
-                        "state": liveness(n.liveness),
-                        "draining": n.draining,
-                        "addr": n.addr,
-                        "pid": n.pid,
-                        "slots": n.slots,
-                        "tasks": n.tasks,
-                        "last_heartbeat_ms": n.last_seen_ms,
-                    })
-                })
+                .map(wmig_coordinator::server::api::node_json)
                 .collect();
             println!("{}", serde_json::to_string_pretty(&all)?);
             return Ok(0);
@@ -72,6 +60,28 @@ pub(crate) fn liveness(l: Liveness) -> &'static str {
     match l {
         Liveness::Online => "online",
         Liveness::Offline => "offline",
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RemoveCommand {
+    /// The offline node's name (see `wmig nodes`).
+    node: String,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl RemoveCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let node = NodeId(self.node.clone());
+        self.target.with_client(async |c| {
+            c.ask(&ControlRequest::Remove { node })
+                .await
+                .with_context(|| format!("could not remove {}", self.node))?;
+            Ok(())
+        })?;
+        eprintln!("removed {}", self.node);
+        Ok(0)
     }
 }
 

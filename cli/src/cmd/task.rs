@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::json;
 use wmig_coordinator::wire::{ControlRequest, ControlResponse, Stream, TaskView};
 use wmig_coordinator::{ControlClient, Placement, TaskOptions, TaskSpec, TaskState};
 use wmig_proto::checkpoint::seq_label;
@@ -173,24 +172,7 @@ pub struct PsCommand {
     target: ControlTarget,
 }
 
-pub(crate) fn task_json(t: &TaskView) -> serde_json::Value {
-    json!({
-        "id": t.id.to_string(),
-        "name": t.name,
-        "bundle": t.bundle.to_string(),
-        "args": t.args,
-        "state": t.state.to_string(),
-        "owner": t.owner.as_ref().map(|o| o.0.clone()),
-        "epoch": t.epoch,
-        "checkpoint_seq": t.checkpoint_seq,
-        "checkpoint": t.checkpoint_seq.map(seq_label),
-        "fuel_used": t.fuel_used,
-        "exit_code": t.exit_code,
-        "failure": t.failure,
-        "stdout_bytes": t.stdout_bytes,
-        "stderr_bytes": t.stderr_bytes,
-    })
-}
+pub(crate) use wmig_coordinator::server::api::task_json;
 
 impl PsCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
@@ -437,18 +419,7 @@ impl MigrateCommand {
                 .with_context(|| format!("could not migrate {} to {}", self.task, self.worker))
         })?;
         if self.json {
-            let v = json!({
-                "task": r.task.to_string(),
-                "from": r.from.0,
-                "to": r.to.0,
-                "downtime_ms": r.downtime_ms,
-                "total_ms": r.total_ms,
-                "precopy_bytes": r.precopy_bytes,
-                "delta_bytes": r.delta_bytes,
-                "resume_bytes": r.resume_bytes,
-                "bytes_moved": r.precopy_bytes + r.delta_bytes + r.resume_bytes,
-            });
-            println!("{v}");
+            println!("{}", wmig_coordinator::server::api::migration_json(&r));
         } else {
             println!(
                 "migrated {} from {} to {}: downtime {:.1} ms, total {:.1} ms; pre-copied {}, after the pause {} stored + {} fetched",

@@ -38,6 +38,9 @@ pub struct UpCommand {
     /// Workers' checkpoint period for tasks that do not set their own.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     checkpoint_every: Duration,
+    /// Print the web dashboard's URL (with the operator token) once ready.
+    #[arg(long)]
+    dashboard: bool,
     /// How long to wait for every node to come up.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     ready_timeout: Duration,
@@ -198,6 +201,10 @@ impl UpCommand {
         }
         client.close();
         eprintln!("{} workers online: {}", want.len(), want.join(", "));
+        if self.dashboard {
+            let url = crate::cmd::dashboard::dashboard_url(&self.cluster)?;
+            eprintln!("dashboard    {url}");
+        }
         println!("ready");
         std::io::stdout().flush()?;
         // Report children that die (a test may kill workers on purpose).

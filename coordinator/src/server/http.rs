@@ -1,7 +1,5 @@
-//! The coordinator's HTTP side: Prometheus text on `GET /metrics`.
-//!
-//! axum keeps this small now and is where the JSON API and the dashboard
-//! grow later.
+//! The coordinator's HTTP side: Prometheus text on `GET /metrics`, and the
+//! JSON API with the dashboard ([`super::api`]).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -18,6 +16,7 @@ use crate::membership::Liveness;
 pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .merge(super::api::routes())
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");

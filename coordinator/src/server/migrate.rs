@@ -215,17 +215,21 @@ pub(super) fn handed_off(core: &mut Core, task: TaskId, paused_at_us: u64, bytes
 }
 
 /// The new owner executes its first instruction: the migration is done.
-pub(super) fn started(core: &mut Core, node: &NodeId, task: TaskId, at_us: u64, fetched: u64) {
+pub(super) fn started(
+    core: &mut Core,
+    node: &NodeId,
+    task: TaskId,
+    at_us: u64,
+    fetched: u64,
+) -> Option<MigrationReport> {
     let done = core
         .migrations
         .get(&task)
         .is_some_and(|m| m.stage == Stage::Resuming && m.to == *node);
     if !done {
-        return;
+        return None;
     }
-    let Some(m) = core.migrations.remove(&task) else {
-        return;
-    };
+    let m = core.migrations.remove(&task)?;
     let report = MigrationReport {
         task,
         from: m.from.clone(),
@@ -244,6 +248,7 @@ pub(super) fn started(core: &mut Core, node: &NodeId, task: TaskId, at_us: u64, 
     for w in m.waiters {
         let _ = w.send(Ok(report.clone()));
     }
+    Some(report)
 }
 
 /// End a migration with an error (the task stays where the log says).

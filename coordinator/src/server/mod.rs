@@ -13,11 +13,12 @@
 //! for every task it owns, which is how both a restarted worker and a
 //! restarted coordinator converge.
 
+pub mod api;
 pub mod http;
 mod migrate;
 pub mod output;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,8 +35,8 @@ use crate::membership::{Liveness, MembershipEvent, Role};
 use crate::placement::Placement;
 use crate::tasks::{TaskEvent, TaskState};
 use crate::wire::{
-    ClusterStats, ControlRequest, ControlResponse, MonitorItem, NodeStatus, OutputChunk, Stream,
-    TaskView, WorkerCommand,
+    ClusterStats, ControlRequest, ControlResponse, MonitorItem, NodeStatus, OutputChunk,
+    RecoveryReport, Stream, TaskBeat, TaskView, WorkerCommand,
 };
 use crate::{Coordinator, CoordinatorConfig, CoordinatorError, Event, EventLog, LogError};
 use output::OutputStore;
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How often monitors receive [`ClusterStats`].
     pub stats_interval: Duration,
+    /// The HTTP API's token and the way to the registry.
+    pub api: api::ApiConfig,
 }
 
 impl ServerConfig {
@@ -68,6 +71,7 @@ impl ServerConfig {
             heartbeat: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(1),
+            api: api::ApiConfig::default(),
         }
     }
 }
@@ -105,6 +109,26 @@ struct Core {
     checkpoints: u64,
     /// Migrations in flight (volatile; see [`migrate`]).
     migrations: HashMap<TaskId, migrate::Migration>,
+    /// Each running task's latest heartbeat entry (volatile).
+    usage: HashMap<TaskId, TaskBeat>,
+    /// Tasks of dead workers not yet running elsewhere: the dead worker and
+    /// the unix ms it was last heard from.
+    recovering: HashMap<TaskId, (NodeId, u64)>,
+    /// The latest migrations and recoveries (with the unix ms they ended),
+    /// oldest first, for dashboards.
+    timeline: VecDeque<(u64, MonitorItem)>,
+}
+
+/// Migrations and recoveries kept for [`Core::timeline`].
+const TIMELINE_LEN: usize = 200;
+
+impl Core {
+    fn remember(&mut self, item: MonitorItem) {
+        if self.timeline.len() == TIMELINE_LEN {
+            self.timeline.pop_front();
+        }
+        self.timeline.push_back((unix_ms(), item));
+    }
 }
 
 /// Durability progress published by the committer.
@@ -189,6 +213,9 @@ impl Server {
                     started: HashMap::new(),
                     checkpoints,
                     migrations: HashMap::new(),
+                    usage: HashMap::new(),
+                    recovering: HashMap::new(),
+                    timeline: VecDeque::new(),
                 }),
                 config,
                 clock,
@@ -298,6 +325,12 @@ impl Shared {
         Ok(value)
     }
 
+    /// Send a migration or recovery to monitors and keep it for dashboards.
+    fn publish(&self, core: &mut Core, item: MonitorItem) {
+        core.remember(item.clone());
+        let _ = self.monitor.send(Arc::new(item));
+    }
+
     fn stats(&self, core: &mut Core) -> ClusterStats {
         let mut s = ClusterStats {
             checkpoints: core.checkpoints,
@@ -317,6 +350,9 @@ impl Shared {
             }
         }
         for t in core.coord.tasks() {
+            let live = core.usage.get(&t.id).filter(|_| t.state.occupies_slot());
+            s.fuel_used += live.map_or(t.fuel_used, |u| u.fuel_used.max(t.fuel_used));
+            s.memory_bytes += live.map_or(0, |u| u.memory_bytes);
             match t.state {
                 TaskState::Pending => s.tasks_pending += 1,
                 TaskState::Running | TaskState::Migrating => s.tasks_running += 1,
@@ -340,6 +376,11 @@ impl Shared {
         let mut view = TaskView::new(&task, out, err, core.started.get(&id).copied());
         if view.state == TaskState::Running && core.migrations.contains_key(&id) {
             view.state = TaskState::Migrating;
+        }
+        if let Some(u) = core.usage.get(&id).filter(|_| task.state.occupies_slot()) {
+            view.fuel_used = view.fuel_used.max(u.fuel_used);
+            view.memory_bytes = Some(u.memory_bytes);
+            view.progress = u.progress;
         }
         Ok(view)
     }
@@ -458,8 +499,14 @@ fn effects(core: &mut Core, event: &Event) {
                     send_command(core, &owner, cmd);
                 }
             }
+            core.usage.remove(id);
+            core.recovering.remove(id);
         }
         Event::Task(TaskEvent::Checkpointed { .. }) => core.checkpoints += 1,
+        Event::Task(TaskEvent::Finished { id, .. }) => {
+            core.usage.remove(id);
+            core.recovering.remove(id);
+        }
         _ => {}
     }
 }
@@ -483,12 +530,29 @@ async fn failure_detector(shared: Arc<Shared>) {
         let now = shared.now();
         let mut core = shared.lock();
         if core.coord.next_deadline().is_some_and(|d| d <= now) {
+            // Who owned what before the tick, to tell recoveries apart.
+            let owners: HashMap<TaskId, NodeId> = core
+                .coord
+                .tasks()
+                .filter(|t| t.state.occupies_slot())
+                .filter_map(|t| Some((t.id, t.owner.clone()?)))
+                .collect();
             let events = core.coord.tick(now);
             for e in &events {
                 match e {
                     Event::Node(MembershipEvent::Offline(node)) => {
                         tracing::info!(%node, "offline");
                         migrate::node_offline(&mut core, node);
+                        let silent_ms = core
+                            .coord
+                            .node(node)
+                            .map_or(0, |n| now.saturating_sub(n.last_seen));
+                        let last_heard = unix_ms().saturating_sub(silent_ms);
+                        for (task, owner) in &owners {
+                            if owner == node {
+                                core.recovering.insert(*task, (node.clone(), last_heard));
+                            }
+                        }
                     }
                     Event::Task(t) => tracing::info!(event = ?t, "recovery"),
                     Event::Node(m) => tracing::info!(event = ?m, "membership"),
@@ -587,6 +651,32 @@ async fn dispatch(
     shared: &Arc<Shared>,
 ) -> Result<Option<ControlResponse>, RemoteError> {
     use ControlRequest as Q;
+    match req {
+        Q::Attach { node } => {
+            attach(node, send, shared).await;
+            Ok(None)
+        }
+        Q::Logs {
+            task,
+            stdout_from,
+            stderr_from,
+            follow,
+        } => {
+            logs(task, [stdout_from, stderr_from], follow, send, shared).await?;
+            Ok(None)
+        }
+        Q::Events { from, follow } => {
+            events(from, follow, send, shared).await;
+            Ok(None)
+        }
+        other => answer(other, shared).await.map(Some),
+    }
+}
+
+/// Answer a request that has one response (everything but the
+/// subscriptions); the HTTP API goes through here too.
+async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResponse, RemoteError> {
+    use ControlRequest as Q;
     use ControlResponse as R;
     let reply = match req {
         Q::Register(info) => {
@@ -606,20 +696,26 @@ async fn dispatch(
                 .await?;
             // Tasks the node runs but no longer owns (it was cut off and
             // its tasks moved on): tell it to drop them.
-            let core = shared.lock();
-            let stale: Vec<(TaskId, u64)> = tasks
-                .into_iter()
-                .filter(|(t, e)| fenced(&core, &node, *t, *e).is_err())
-                .collect();
+            let mut core = shared.lock();
+            let mut stale = Vec::new();
+            for beat in tasks {
+                if fenced(&core, &node, beat.task, beat.epoch).is_err() {
+                    stale.push((beat.task, beat.epoch));
+                } else {
+                    core.usage.insert(beat.task, beat);
+                }
+            }
             if stale.is_empty() {
                 R::Ok
             } else {
                 R::Stale(stale)
             }
         }
-        Q::Attach { node } => {
-            attach(node, send, shared).await;
-            return Ok(None);
+        Q::Attach { .. } | Q::Logs { .. } | Q::Events { .. } => {
+            return Err(RemoteError::new(
+                ErrorCode::Invalid,
+                "a subscription needs its own stream",
+            ));
         }
         Q::Started {
             node,
@@ -631,7 +727,20 @@ async fn dispatch(
             let mut core = shared.lock();
             fenced(&core, &node, task, epoch)?;
             core.started.insert(task, at_us);
-            migrate::started(&mut core, &node, task, at_us, fetched);
+            if let Some(report) = migrate::started(&mut core, &node, task, at_us, fetched) {
+                shared.publish(&mut core, MonitorItem::Migrated(report));
+            }
+            if let Some((from, heard_ms)) = core.recovering.remove(&task) {
+                let report = RecoveryReport {
+                    task,
+                    from,
+                    to: node.clone(),
+                    checkpoint_seq: core.coord.task(task).and_then(|t| t.checkpoint_seq),
+                    downtime_ms: (at_us as f64 / 1000.0 - heard_ms as f64).max(0.0),
+                };
+                tracing::info!(%task, from = %report.from, to = %node, downtime_ms = report.downtime_ms, "recovered");
+                shared.publish(&mut core, MonitorItem::Recovered(report));
+            }
             R::Ok
         }
         Q::Output { node, epoch, chunk } => {
@@ -822,14 +931,12 @@ async fn dispatch(
             shared.command(|c, _| Ok(((), c.uncordon(&node)?))).await?;
             R::Ok
         }
-        Q::Logs {
-            task,
-            stdout_from,
-            stderr_from,
-            follow,
-        } => {
-            logs(task, [stdout_from, stderr_from], follow, send, shared).await?;
-            return Ok(None);
+        Q::Remove { node } => {
+            shared
+                .command(|c, _| Ok(((), c.remove_node(&node)?)))
+                .await?;
+            tracing::info!(%node, "removed");
+            R::Ok
         }
         Q::Wait { task } => {
             let mut rx = shared.monitor.subscribe();
@@ -844,13 +951,9 @@ async fn dispatch(
                 }
             }
         }
-        Q::Events { from, follow } => {
-            events(from, follow, send, shared).await;
-            return Ok(None);
-        }
         Q::Stats => R::Stats(shared.stats(&mut shared.lock())),
     };
-    Ok(Some(reply))
+    Ok(reply)
 }
 
 /// A worker's command stream: replay its tasks, then forward commands until
@@ -964,25 +1067,13 @@ async fn logs(
                     MonitorItem::Event {
                         event: Event::Task(e),
                         ..
-                    } if task_of(e) == task => break,
+                    } if e.task() == task => break,
                     _ => {}
                 },
                 Err(broadcast::error::RecvError::Lagged(_)) => break,
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
         }
-    }
-}
-
-fn task_of(e: &TaskEvent) -> TaskId {
-    match e {
-        TaskEvent::Submitted { id, .. }
-        | TaskEvent::SubmittedWith { id, .. }
-        | TaskEvent::Placed { id, .. }
-        | TaskEvent::Checkpointed { id, .. }
-        | TaskEvent::Finished { id, .. }
-        | TaskEvent::Requeued { id }
-        | TaskEvent::Cancelled { id } => *id,
     }
 }
 
