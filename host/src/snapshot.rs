@@ -163,6 +163,7 @@ impl Task {
         ctl.counters = manifest.counters;
         ctl.fuel_set = fuel_now;
         task.set_resume_pending();
+        task.publish_usage();
         Ok(task)
     }
 }

@@ -300,7 +300,9 @@ impl Task {
     ) -> Result<Task, HostError> {
         let (wasi, rest) = split(config);
         let wasi = WasiCtx::new(wasi)?;
-        Task::instantiate(rt, module, wasi, rest)
+        let mut task = Task::instantiate(rt, module, wasi, rest)?;
+        task.publish_usage();
+        Ok(task)
     }
 
     pub(crate) fn instantiate(
@@ -480,6 +482,17 @@ impl Task {
 
     pub fn wasi(&self) -> &WasiCtx {
         &self.store.data().wasi
+    }
+
+    /// Refresh [`LiveUsage`] outside a yield point (after a restore, so
+    /// watchers see the restored task's size before its first slice ends).
+    pub(crate) fn publish_usage(&mut self) {
+        let bytes = self.memory_bytes() as u64;
+        let fuel = self.counters().fuel;
+        if let Some(u) = &self.store.data().ctl.usage {
+            u.memory_bytes.store(bytes, Ordering::Relaxed);
+            u.fuel.store(fuel, Ordering::Relaxed);
+        }
     }
 
     /// Pages of the guest's memory currently in use.
