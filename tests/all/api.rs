@@ -253,6 +253,19 @@ fn http_api_reads_acts_and_refuses_bad_input() {
     );
     assert!(reg["stats"]["dedup_ratio"].is_number(), "{reg}");
 
+    // Drain the owner: the task moves off it, and the worker takes no new ones.
+    let (status, v) = api.post(&format!("/api/nodes/{target}/drain"), json!({}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["moved"][0]["task"], id.as_str(), "{v}");
+    assert_eq!(v["failed"], json!([]), "{v}");
+    assert_ne!(api.task(&id)["owner"], target);
+    assert_eq!(api.ok(&format!("/api/nodes/{target}"))["draining"], true);
+    let (status, v) = api.post(&format!("/api/tasks/{id}/migrate"), json!({ "to": target }));
+    assert_eq!(status, 409, "a draining worker takes no task: {v}");
+    let (status, _) = api.post(&format!("/api/nodes/{target}/uncordon"), json!({}));
+    assert_eq!(status, 200);
+    assert_eq!(api.ok(&format!("/api/nodes/{target}"))["draining"], false);
+
     // Cancel.
     let (status, v) = api.post(&format!("/api/tasks/{id}/cancel"), json!({}));
     assert_eq!(status, 200, "{v}");

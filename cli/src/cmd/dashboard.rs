@@ -65,7 +65,7 @@ pub fn dashboard_url(cluster: &Path) -> anyhow::Result<String> {
     Ok(format!("http://{http}/#token={token}"))
 }
 
-fn open_browser(url: &str) {
+pub(crate) fn open_browser(url: &str) {
     let program = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".to_owned());
     match std::process::Command::new(&program)
         .arg(url)

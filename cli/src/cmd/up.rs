@@ -38,7 +38,8 @@ pub struct UpCommand {
     /// Workers' checkpoint period for tasks that do not set their own.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     checkpoint_every: Duration,
-    /// Print the web dashboard's URL (with the operator token) once ready.
+    /// Once ready, print the web dashboard's URL (with the operator token)
+    /// and open it when there is a desktop (`$BROWSER`, `$DISPLAY`).
     #[arg(long)]
     dashboard: bool,
     /// How long to wait for every node to come up.
@@ -204,6 +205,13 @@ impl UpCommand {
         if self.dashboard {
             let url = crate::cmd::dashboard::dashboard_url(&self.cluster)?;
             eprintln!("dashboard    {url}");
+            // Open it where there is a desktop to open it on.
+            let desktop = ["BROWSER", "DISPLAY", "WAYLAND_DISPLAY"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+            if desktop {
+                crate::cmd::dashboard::open_browser(&url);
+            }
         }
         println!("ready");
         std::io::stdout().flush()?;
