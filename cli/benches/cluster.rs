@@ -14,6 +14,9 @@
 //!    ≤ 25 ms cold at 64 MiB, ≤ 5 ms after pre-copy.
 //! 4. Recovery: from SIGKILL of the worker running a task to the task's
 //!    first instruction on another worker, offline timeout 1 s. Goal ≤ 2 s.
+//! 5. The HTTP API against the QUIC protocol it wraps, with the ~1,000
+//!    tasks of (2) in the table: listing tasks, submitting one, and how
+//!    fast a submission shows up on the `/api/events` stream.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -189,6 +192,163 @@ async fn recovery_ms(client: &ControlClient, registry: &RegistryClient) -> anyho
     }
 }
 
+const HTTP_RUNS: usize = 30;
+
+struct HttpTable {
+    tasks: usize,
+    /// (request, QUIC median ms, HTTP median ms)
+    rows: Vec<(&'static str, Option<f64>, f64)>,
+}
+
+async fn median_ms<F: std::future::Future<Output = anyhow::Result<()>>>(
+    mut f: impl FnMut() -> F,
+) -> anyhow::Result<f64> {
+    let mut v = Vec::with_capacity(HTTP_RUNS);
+    for _ in 0..HTTP_RUNS {
+        let t = Instant::now();
+        f().await?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(percentile(&mut v, 0.5))
+}
+
+/// ureq is blocking: run it off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+async fn http_table(
+    dir: &std::path::Path,
+    client: &Arc<ControlClient>,
+    bundle: wmig_proto::Hash,
+) -> anyhow::Result<HttpTable> {
+    let cluster = ClusterDir::new(dir);
+    let base = format!(
+        "http://{}",
+        cluster
+            .config()?
+            .http
+            .ok_or_else(|| anyhow::anyhow!("no http address"))?
+    );
+    let token = cluster.operator_token()?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let tasks = client.tasks().await?.len();
+    let mut rows = Vec::new();
+
+    let quic = median_ms(|| async {
+        client.tasks().await?;
+        Ok(())
+    })
+    .await?;
+    let over_http = median_ms(|| {
+        let (agent, url) = (agent.clone(), format!("{base}/api/tasks"));
+        async move {
+            blocking(move || {
+                agent.get(&url).call()?.body_mut().read_to_string()?;
+                Ok(())
+            })
+            .await
+        }
+    })
+    .await?;
+    rows.push(("list every task", Some(quic), over_http));
+
+    let submit_req = ControlRequest::Submit {
+        spec: TaskSpec {
+            bundle,
+            args: vec!["trivial".into()],
+            env: Default::default(),
+        },
+        options: TaskOptions::default(),
+        placement: Placement::LeastLoaded,
+    };
+    let quic = median_ms(|| async {
+        client.ask(&submit_req).await?;
+        Ok(())
+    })
+    .await?;
+    let body = serde_json::json!({ "bundle": bundle.to_string() }).to_string();
+    let post = {
+        let (agent, url, token) = (agent.clone(), format!("{base}/api/tasks"), token.clone());
+        move |body: String| -> anyhow::Result<String> {
+            let text = agent
+                .post(&url)
+                .header("Authorization", format!("Bearer {token}"))
+                .header("Content-Type", "application/json")
+                .send(body)?
+                .body_mut()
+                .read_to_string()?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            v["task"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no task in {text}"))
+        }
+    };
+    let over_http = median_ms(|| {
+        let (post, body) = (post.clone(), body.clone());
+        async move { blocking(move || post(body).map(drop)).await }
+    })
+    .await?;
+    rows.push((
+        "submit a task (answered when logged)",
+        Some(quic),
+        over_http,
+    ));
+
+    // A submission seen on the event stream: POST sent → its `log` event read.
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    let stream = agent
+        .get(format!("{base}/api/events"))
+        .config()
+        .timeout_global(None)
+        .build()
+        .call()?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream.into_body().into_reader())
+            .lines()
+            .map_while(Result::ok)
+        {
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            if v["kind"] == "submitted" {
+                let id = v["task"].as_str().unwrap_or_default().to_owned();
+                if tx.send((id, Instant::now())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    for _ in 0..HTTP_RUNS {
+        let (post, body) = (post.clone(), body.clone());
+        let sent = Instant::now();
+        let id = blocking(move || post(body)).await?;
+        let at = loop {
+            let (got, at) = rx.recv_timeout(Duration::from_secs(10))?;
+            if got == id {
+                break at;
+            }
+        };
+        seen.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+    }
+    rows.push((
+        "submission → its event on /api/events (SSE)",
+        None,
+        percentile(&mut seen, 0.5),
+    ));
+    Ok(HttpTable { tasks, rows })
+}
+
 fn main() -> anyhow::Result<()> {
     let tmp = tempfile::TempDir::new()?;
     let dir = tmp.path().join("cluster");
@@ -282,6 +442,7 @@ fn main() -> anyhow::Result<()> {
         let secs = start.elapsed().as_secs_f64();
         let rate = completed as f64 / secs;
 
+        let http = http_table(&dir, &client, bundle).await?;
         let migrations = migration_table(&client, &registry).await?;
         let recovery = recovery_ms(&client, &registry).await?;
 
@@ -298,6 +459,16 @@ fn main() -> anyhow::Result<()> {
             "| trivial tasks completed per second ({completed} tasks, {IN_FLIGHT} in flight) | {rate:.0} /s | ≥ 1,000 /s | {:.2}× |",
             1000.0 / rate
         );
+        println!();
+        println!("HTTP API beside the QUIC protocol (same coordinator, {} tasks in its table; medians of {HTTP_RUNS})", http.tasks);
+        println!("| request | QUIC | HTTP | HTTP / QUIC |");
+        println!("|---|---:|---:|---:|");
+        for (what, quic, over_http) in &http.rows {
+            match quic {
+                Some(q) => println!("| {what} | {q:.2} ms | {over_http:.2} ms | {:.2}× |", over_http / q),
+                None => println!("| {what} | – | {over_http:.2} ms | – |"),
+            }
+        }
         println!();
         println!("Migration (holdmem task; downtime = pause on the source → first instruction on the target)");
         println!("| live memory | mode | downtime (ms) | total (ms) | moved before / after the pause | goal |");

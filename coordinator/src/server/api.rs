@@ -520,7 +520,9 @@ async fn submit(
     })?;
     let client = registry_client(&shared).await?;
     let found = client.list_bundles().await;
-    client.close().await;
+    if found.is_err() {
+        registry_failed(&shared).await;
+    }
     let found = found
         .map_err(|e| ApiError::unavailable(format!("could not list the registry's bundles: {e}")))?
         .into_iter()
@@ -643,7 +645,25 @@ async fn timeline(State(shared): State<Arc<Shared>>) -> ApiResult {
         .collect())
 }
 
+/// The registry connection, reused across requests (a QUIC handshake with
+/// mutual TLS per request would dominate a submission).
 async fn registry_client(shared: &Shared) -> Result<RegistryClient, ApiError> {
+    let mut cached = shared.registry.lock().await;
+    if let Some(c) = cached.as_ref().filter(|c| !c.is_closed()) {
+        return Ok(c.clone());
+    }
+    let client = connect_registry(shared).await?;
+    *cached = Some(client.clone());
+    Ok(client)
+}
+
+/// Forget the cached connection after a failure, so the next request
+/// connects anew (the registry may have restarted on another port).
+async fn registry_failed(shared: &Shared) {
+    *shared.registry.lock().await = None;
+}
+
+async fn connect_registry(shared: &Shared) -> Result<RegistryClient, ApiError> {
     let Some(dir) = &shared.config.api.cluster else {
         return Err(ApiError::unavailable(
             "this coordinator was started without a cluster directory, so it cannot reach the registry",
@@ -686,7 +706,9 @@ async fn registry_client(shared: &Shared) -> Result<RegistryClient, ApiError> {
 async fn registry(State(shared): State<Arc<Shared>>) -> ApiResult {
     let client = registry_client(&shared).await?;
     let (bundles, stats) = (client.list_bundles().await, client.stats().await);
-    client.close().await;
+    if bundles.is_err() || stats.is_err() {
+        registry_failed(&shared).await;
+    }
     let gateway = |e: ClientError| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,

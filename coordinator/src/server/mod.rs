@@ -148,6 +148,8 @@ struct Shared {
     queued: Notify,
     durable: watch::Sender<Durable>,
     monitor: broadcast::Sender<Arc<MonitorItem>>,
+    /// The HTTP API's connection to the registry, made on first use.
+    registry: tokio::sync::Mutex<Option<wmig_registry::RegistryClient>>,
 }
 
 /// A coordinator with its log replayed, ready to serve.
@@ -222,6 +224,7 @@ impl Server {
                 queued: Notify::new(),
                 durable,
                 monitor,
+                registry: tokio::sync::Mutex::new(None),
             }),
             log,
         })

@@ -118,6 +118,11 @@ impl RegistryClient {
         &self.inner.config
     }
 
+    /// Whether the connection is gone (then every request fails; connect anew).
+    pub fn is_closed(&self) -> bool {
+        self.inner.conn.close_reason().is_some()
+    }
+
     /// Transport counters of the connection (RTT, path MTU, bytes, losses).
     pub fn transport_stats(&self) -> quinn::ConnectionStats {
         self.inner.conn.stats()
