@@ -120,6 +120,9 @@ impl Registry {
         self.store
             .put_ref(RefSpace::Manifests, &key(task, seq), &body)?;
         seqs.insert(seq, body.len() as u64);
+        let refs: usize = m.memories.iter().map(|i| i.chunks.len()).sum();
+        self.chunks_referenced
+            .fetch_add(refs as u64, std::sync::atomic::Ordering::Relaxed);
         let pruned = retired(seqs.keys().copied(), keep);
         for old in &pruned {
             seqs.remove(old);

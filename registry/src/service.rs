@@ -38,6 +38,8 @@ pub struct Registry {
     pub(crate) gc_lock: RwLock<()>,
     chunks_written: AtomicU64,
     chunks_deduplicated: AtomicU64,
+    /// Chunk references of the manifests stored since start.
+    pub(crate) chunks_referenced: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +85,7 @@ impl Registry {
             gc_lock: RwLock::new(()),
             chunks_written: AtomicU64::new(0),
             chunks_deduplicated: AtomicU64::new(0),
+            chunks_referenced: AtomicU64::new(0),
             config,
         })
     }
@@ -304,6 +307,7 @@ impl Registry {
             leases: lock(&self.leases).stats(now),
             chunks_written: self.chunks_written.load(Ordering::Relaxed),
             chunks_deduplicated: self.chunks_deduplicated.load(Ordering::Relaxed),
+            chunks_referenced: self.chunks_referenced.load(Ordering::Relaxed),
         }
     }
 }

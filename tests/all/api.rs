@@ -251,7 +251,14 @@ fn http_api_reads_acts_and_refuses_bad_input() {
         reg["stats"]["chunks"]["count"].as_u64().unwrap_or(0) > 0,
         "{reg}"
     );
-    assert!(reg["stats"]["dedup_ratio"].is_number(), "{reg}");
+    // Successive checkpoints share the chunks that did not change (counter's
+    // read-only data), so not every referenced chunk was written.
+    let saved = reg["stats"]["dedup_ratio"].as_f64().unwrap_or(0.0);
+    assert!(saved > 0.0 && saved < 1.0, "{reg}");
+    assert!(
+        reg["stats"]["chunks_written"].as_u64() < reg["stats"]["chunks_referenced"].as_u64(),
+        "{reg}"
+    );
 
     // Drain the owner: the task moves off it, and the worker takes no new ones.
     let (status, v) = api.post(&format!("/api/nodes/{target}/drain"), json!({}));

@@ -281,10 +281,22 @@ async fn stats(s: Stats) -> anyhow::Result<()> {
         l.active, l.granted, l.completed, l.expired, l.released
     );
     println!(
-        "since start: {} chunks written, {} deduplicated",
-        st.chunks_written, st.chunks_deduplicated
+        "since start: {} chunks written, {} deduplicated; checkpoints referred to {} chunks ({:.0} % not written again)",
+        st.chunks_written,
+        st.chunks_deduplicated,
+        st.chunks_referenced,
+        dedup_saving(st.chunks_written, st.chunks_referenced) * 100.0
     );
     Ok(())
+}
+
+/// The share of checkpoint chunk references that did not cost a write.
+pub(crate) fn dedup_saving(written: u64, referenced: u64) -> f64 {
+    if referenced == 0 {
+        0.0
+    } else {
+        1.0 - (written.min(referenced) as f64 / referenced as f64)
+    }
 }
 
 async fn gc(t: Target) -> anyhow::Result<()> {

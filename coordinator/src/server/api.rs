@@ -717,7 +717,13 @@ async fn registry(State(shared): State<Arc<Shared>>) -> ApiResult {
         )
     };
     let (bundles, s) = (bundles.map_err(gateway)?, stats.map_err(gateway)?);
-    let claims = s.chunks_written + s.chunks_deduplicated;
+    // Of every chunk the checkpoints refer to, the share not written again
+    // (the registry deduplicated it, or the worker knew it was stored).
+    let saved = if s.chunks_referenced == 0 {
+        0.0
+    } else {
+        1.0 - s.chunks_written.min(s.chunks_referenced) as f64 / s.chunks_referenced as f64
+    };
     ok(json!({
         "bundles": bundles.iter().map(|b| json!({
             "hash": b.hash.to_string(),
@@ -732,7 +738,9 @@ async fn registry(State(shared): State<Arc<Shared>>) -> ApiResult {
             "tasks": s.tasks,
             "chunks_written": s.chunks_written,
             "chunks_deduplicated": s.chunks_deduplicated,
-            "dedup_ratio": if claims == 0 { 0.0 } else { s.chunks_deduplicated as f64 / claims as f64 },
+            "chunks_referenced": s.chunks_referenced,
+            "chunk_bytes_referenced": s.chunks_referenced * wmig_proto::checkpoint::CHUNK_SIZE as u64,
+            "dedup_ratio": saved,
             "leases": {
                 "active": s.leases.active,
                 "granted": s.leases.granted,

@@ -177,6 +177,11 @@ pub struct RegistryStats {
     pub chunks_written: u64,
     /// Chunk uploads or claims answered "already stored" since start.
     pub chunks_deduplicated: u64,
+    /// Chunks the checkpoints stored since start refer to: what writing
+    /// every checkpoint whole would have written. Against `chunks_written`
+    /// this counts every chunk not written again, including those a worker
+    /// did not even offer because it knew the registry held them.
+    pub chunks_referenced: u64,
 }
 
 /// A bundle reference: its hash, or a `name:tag`.

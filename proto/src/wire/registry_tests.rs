@@ -146,7 +146,7 @@ fn response() -> impl Strategy<Value = RegistryResponse> {
         count: n[0],
         bytes: n[1],
     });
-    let stats = (count.clone(), count.clone(), count, any::<[u64; 9]>()).prop_map(
+    let stats = (count.clone(), count.clone(), count, any::<[u64; 10]>()).prop_map(
         |(bundles, chunks, manifests, n)| RegistryStats {
             bundles,
             chunks,
@@ -162,6 +162,7 @@ fn response() -> impl Strategy<Value = RegistryResponse> {
             },
             chunks_written: n[7],
             chunks_deduplicated: n[8],
+            chunks_referenced: n[9],
         },
     );
     prop_oneof![
