@@ -15,8 +15,9 @@
 //!
 //! Around the core: [`wire`] (the control protocol's messages), [`server`]
 //! (the coordinator process: QUIC, group-committed log, task output, the
-//! monitor stream, `/metrics`) and [`client`] (what workers, monitors and
-//! `wmig` use to talk to it).
+//! monitor stream, `/metrics`, and the HTTP API with the dashboard in
+//! [`server::api`]) and [`client`] (what workers, monitors and `wmig` use
+//! to talk to it).
 
 // Tests may unwrap: a panic there is a test failure with a line number.
 #![cfg_attr(test, allow(clippy::unwrap_used))]

@@ -145,6 +145,16 @@ fn http_api_reads_acts_and_refuses_bad_input() {
     assert!(error_of(&v).contains("not a task id"), "{v}");
     let (status, _) = api.get("/api/nothing-here");
     assert_eq!(status, 404);
+    // DNS rebinding: a loopback API answers only to loopback names.
+    let resp = api
+        .agent
+        .get(api.url("/api/nodes"))
+        .header("Host", "evil.example")
+        .call()
+        .expect("GET with a foreign Host");
+    let (status, v) = Api::read(resp, "foreign Host");
+    assert_eq!(status, 403, "{v}");
+    assert!(error_of(&v).contains("evil.example"), "{v}");
 
     // Changing anything needs the operator token.
     up.ok(&["upload", artifacts::COUNTER, "--name", "counter"]);

@@ -14,13 +14,55 @@ use super::Shared;
 use crate::membership::Liveness;
 
 pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .merge(super::api::routes())
         .with_state(shared);
+    if listener.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+        app = app.layer(axum::middleware::from_fn(loopback_names_only));
+    }
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");
     }
+}
+
+/// Whether a `Host` header names this machine's loopback (`localhost`,
+/// `127.0.0.1`, `[::1]`, with or without a port).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// On a loopback listener, refuse requests addressed to any other name: a
+/// web page elsewhere could otherwise point its own domain at 127.0.0.1
+/// (DNS rebinding) and read the cluster through the visitor's browser.
+async fn loopback_names_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if loopback_host(host) {
+        return next.run(req).await;
+    }
+    let body = serde_json::json!({
+        "error": format!(
+            "this API listens on loopback and answers only requests addressed to it \
+             (Host: {host:?} is not localhost, 127.0.0.1 or [::1]); to serve it under \
+             another name, bind `wmig coordinator --http` to a non-loopback address"
+        ),
+        "code": "forbidden",
+    });
+    (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -127,4 +169,31 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         let _ = writeln!(out, "wmig_node_tasks{{node=\"{}\"}} {}", n.name, n.tasks);
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass() {
+        for ok in [
+            "127.0.0.1:7702",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:7702",
+            "127.0.0.9",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7702",
+            "",
+            "10.0.0.1:7702",
+            "[2001:db8::1]:80",
+            "localhost.evil",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
 }
