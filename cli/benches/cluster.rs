@@ -194,6 +194,19 @@ async fn recovery_ms(client: &ControlClient, registry: &RegistryClient) -> anyho
 
 const HTTP_RUNS: usize = 30;
 
+/// A submission of the trivial module, placed on the least-loaded worker.
+fn trivial_task(bundle: wmig_proto::Hash) -> ControlRequest {
+    ControlRequest::Submit {
+        spec: TaskSpec {
+            bundle,
+            args: vec!["trivial".into()],
+            env: Default::default(),
+        },
+        options: TaskOptions::default(),
+        placement: Placement::LeastLoaded,
+    }
+}
+
 struct HttpTable {
     tasks: usize,
     /// (request, QUIC median ms, HTTP median ms)
@@ -258,15 +271,7 @@ async fn http_table(
     .await?;
     rows.push(("list every task", Some(quic), over_http));
 
-    let submit_req = ControlRequest::Submit {
-        spec: TaskSpec {
-            bundle,
-            args: vec!["trivial".into()],
-            env: Default::default(),
-        },
-        options: TaskOptions::default(),
-        placement: Placement::LeastLoaded,
-    };
+    let submit_req = trivial_task(bundle);
     let quic = median_ms(|| async {
         client.ask(&submit_req).await?;
         Ok(())
@@ -388,15 +393,7 @@ fn main() -> anyhow::Result<()> {
         let bundle = registry.upload_bundle(&wat::parse_str(TRIVIAL)?, None).await?.hash;
         let client = Arc::new(ControlClient::connect(ctl_addr, &creds, Duration::from_secs(5)).await?);
         let submit = |client: Arc<ControlClient>| async move {
-            let req = ControlRequest::Submit {
-                spec: TaskSpec {
-                    bundle,
-                    args: vec!["trivial".into()],
-                    env: Default::default(),
-                },
-                options: TaskOptions::default(),
-                placement: Placement::LeastLoaded,
-            };
+            let req = trivial_task(bundle);
             match client.ask(&req).await? {
                 ControlResponse::Submitted { task, .. } => anyhow::Ok(task),
                 other => anyhow::bail!("unexpected {other:?}"),

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -168,6 +169,19 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
             .zip(expected)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+/// A request that carries the operator token: handlers that change the
+/// cluster take one, so they cannot forget to check (and it runs before
+/// the body is read).
+struct Operator;
+
+impl FromRequestParts<Arc<Shared>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+        authorize(shared, &parts.headers).map(|()| Operator)
+    }
 }
 
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -379,10 +393,9 @@ async fn one_node(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -
 
 async fn remove_node(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    _: Operator,
     Path(name): Path<String>,
 ) -> ApiResult {
-    authorize(&shared, &headers)?;
     ask(
         &shared,
         ControlRequest::Remove {
@@ -395,10 +408,9 @@ async fn remove_node(
 
 async fn drain(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    _: Operator,
     Path(name): Path<String>,
 ) -> ApiResult {
-    authorize(&shared, &headers)?;
     match ask(&shared, ControlRequest::Drain { node: NodeId(name) }).await? {
         ControlResponse::Drained { moved, failed } => ok(json!({
             "moved": moved.iter().map(migration_json).collect::<Vec<_>>(),
@@ -410,10 +422,9 @@ async fn drain(
 
 async fn uncordon(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    _: Operator,
     Path(name): Path<String>,
 ) -> ApiResult {
-    authorize(&shared, &headers)?;
     ask(&shared, ControlRequest::Uncordon { node: NodeId(name) }).await?;
     ok(json!({ "ok": true }))
 }
@@ -507,10 +518,9 @@ struct SubmitBody {
 
 async fn submit(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    _: Operator,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    authorize(&shared, &headers)?;
     let b: SubmitBody = body(raw)?;
     let wanted: BundleRef = b.bundle.parse().map_err(|e| {
         ApiError::invalid(format!(
@@ -571,23 +581,27 @@ async fn submit(
 
 async fn cancel(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    _: Operator,
     Path(id): Path<String>,
 ) -> ApiResult {
-    authorize(&shared, &headers)?;
-    let task = task_id(&id)?;
-    ask(&shared, ControlRequest::Cancel { task }).await?;
-    ok(json!({ "ok": true }))
+    task_command(&shared, &id, |task| ControlRequest::Cancel { task }).await
 }
 
 async fn checkpoint(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    _: Operator,
     Path(id): Path<String>,
 ) -> ApiResult {
-    authorize(&shared, &headers)?;
-    let task = task_id(&id)?;
-    ask(&shared, ControlRequest::Checkpoint { task }).await?;
+    task_command(&shared, &id, |task| ControlRequest::Checkpoint { task }).await
+}
+
+/// A request about one task that is answered with a plain `Ok`.
+async fn task_command(
+    shared: &Arc<Shared>,
+    id: &str,
+    request: impl FnOnce(TaskId) -> ControlRequest,
+) -> ApiResult {
+    ask(shared, request(task_id(id)?)).await?;
     ok(json!({ "ok": true }))
 }
 
@@ -607,11 +621,10 @@ fn yes() -> bool {
 
 async fn migrate(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    _: Operator,
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    authorize(&shared, &headers)?;
     let task = task_id(&id)?;
     let b: MigrateBody = body(raw)?;
     let req = ControlRequest::Migrate {
