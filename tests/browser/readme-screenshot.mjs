@@ -1,0 +1,48 @@
+// Regenerates docs/dashboard.png, the README's picture: a cluster with a few
+// tasks, one migration and one SIGKILLed worker. Not a test; run it by hand
+// from tests/browser after `npm ci`: `node readme-screenshot.mjs`.
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const BIN = process.env.WMIG_BIN || path.join(repo, 'target', 'debug', 'wmig');
+const T = process.env.WMIG_TASKS || path.join(repo, 'target', 'wasm-tasks', 'wasm32-wasip1', 'release');
+const OUT = path.join(repo, 'docs', 'dashboard.png');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wmig-shot-'));
+const up = spawn(BIN, ['up', '--cluster', dir, '--workers', '3', '--offline-timeout', '2s', '--checkpoint-every', '2s', '--dashboard'], { stdio: ['ignore', 'pipe', 'pipe'] });
+let url = null, ready = false, err = '';
+up.stderr.on('data', (d) => { err += d; const m = /dashboard\s+(http:\/\/\S+)/.exec(err); if (m) url = m[1]; });
+up.stdout.on('data', (d) => { if (String(d).includes('ready')) ready = true; });
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+while (!(ready && url)) await sleep(200);
+const base = url.split('#')[0].replace(/\/$/, '');
+const token = url.split('#token=')[1];
+for (const [f, n] of [['counter.wasm', 'counter'], ['nbody.wasm', 'nbody'], ['holdmem.wasm', 'holdmem']]) execFileSync(BIN, ['upload', `${T}/${f}`, '--name', n, '--cluster', dir]);
+const post = async (p, b) => (await fetch(base + p, { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` }, body: JSON.stringify(b) })).json();
+const ctx = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
+const page = await ctx.newPage({ viewport: { width: 1280, height: 900 } });
+await page.goto(url);
+const a = await post('/api/tasks', { bundle: 'counter', args: ['40000000000'] });
+await post('/api/tasks', { bundle: 'holdmem', args: ['48', '100000'] });
+await post('/api/tasks', { bundle: 'nbody', args: ['100000000'] });
+await post('/api/tasks', { bundle: 'counter', args: ['20000000'] });
+await sleep(15000);
+const tasks = await (await fetch(base + '/api/tasks')).json();
+const t1 = tasks.find((t) => t.id === a.task);
+const other = ['worker-1', 'worker-2', 'worker-3'].find((w) => w !== t1.owner);
+await post(`/api/tasks/${a.task}/migrate`, { to: other });
+await sleep(4000);
+const t2 = (await (await fetch(base + '/api/tasks')).json()).find((t) => t.id === a.task);
+const victim = (await (await fetch(base + '/api/nodes/' + t2.owner)).json());
+process.kill(victim.pid, 'SIGKILL');
+await sleep(12000);
+await page.click(`tr[data-task="${a.task}"] [data-action="output"]`);
+await sleep(3000);
+await page.screenshot({ path: OUT, fullPage: true });
+await ctx.close();
+up.kill('SIGTERM');
+fs.rmSync(dir, { recursive: true, force: true });
+console.log(`wrote ${OUT}`);
