@@ -245,6 +245,12 @@ impl InspectCommand {
                 .map_or("none yet".to_owned(), |s| format!("#{}", seq_label(s)))
         );
         println!("fuel used   {}", t.fuel_used);
+        if let Some(m) = t.memory_bytes {
+            println!("memory      {}", crate::cmd::registry::human(m));
+        }
+        if let Some((done, total)) = t.progress {
+            println!("progress    {done} of {total}");
+        }
         println!(
             "output      {} B stdout, {} B stderr",
             t.stdout_bytes, t.stderr_bytes
