@@ -244,6 +244,8 @@ pub struct MigrationReport {
     pub delta_bytes: u64,
     /// Bytes the target fetched after the pause (what its caches lacked).
     pub resume_bytes: u64,
+    /// Unix ms the migration ended (the target's first instruction).
+    pub at_ms: u64,
 }
 
 /// A task as operators see it.
@@ -359,6 +361,8 @@ pub struct RecoveryReport {
     /// From the last heartbeat of the dead worker to the first instruction
     /// on the new one: detection plus restore.
     pub downtime_ms: f64,
+    /// Unix ms it ran again.
+    pub at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

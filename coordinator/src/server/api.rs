@@ -312,6 +312,7 @@ pub fn migration_json(r: &MigrationReport) -> Value {
         "delta_bytes": r.delta_bytes,
         "resume_bytes": r.resume_bytes,
         "bytes_moved": r.precopy_bytes + r.delta_bytes + r.resume_bytes,
+        "at_ms": r.at_ms,
     })
 }
 
@@ -323,6 +324,7 @@ fn recovery_json(r: &RecoveryReport) -> Value {
         "to": r.to.0,
         "checkpoint": r.checkpoint_seq.map(seq_label),
         "downtime_ms": r.downtime_ms,
+        "at_ms": r.at_ms,
     })
 }
 
@@ -344,14 +346,12 @@ fn event_json(seq: u64, at_ms: u64, e: &Event) -> Value {
 }
 
 /// A migration or recovery as the timeline shows it.
-fn timeline_json(at_ms: u64, item: &MonitorItem) -> Option<Value> {
-    let mut v = match item {
-        MonitorItem::Migrated(r) => migration_json(r),
-        MonitorItem::Recovered(r) => recovery_json(r),
-        _ => return None,
-    };
-    v["at_ms"] = at_ms.into();
-    Some(v)
+fn timeline_json(item: &MonitorItem) -> Option<Value> {
+    match item {
+        MonitorItem::Migrated(r) => Some(migration_json(r)),
+        MonitorItem::Recovered(r) => Some(recovery_json(r)),
+        _ => None,
+    }
 }
 
 // --- pages ----------------------------------------------------------------
@@ -633,11 +633,7 @@ async fn migrate(
         precopy: b.precopy,
     };
     match ask(&shared, req).await? {
-        ControlResponse::Migrated(r) => {
-            let mut v = migration_json(&r);
-            v["at_ms"] = unix_ms().into();
-            ok(v)
-        }
+        ControlResponse::Migrated(r) => ok(migration_json(&r)),
         other => Err(unexpected("Migrate", &other)),
     }
 }
@@ -651,11 +647,7 @@ async fn stats(State(shared): State<Arc<Shared>>) -> ApiResult {
 
 async fn timeline(State(shared): State<Arc<Shared>>) -> ApiResult {
     let core = shared.lock();
-    ok(core
-        .timeline
-        .iter()
-        .filter_map(|(at, item)| timeline_json(*at, item))
-        .collect())
+    ok(core.timeline.iter().filter_map(timeline_json).collect())
 }
 
 /// The registry connection, reused across requests (a QUIC handshake with
@@ -776,7 +768,7 @@ fn sse_item(item: &MonitorItem) -> Option<SseEvent> {
             } else {
                 "recovery"
             };
-            (kind, timeline_json(unix_ms(), item)?)
+            (kind, timeline_json(item)?)
         }
         // Output can be large and fast; pages poll /api/tasks/{id}/output.
         MonitorItem::Output(_) => return None,

@@ -239,6 +239,7 @@ pub(super) fn started(
         precopy_bytes: m.precopy_bytes,
         delta_bytes: m.delta_bytes,
         resume_bytes: fetched,
+        at_ms: at_us / 1000,
     };
     tracing::info!(
         %task, from = %m.from, to = %m.to,

@@ -114,9 +114,8 @@ struct Core {
     /// Tasks of dead workers not yet running elsewhere: the dead worker and
     /// the unix ms it was last heard from.
     recovering: HashMap<TaskId, (NodeId, u64)>,
-    /// The latest migrations and recoveries (with the unix ms they ended),
-    /// oldest first, for dashboards.
-    timeline: VecDeque<(u64, MonitorItem)>,
+    /// The latest migrations and recoveries, oldest first, for dashboards.
+    timeline: VecDeque<MonitorItem>,
 }
 
 /// Migrations and recoveries kept for [`Core::timeline`].
@@ -127,7 +126,7 @@ impl Core {
         if self.timeline.len() == TIMELINE_LEN {
             self.timeline.pop_front();
         }
-        self.timeline.push_back((unix_ms(), item));
+        self.timeline.push_back(item);
     }
 }
 
@@ -740,6 +739,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                     to: node.clone(),
                     checkpoint_seq: core.coord.task(task).and_then(|t| t.checkpoint_seq),
                     downtime_ms: (at_us as f64 / 1000.0 - heard_ms as f64).max(0.0),
+                    at_ms: at_us / 1000,
                 };
                 tracing::info!(%task, from = %report.from, to = %node, downtime_ms = report.downtime_ms, "recovered");
                 shared.publish(&mut core, MonitorItem::Recovered(report));
