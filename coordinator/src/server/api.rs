@@ -220,10 +220,18 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
 /// counts as `{}` so that requests without options need none.
 fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let raw = raw.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "invalid"
+        };
         ApiError::new(
             e.status(),
-            "invalid",
-            format!("could not read the request body: {}", e.body_text()),
+            code,
+            format!(
+                "could not read the request body ({}); requests to this API are small JSON documents",
+                e.body_text()
+            ),
         )
     })?;
     let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
