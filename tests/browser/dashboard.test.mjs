@@ -283,12 +283,26 @@ describe('dashboard on a real wmig cluster', { timeout: 300_000 }, () => {
     assert.match(text, new RegExp(`counter \\d+/${SHORT_N} checksum=`), 'the output should contain the progress lines');
   });
 
-  step(6, 'cancel', 45_000, async () => {
+  step(6, 'drain', 90_000, async () => {
+    // Drain moves the long task off its worker; Uncordon lets it take tasks again.
+    const from = long.owner;
+    await page.locator(`tr[data-node="${from}"] [data-action="drain"]`).click();
+    await waitFor((n) => document.querySelector(`tr[data-node="${n}"]`)?.dataset.draining === 'true', from, 60_000, `${from} draining`);
+    await waitFor(([i, w]) => {
+      const r = document.querySelector(`tr[data-task="${i}"]`);
+      return r && r.dataset.state === 'running' && r.dataset.owner && r.dataset.owner !== w;
+    }, [long.id, from], 60_000, `task ${long.id} moved off the drained ${from}`);
+    long.owner = await attr(`tr[data-task="${long.id}"]`, 'data-owner');
+    await page.locator(`tr[data-node="${from}"] [data-action="uncordon"]`).click({ timeout: 10_000 });
+    await waitFor((n) => document.querySelector(`tr[data-node="${n}"]`)?.dataset.draining === 'false', from, 20_000, `${from} uncordoned`);
+  });
+
+  step(7, 'cancel', 45_000, async () => {
     await page.locator(`tr[data-task="${long.id}"] [data-action="cancel"]`).click();
     await waitFor((i) => document.querySelector(`tr[data-task="${i}"]`)?.dataset.state === 'cancelled', long.id, 20_000, `task ${long.id} cancelled`);
   });
 
-  step(7, 'api', 30_000, async () => {
+  step(8, 'api', 30_000, async () => {
     const res = await fetch(`${cluster.base}/api/tasks`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
