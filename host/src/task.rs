@@ -244,7 +244,8 @@ fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Res
         ctl.fuel_set = refill;
         hooks.fuel.set(&mut caller, Val::I32(refill))?;
     }
-    if let Some(u) = caller.data().ctl.usage.clone() {
+    // Every yield passes here: borrow the usage cell rather than clone its Arc.
+    if let Some(u) = &caller.data().ctl.usage {
         u.fuel
             .store(caller.data().ctl.counters.fuel, Ordering::Relaxed);
         let bytes = hooks.memory.data_size(&caller) as u64;

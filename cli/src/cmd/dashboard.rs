@@ -22,17 +22,11 @@ pub struct DashboardCommand {
 
 impl DashboardCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
-        let url = dashboard_url(&self.cluster)?;
+        let (addr, url) = dashboard_url(&self.cluster)?;
         // The page is only useful if the coordinator answers there.
-        let addr = url
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let reachable = addr
-            .parse()
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
             .ok()
+            .and_then(|mut a| a.next())
             .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
             .is_some();
         anyhow::ensure!(
@@ -51,8 +45,9 @@ impl DashboardCommand {
     }
 }
 
-/// `http://ADDR/#token=TOKEN` for the cluster at `cluster`.
-pub fn dashboard_url(cluster: &Path) -> anyhow::Result<String> {
+/// The coordinator's HTTP address and `http://ADDR/#token=TOKEN` for the
+/// cluster at `cluster`.
+pub fn dashboard_url(cluster: &Path) -> anyhow::Result<(String, String)> {
     let dir = ClusterDir::new(cluster);
     let http = dir.config()?.http.with_context(|| {
         format!(
@@ -62,7 +57,8 @@ pub fn dashboard_url(cluster: &Path) -> anyhow::Result<String> {
         )
     })?;
     let token = dir.operator_token()?;
-    Ok(format!("http://{http}/#token={token}"))
+    let url = format!("http://{http}/#token={token}");
+    Ok((http, url))
 }
 
 pub(crate) fn open_browser(url: &str) {

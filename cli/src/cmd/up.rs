@@ -203,7 +203,7 @@ impl UpCommand {
         client.close();
         eprintln!("{} workers online: {}", want.len(), want.join(", "));
         if self.dashboard {
-            let url = crate::cmd::dashboard::dashboard_url(&self.cluster)?;
+            let (_, url) = crate::cmd::dashboard::dashboard_url(&self.cluster)?;
             eprintln!("dashboard    {url}");
             // Open it where there is a desktop to open it on.
             let desktop = ["BROWSER", "DISPLAY", "WAYLAND_DISPLAY"]
