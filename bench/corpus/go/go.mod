@@ -1,0 +1,3 @@
+module wmig.example/corpus/gobench
+
+go 1.22
