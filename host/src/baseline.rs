@@ -34,6 +34,15 @@ impl Baseline {
         Ok(Baseline { engine })
     }
 
+    /// An engine with wmig's own settings (multi-memory, the larger wasm
+    /// stack), for running instrumented variants of a module with
+    /// [`Baseline::run_instrumented`].
+    pub fn like_wmig() -> Result<Self, HostError> {
+        let engine = Engine::new(&crate::engine::engine_config())
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        Ok(Baseline { engine })
+    }
+
     pub fn compile(&self, wasm: &[u8]) -> Result<Module, HostError> {
         Module::new(&self.engine, wasm).map_err(|e| HostError::Engine(format!("{e:#}")))
     }
@@ -45,6 +54,52 @@ impl Baseline {
         args: &[String],
         env: &[(String, String)],
         preopens: &[(PathBuf, String)],
+    ) -> Result<PlainRun, HostError> {
+        self.run_linked(module, args, env, preopens, |_| Ok(()))
+    }
+
+    /// Run a module with wmig's instrumentation (any stage of the rewrite)
+    /// under wasmtime-wasi, with a yield import that only refills the fuel
+    /// counter and never pauses: what the instrumentation costs by itself,
+    /// without wmig's host.
+    pub fn run_instrumented(
+        &self,
+        module: &Module,
+        args: &[String],
+    ) -> Result<PlainRun, HostError> {
+        use wasmtime::{Caller, Val};
+        self.run_linked(module, args, &[], &[], |linker| {
+            linker.func_wrap(
+                wmig_rewrite::HOST_MODULE,
+                wmig_rewrite::YIELD_IMPORT,
+                |mut caller: Caller<'_, WasiP1Ctx>| {
+                    let fuel = caller
+                        .get_export(wmig_rewrite::FUEL_EXPORT)
+                        .and_then(|e| e.into_global());
+                    match fuel {
+                        Some(g) => g.set(
+                            &mut caller,
+                            Val::I32(crate::task::DEFAULT_YIELD_FUEL as i32),
+                        ),
+                        None => Ok(()),
+                    }
+                },
+            )?;
+            for name in wmig_rewrite::SDK_PAUSE_IMPORTS {
+                linker.func_wrap(wmig_rewrite::HOST_MODULE, name, || {})?;
+            }
+            linker.func_wrap(wmig_rewrite::HOST_MODULE, "progress", |_: i64, _: i64| {})?;
+            Ok(())
+        })
+    }
+
+    fn run_linked(
+        &self,
+        module: &Module,
+        args: &[String],
+        env: &[(String, String)],
+        preopens: &[(PathBuf, String)],
+        extra: impl FnOnce(&mut Linker<WasiP1Ctx>) -> wasmtime::Result<()>,
     ) -> Result<PlainRun, HostError> {
         let stdout = MemoryOutputPipe::new(usize::MAX);
         let stderr = MemoryOutputPipe::new(usize::MAX);
@@ -63,6 +118,7 @@ impl Baseline {
         let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.engine);
         p1::add_to_linker_sync(&mut linker, |s| s)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        extra(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let instance = linker
             .instantiate(&mut store, module)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;

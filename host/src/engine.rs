@@ -47,6 +47,8 @@ pub struct PreparedModule {
     pub module_hash: Hash,
     /// blake3 of the instrumented module.
     pub instrumented_hash: Hash,
+    /// The rewriter version that instrumented it.
+    pub rewriter: u32,
     pub rewrite: RewriteStats,
     pub(crate) pre: InstancePre<HostState>,
 }
@@ -57,7 +59,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     rewrite: Option<RewriteCache>,
     compiled_dir: Option<PathBuf>,
-    modules: Mutex<HashMap<Hash, Arc<PreparedModule>>>,
+    modules: Mutex<HashMap<(Hash, u32), Arc<PreparedModule>>>,
 }
 
 impl Runtime {
@@ -78,19 +80,39 @@ impl Runtime {
         })
     }
 
+    /// True when `wasm` can start without a rewrite (it is loaded already, or
+    /// its rewrite is in the on-disk cache): callers use it to tell the user
+    /// that a first run is preparing the module.
+    pub fn is_prepared(&self, wasm: &[u8]) -> bool {
+        let key = (Hash::of(wasm), wmig_rewrite::REWRITER_VERSION);
+        self.lock_modules().contains_key(&key)
+            || self.rewrite.as_ref().is_some_and(|c| c.contains(wasm))
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
     /// Validate, rewrite and compile `wasm`, or return the cached result.
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<PreparedModule>, HostError> {
+        self.load_version(wasm, wmig_rewrite::REWRITER_VERSION)
+    }
+
+    /// Like [`Runtime::load`], with the rewrite of an older wmig: a checkpoint
+    /// resumes only in the exact rewrite it was taken in (its manifest names
+    /// the version), so a task checkpointed before an upgrade still resumes.
+    pub fn load_version(
+        &self,
+        wasm: &[u8],
+        version: u32,
+    ) -> Result<Arc<PreparedModule>, HostError> {
         let module_hash = Hash::of(wasm);
-        if let Some(m) = self.lock_modules().get(&module_hash) {
+        if let Some(m) = self.lock_modules().get(&(module_hash, version)) {
             return Ok(m.clone());
         }
         let instrumented = match &self.rewrite {
-            Some(cache) => cache.instrument(wasm)?,
-            None => wmig_rewrite::instrument(wasm)?,
+            Some(cache) => cache.instrument_version(wasm, version)?,
+            None => wmig_rewrite::instrument_version(wasm, version)?,
         };
         let instrumented_hash = Hash::of(&instrumented.bytes);
         let module = self.compile(&instrumented.bytes, &instrumented_hash)?;
@@ -101,14 +123,16 @@ impl Runtime {
         let prepared = Arc::new(PreparedModule {
             module_hash,
             instrumented_hash,
+            rewriter: version,
             rewrite: instrumented.stats,
             pre,
         });
-        self.lock_modules().insert(module_hash, prepared.clone());
+        self.lock_modules()
+            .insert((module_hash, version), prepared.clone());
         Ok(prepared)
     }
 
-    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Arc<PreparedModule>>> {
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<(Hash, u32), Arc<PreparedModule>>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.modules.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -165,7 +189,7 @@ fn store_compiled(path: &Path, module: &Module) -> Result<(), Box<dyn std::error
     Ok(())
 }
 
-fn engine_config() -> Config {
+pub(crate) fn engine_config() -> Config {
     let mut config = Config::new();
     config
         .cranelift_opt_level(OptLevel::Speed)

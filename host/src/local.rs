@@ -137,7 +137,7 @@ pub fn resume_local(
 ) -> Result<(Finish, RunStats), HostError> {
     let start = Instant::now();
     let rt = Runtime::new(opts.runtime.clone())?;
-    let module = rt.load(wasm)?;
+    let module = rt.load_version(wasm, file.manifest.rewriter)?;
     let task = Task::restore(
         &rt,
         &module,
@@ -247,7 +247,7 @@ fn drive(
                         .map_err(|e| HostError::corrupt(format!("manifest did not decode: {e}")))?;
                     drop(task);
                     let rt = Runtime::new(opts.runtime.clone())?;
-                    let module = rt.load(wasm)?;
+                    let module = rt.load_version(wasm, manifest.rewriter)?;
                     task = Task::restore(
                         &rt,
                         &module,

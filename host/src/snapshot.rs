@@ -11,7 +11,7 @@ use std::time::Instant;
 use wasmtime::{Memory, Store, Val};
 use wmig_proto::checkpoint::{GlobalValue, Manifest, MemoryImage, CHUNK_SIZE};
 use wmig_proto::TaskId;
-use wmig_rewrite::{REWRITER_VERSION, STACK_HEADER_OFFSET, STACK_MEMORY_EXPORT};
+use wmig_rewrite::{STACK_HEADER_OFFSET, STACK_MEMORY_EXPORT};
 use wmig_wasi::WasiCtx;
 
 use crate::chunks::{self, CaptureCost, ChunkSink, ChunkSource};
@@ -87,7 +87,7 @@ impl Task {
         let counters = self.counters();
         let manifest = Manifest {
             module: self.module.module_hash,
-            rewriter: REWRITER_VERSION,
+            rewriter: self.module.rewriter,
             instrumented: self.module.instrumented_hash,
             task: meta.task,
             seq: meta.seq,
@@ -120,10 +120,10 @@ impl Task {
                 module: module.module_hash,
             });
         }
-        if manifest.rewriter != REWRITER_VERSION {
+        if manifest.rewriter != module.rewriter {
             return Err(HostError::WrongRewriter {
                 checkpoint: manifest.rewriter,
-                ours: REWRITER_VERSION,
+                ours: module.rewriter,
             });
         }
         if manifest.instrumented != module.instrumented_hash {

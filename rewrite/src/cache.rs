@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::{instrument, Instrumented, RewriteError, RewriteStats, REWRITER_VERSION};
+use crate::{instrument_version, Instrumented, RewriteError, RewriteStats, REWRITER_VERSION};
 
 /// A directory of rewritten modules. Entries are written atomically (temp
 /// file + rename) and verified on read, so a crash or a corrupt file costs a
@@ -31,20 +31,50 @@ impl RewriteCache {
         &self.dir
     }
 
+    /// True when the current rewrite of `wasm` is on disk (no rewrite needed).
+    pub fn contains(&self, wasm: &[u8]) -> bool {
+        self.entry(&blake3::hash(wasm), REWRITER_VERSION).is_file()
+    }
+
+    fn entry(&self, module_hash: &blake3::Hash, version: u32) -> PathBuf {
+        self.dir
+            .join(format!("{}-r{version}.wasm", module_hash.to_hex()))
+    }
+
     /// The instrumented form of `wasm`, from cache or freshly rewritten.
     pub fn instrument(&self, wasm: &[u8]) -> Result<Instrumented, RewriteError> {
+        self.instrument_version(wasm, REWRITER_VERSION)
+    }
+
+    /// The form rewriter `version` gives `wasm`, from cache or freshly rewritten.
+    pub fn instrument_version(
+        &self,
+        wasm: &[u8],
+        version: u32,
+    ) -> Result<Instrumented, RewriteError> {
         let module_hash = blake3::hash(wasm);
-        let path = self
-            .dir
-            .join(format!("{}-r{REWRITER_VERSION}.wasm", module_hash.to_hex()));
+        let path = self.entry(&module_hash, version);
         if let Some(bytes) = read_verified(&path) {
             return Ok(Instrumented {
                 bytes,
                 module_hash,
                 stats: RewriteStats::default(),
+                version,
             });
         }
-        let out = instrument(wasm)?;
+        tracing::info!(
+            module = %module_hash.to_hex(),
+            bytes = wasm.len(),
+            "preparing a module seen for the first time: rewriting it to be pausable (cached afterwards)"
+        );
+        let out = instrument_version(wasm, version)?;
+        tracing::info!(
+            module = %module_hash.to_hex(),
+            ms = out.stats.millis,
+            pausable = out.stats.pausable_functions,
+            functions = out.stats.functions,
+            "module rewritten"
+        );
         // A cache that cannot be written is not an error: the rewrite stands.
         if let Err(e) = write_entry(&path, &out.bytes) {
             tracing::warn!(path = %path.display(), error = %e, "could not cache rewritten module");

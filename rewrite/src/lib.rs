@@ -24,6 +24,7 @@
 
 pub mod asyncify;
 pub mod cache;
+pub mod callgraph;
 pub mod exports;
 pub mod validate;
 pub mod yields;
@@ -35,7 +36,10 @@ pub use validate::ModuleError;
 
 /// Bump whenever the rewrite's output changes: checkpoints record it and only
 /// restore into the same rewrite, and the cache keys on it.
-pub const REWRITER_VERSION: u32 = 1;
+pub const REWRITER_VERSION: u32 = 2;
+/// Every version this build can still produce, so that a checkpoint taken by
+/// an older wmig resumes in the exact rewrite it was taken in.
+pub const SUPPORTED_REWRITERS: [u32; 2] = [1, 2];
 
 /// Import module of every host function wmig provides besides WASI.
 pub const HOST_MODULE: &str = "wmig";
@@ -70,6 +74,8 @@ pub enum RewriteError {
     Asyncify(String),
     #[error("could not export the module's globals after Asyncify: {0}")]
     Exports(String),
+    #[error("this wmig cannot produce rewriter version {0} (it supports {SUPPORTED_REWRITERS:?}); resume the checkpoint with the wmig release that wrote it")]
+    UnknownVersion(u32),
     #[error("rewrite cache at {path}: {source}")]
     Cache {
         path: std::path::PathBuf,
@@ -84,6 +90,8 @@ pub struct Instrumented {
     /// blake3 of the original module.
     pub module_hash: blake3::Hash,
     pub stats: RewriteStats,
+    /// The rewriter version that produced `bytes`.
+    pub version: u32,
 }
 
 /// What the rewrite did, for logs and benchmarks.
@@ -93,15 +101,27 @@ pub struct RewriteStats {
     pub loop_checks: usize,
     pub entry_checks: usize,
     pub mutable_globals: usize,
+    /// Functions Asyncify instruments (those that can be on the stack at a pause).
+    pub pausable_functions: usize,
     pub millis: u64,
 }
 
-/// Validate and rewrite `wasm` (no caching; see [`RewriteCache`]).
+/// Validate and rewrite `wasm` with the current rewriter (no caching; see
+/// [`RewriteCache`]).
 pub fn instrument(wasm: &[u8]) -> Result<Instrumented, RewriteError> {
+    instrument_version(wasm, REWRITER_VERSION)
+}
+
+/// Validate and rewrite `wasm` exactly as rewriter `version` did.
+pub fn instrument_version(wasm: &[u8], version: u32) -> Result<Instrumented, RewriteError> {
+    if !SUPPORTED_REWRITERS.contains(&version) {
+        return Err(RewriteError::UnknownVersion(version));
+    }
     let start = Instant::now();
     validate::validate(wasm)?;
-    let (with_yields, mut stats) = yields::inject(wasm)?;
-    let asyncified = asyncify::run(&with_yields)?;
+    let injected = yields::inject(wasm, version)?;
+    let mut stats = injected.stats;
+    let asyncified = asyncify::run(&injected.bytes, injected.pausable.as_deref())?;
     let (bytes, mutable_globals) = exports::export_state(&asyncified)?;
     stats.mutable_globals = mutable_globals;
     stats.millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -109,6 +129,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, RewriteError> {
         bytes,
         module_hash: blake3::hash(wasm),
         stats,
+        version,
     })
 }
 

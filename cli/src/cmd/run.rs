@@ -79,6 +79,7 @@ impl RunCommand {
             inherit_stdin: true,
         };
         let mut options = self.opts.local_options();
+        prepare(module, &wasm, &options.runtime)?;
         options.stop_at = self.stop_at;
         options.checkpoint_out = self.checkpoint_out;
         let stats_json = self.opts.stats_json.clone();
@@ -106,6 +107,43 @@ impl RunOptions {
             },
         }
     }
+}
+
+/// A module seen for the first time is rewritten and compiled before its first
+/// instruction (seconds for a large module); say so rather than sit silent.
+/// The result lands in the on-disk caches, which the run then reads.
+pub fn prepare(name: &str, wasm: &[u8], runtime: &RuntimeConfig) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if runtime.cache_dir.is_none() {
+        return Ok(());
+    }
+    let rt = wmig_host::Runtime::new(runtime.clone())?;
+    if rt.is_prepared(wasm) {
+        return Ok(());
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
+            "preparing {name} ({:.1} MB) to be pausable: rewrite + compile, once per module",
+            wasm.len() as f64 / 1e6
+        ));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let start = std::time::Instant::now();
+    let loaded = rt.load(wasm);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+        if loaded.is_ok() {
+            eprintln!(
+                "prepared {name} in {:.1} s (cached for the next runs)",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // An error here is reported by the run itself, with its usual wording.
+    Ok(())
 }
 
 /// Turn a driver result into the process exit code, as `wasmtime run` does:
