@@ -173,9 +173,15 @@ fn split(p: &Program, reps: usize) -> (f64, f64, f64, f64, u64, u64, usize, usiz
     let rewrite_ms = t.elapsed().as_millis() as u64;
     let injected =
         wmig_rewrite::yields::inject(&wasm, wmig_rewrite::REWRITER_VERSION).expect("checks");
-    let unoptimized =
-        wmig_rewrite::asyncify::run_with(&injected.bytes, injected.pausable.as_deref(), false)
-            .expect("asyncify");
+    let unoptimized = wmig_rewrite::asyncify::run_with(
+        &injected.bytes,
+        injected.pausable.as_deref(),
+        wmig_rewrite::asyncify::Levels {
+            after: None,
+            ..wmig_rewrite::asyncify::Levels::CURRENT
+        },
+    )
+    .expect("asyncify");
 
     let engine = Baseline::like_wmig().expect("engine");
     let plain = engine.compile(&wasm).expect("compile plain");

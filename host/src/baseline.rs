@@ -69,22 +69,24 @@ impl Baseline {
     ) -> Result<PlainRun, HostError> {
         use wasmtime::{Caller, Val};
         self.run_linked(module, args, &[], &[], |linker| {
-            linker.func_wrap(
-                wmig_rewrite::HOST_MODULE,
-                wmig_rewrite::YIELD_IMPORT,
-                |mut caller: Caller<'_, WasiP1Ctx>| {
-                    let fuel = caller
-                        .get_export(wmig_rewrite::FUEL_EXPORT)
-                        .and_then(|e| e.into_global());
-                    match fuel {
-                        Some(g) => g.set(
-                            &mut caller,
-                            Val::I32(crate::task::DEFAULT_YIELD_FUEL as i32),
-                        ),
-                        None => Ok(()),
-                    }
-                },
-            )?;
+            for import in [wmig_rewrite::YIELD_IMPORT, wmig_rewrite::TICK_IMPORT] {
+                linker.func_wrap(
+                    wmig_rewrite::HOST_MODULE,
+                    import,
+                    |mut caller: Caller<'_, WasiP1Ctx>| {
+                        let fuel = caller
+                            .get_export(wmig_rewrite::FUEL_EXPORT)
+                            .and_then(|e| e.into_global());
+                        match fuel {
+                            Some(g) => g.set(
+                                &mut caller,
+                                Val::I32(crate::task::DEFAULT_YIELD_FUEL as i32),
+                            ),
+                            None => Ok(()),
+                        }
+                    },
+                )?;
+            }
             for name in wmig_rewrite::SDK_PAUSE_IMPORTS {
                 linker.func_wrap(wmig_rewrite::HOST_MODULE, name, || {})?;
             }

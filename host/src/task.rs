@@ -20,7 +20,7 @@ use wasmtime::{
 use wmig_proto::checkpoint::Counters;
 use wmig_rewrite::{
     FUEL_EXPORT, GLOBAL_EXPORT_PREFIX, HOST_MODULE, STACK_HEADER_OFFSET, STACK_MEMORY_EXPORT,
-    STACK_PAGES, YIELD_IMPORT,
+    STACK_PAGES, TICK_IMPORT, YIELD_IMPORT,
 };
 use wmig_wasi::{I32Exit, WasiConfig, WasiCtx};
 
@@ -174,6 +174,9 @@ pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Re
         YIELD_IMPORT,
         |caller: Caller<'_, HostState>| on_yield(caller, YieldKind::Fuel),
     )?;
+    linker.func_wrap(HOST_MODULE, TICK_IMPORT, |caller: Caller<'_, HostState>| {
+        on_yield(caller, YieldKind::Tick)
+    })?;
     linker.func_wrap(HOST_MODULE, "yield_now", |caller: Caller<'_, HostState>| {
         on_yield(caller, YieldKind::Voluntary)
     })?;
@@ -200,6 +203,10 @@ pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Re
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum YieldKind {
     Fuel,
+    /// Fuel ran out in a loop-only leaf function, which Asyncify does not
+    /// instrument: account and enforce limits, but a pause waits for the
+    /// next real yield point (the leaf returns first).
+    Tick,
     Voluntary,
     Checkpoint,
 }
@@ -227,7 +234,7 @@ fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Res
         caller.data_mut().ctl.rewinding = false;
         return hooks.stop_rewind.call(&mut caller, ());
     }
-    if kind == YieldKind::Fuel {
+    if matches!(kind, YieldKind::Fuel | YieldKind::Tick) {
         let left = hooks.fuel.get(&mut caller).i32().unwrap_or(0);
         let ctl = &mut caller.data_mut().ctl;
         ctl.counters.fuel += u64::try_from(i64::from(ctl.fuel_set) - i64::from(left)).unwrap_or(0);
@@ -250,6 +257,9 @@ fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Res
             .store(caller.data().ctl.counters.fuel, Ordering::Relaxed);
         let bytes = hooks.memory.data_size(&caller) as u64;
         u.memory_bytes.store(bytes, Ordering::Relaxed);
+    }
+    if kind == YieldKind::Tick {
+        return Ok(());
     }
     let ctl = &mut caller.data_mut().ctl;
     ctl.counters.yields += 1;

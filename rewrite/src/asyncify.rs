@@ -34,15 +34,41 @@ const FEATURES: [Feature; 8] = [
 /// any `call_indirect` may pause, which drags every function that calls
 /// through a pointer (formatting, trait objects) into the instrumentation.
 pub fn run(wasm: &[u8], pausable: Option<&[String]>) -> Result<Vec<u8>, RewriteError> {
-    run_with(wasm, pausable, true)
+    run_with(wasm, pausable, Levels::CURRENT)
 }
 
-/// [`run`], optionally without the `-O2` pass over the result (the
-/// benchmark's cost split measures what that pass wins back).
+/// Binaryen optimisation levels around Asyncify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Levels {
+    /// The level Asyncify itself runs at: above 0 it flattens, coalesces and
+    /// re-optimises every function it instruments.
+    pub asyncify: u32,
+    /// A whole-module `-O<n>` pipeline over Asyncify's output, if any.
+    pub after: Option<u32>,
+}
+
+impl Levels {
+    pub const CURRENT: Levels = Levels {
+        asyncify: 2,
+        after: Some(2),
+    };
+}
+
+fn options(level: u32) -> OptimizationOptions {
+    match level {
+        0 => OptimizationOptions::new_opt_level_0(),
+        1 => OptimizationOptions::new_opt_level_1(),
+        2 => OptimizationOptions::new_opt_level_2(),
+        3 => OptimizationOptions::new_opt_level_3(),
+        _ => OptimizationOptions::new_opt_level_4(),
+    }
+}
+
+/// [`run`] at chosen levels (the benchmark's cost split measures each).
 pub fn run_with(
     wasm: &[u8],
     pausable: Option<&[String]>,
-    optimize_after: bool,
+    levels: Levels,
 ) -> Result<Vec<u8>, RewriteError> {
     let err = |e: &dyn std::fmt::Display| RewriteError::Asyncify(e.to_string());
     let dir = tempfile::tempdir().map_err(|e| err(&e))?;
@@ -58,7 +84,7 @@ pub fn run_with(
             .map(|n| format!("{HOST_MODULE}.{n}")),
     );
 
-    let mut asyncify = OptimizationOptions::new_opt_level_2();
+    let mut asyncify = options(levels.asyncify);
     asyncify
         .add_default_passes(false)
         .add_pass(Pass::Asyncify)
@@ -78,11 +104,11 @@ pub fn run_with(
     }
     enable(&mut asyncify);
     asyncify.run(&input, &mid).map_err(|e| err(&e))?;
-    if !optimize_after {
+    let Some(after) = levels.after else {
         return fs::read(&mid).map_err(|e| err(&e));
-    }
+    };
 
-    let mut optimize = OptimizationOptions::new_opt_level_2();
+    let mut optimize = options(after);
     optimize.debug_info(true);
     enable(&mut optimize);
     optimize.run(&mid, &out).map_err(|e| err(&e))?;

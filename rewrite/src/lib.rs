@@ -45,6 +45,11 @@ pub const SUPPORTED_REWRITERS: [u32; 2] = [1, 2];
 pub const HOST_MODULE: &str = "wmig";
 /// The injected import called when fuel runs out.
 pub const YIELD_IMPORT: &str = "yield_point";
+/// The check in a loop-only leaf function (rewriter 2+) calls this instead:
+/// the host accounts fuel and enforces limits but never pauses there, since
+/// such functions are left out of Asyncify (a pause waits for the leaf to
+/// return to a real yield point).
+pub const TICK_IMPORT: &str = "tick";
 /// Guest-SDK imports at which the host may pause (Asyncify must treat them as
 /// unwind points). `progress` is informational and never pauses.
 pub const SDK_PAUSE_IMPORTS: [&str; 2] = ["yield_now", "checkpoint_now"];
@@ -101,6 +106,8 @@ pub struct RewriteStats {
     pub loop_checks: usize,
     pub entry_checks: usize,
     pub mutable_globals: usize,
+    /// Loop-only leaf functions whose checks tick instead of yielding.
+    pub leaf_functions: usize,
     /// Functions Asyncify instruments (those that can be on the stack at a pause).
     pub pausable_functions: usize,
     pub millis: u64,

@@ -50,7 +50,8 @@ use walrus::{ConstExpr, FunctionId, FunctionKind, GlobalId, LocalFunction, Local
 
 use crate::callgraph::{all_seqs, CallGraph};
 use crate::{
-    RewriteError, RewriteStats, FUEL_EXPORT, HOST_MODULE, SDK_PAUSE_IMPORTS, YIELD_IMPORT,
+    RewriteError, RewriteStats, FUEL_EXPORT, HOST_MODULE, SDK_PAUSE_IMPORTS, TICK_IMPORT,
+    YIELD_IMPORT,
 };
 
 /// The instrumented module and what Asyncify needs to know about it.
@@ -65,6 +66,12 @@ pub struct Injected {
 
 /// Parse, inject the checks and the `wmig.yield_point` import, emit.
 pub fn inject(wasm: &[u8], version: u32) -> Result<Injected, RewriteError> {
+    inject_with(wasm, version, true)
+}
+
+/// [`inject`], choosing whether loop-only leaf functions tick instead of
+/// yielding (the benchmark measures both).
+pub fn inject_with(wasm: &[u8], version: u32, leaf_ticks: bool) -> Result<Injected, RewriteError> {
     let mut config = walrus::ModuleConfig::new();
     // Keep the output a pure function of the input bytes.
     config.generate_producers_section(false);
@@ -143,6 +150,26 @@ pub fn inject(wasm: &[u8], version: u32) -> Result<Injected, RewriteError> {
             _ => None,
         })
         .collect();
+    // Loop-only leaves (memcpy, hashing, searching a node): no calls at all,
+    // no recursion. Their checks tick instead of yielding, so Asyncify leaves
+    // them and, above all, every call to them, alone. A pause waits until the
+    // leaf returns, which bounds the pause latency by the longest leaf call.
+    let leaves: HashSet<FunctionId> = if leaf_ticks {
+        checked
+            .iter()
+            .copied()
+            .filter(|id| !recursive.contains(id))
+            .filter(|id| crate::callgraph::local(&module, *id).is_some_and(|f| !calls_anything(f)))
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let tick_fn = if leaves.is_empty() {
+        None
+    } else {
+        Some(module.add_import_func(HOST_MODULE, TICK_IMPORT, ty).0)
+    };
+    stats.leaf_functions = leaves.len();
     let mut touching_roots = checked.clone();
     touching_roots.extend(pause_imports.iter().copied());
     let touches_fuel = graph.reaching(&touching_roots);
@@ -174,6 +201,7 @@ pub fn inject(wasm: &[u8], version: u32) -> Result<Injected, RewriteError> {
         let mut targets_touch = |instr: &Instr| match instr {
             Instr::Call(c) => touches_fuel.contains(&c.func),
             Instr::CallIndirect(c) => touching_types.contains(&c.ty),
+            Instr::CallRef(_) => true,
             _ => false,
         };
         let FunctionKind::Local(func) = &mut module.funcs.get_mut(id).kind else {
@@ -182,7 +210,10 @@ pub fn inject(wasm: &[u8], version: u32) -> Result<Injected, RewriteError> {
         let ctx = Ctx {
             fuel,
             local,
-            yield_fn,
+            yield_fn: match tick_fn {
+                Some(tick) if leaves.contains(&id) => tick,
+                _ => yield_fn,
+            },
         };
         let (loops, entry) = instrument_v2(
             func,
@@ -362,7 +393,14 @@ fn instrument_v2(
                 _ => {}
             }
             let call = matches!(ins, Instr::Call(_) | Instr::CallIndirect(_)) && touches(&ins);
-            if call || matches!(ins, Instr::Return(_)) {
+            let leaves = matches!(
+                ins,
+                Instr::Return(_)
+                    | Instr::ReturnCall(_)
+                    | Instr::ReturnCallIndirect(_)
+                    | Instr::ReturnCallRef(_)
+            );
+            if call || leaves {
                 new.extend(write_back(c));
             }
             new.push((ins, loc));
@@ -493,6 +531,23 @@ fn prepend_v1_check(
         .splice(0..0, check.into_iter().map(|i| (i, InstrLocId::default())));
 }
 
+/// Whether the function calls anything (directly, indirectly or as a tail call).
+fn calls_anything(func: &LocalFunction) -> bool {
+    all_seqs(func).into_iter().any(|seq| {
+        func.block(seq).instrs.iter().any(|(i, _)| {
+            matches!(
+                i,
+                Instr::Call(_)
+                    | Instr::CallIndirect(_)
+                    | Instr::CallRef(_)
+                    | Instr::ReturnCall(_)
+                    | Instr::ReturnCallIndirect(_)
+                    | Instr::ReturnCallRef(_)
+            )
+        })
+    })
+}
+
 /// The body sequence of every `loop`, in a deterministic order.
 fn loop_bodies(func: &LocalFunction) -> Vec<InstrSeqId> {
     let mut out = Vec::new();
@@ -547,5 +602,39 @@ mod tests {
         assert_eq!(pausable.len(), 2, "{pausable:?}");
         assert!(pausable.iter().any(|n| n == "rec"), "{pausable:?}");
         assert!(!pausable.iter().any(|n| n == "leaf" || n == "plain"));
+    }
+
+    #[test]
+    fn loop_only_leaves_tick_and_stay_out_of_asyncify() {
+        // `$fill` loops and calls nothing: its check ticks, so neither it nor
+        // the call to it from `_start` needs Asyncify; `_start` loops around
+        // a call, so it keeps a real yield point.
+        let wasm = wat::parse_str(
+            r#"(module (memory 1)
+            (func $fill (param i32)
+              (loop $l (i32.store8 (local.get 0) (i32.const 7))
+                (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+                (br_if $l (local.get 0))))
+            (func $main (export "_start") (local i32)
+              (loop $m (call $fill (i32.const 100))
+                (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+                (br_if $m (i32.lt_u (local.get 0) (i32.const 10))))))"#,
+        )
+        .expect("wat");
+        let out = inject(&wasm, 2).expect("inject");
+        assert_eq!(out.stats.leaf_functions, 1);
+        assert_eq!(
+            out.pausable.expect("v2 lists them"),
+            vec!["main".to_string()]
+        );
+        let text = String::from_utf8_lossy(&out.bytes);
+        assert!(text.contains(TICK_IMPORT), "the tick import is added");
+        wasmparser::Validator::new()
+            .validate_all(&out.bytes)
+            .expect("valid output");
+
+        let without = inject_with(&wasm, 2, false).expect("inject");
+        assert_eq!(without.stats.leaf_functions, 0);
+        assert_eq!(without.pausable.expect("listed").len(), 2);
     }
 }

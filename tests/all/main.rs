@@ -3,6 +3,7 @@
 
 mod api;
 mod cluster;
+mod corpus;
 mod migration;
 mod registry;
 mod runtime;
