@@ -73,7 +73,8 @@ struct Worker {
     config: WorkerConfig,
     runtime: Arc<Runtime>,
     registry: RegistryClient,
-    modules: Mutex<HashMap<Hash, Arc<PreparedModule>>>,
+    /// Prepared modules by bundle and rewriter version.
+    modules: Mutex<HashMap<(Hash, u32), Arc<PreparedModule>>>,
     running: Mutex<HashMap<TaskId, Running>>,
     known: KnownChunks,
     cache: ChunkCache,
@@ -377,11 +378,14 @@ impl Worker {
         let mut attempt = 0;
         let prepared = loop {
             let prepared = async {
-                let module = self.module(&spec.bundle).await?;
                 let resume = match resume {
                     Some(seq) => Some(self.fetch_checkpoint(task, seq).await?),
                     None => None,
                 };
+                let version = resume
+                    .as_ref()
+                    .map_or(wmig_host::REWRITER_VERSION, |(m, _, _)| m.rewriter);
+                let module = self.module_version(&spec.bundle, version).await?;
                 anyhow::Ok((module, resume))
             }
             .await;
@@ -450,11 +454,23 @@ impl Worker {
     /// The prepared module for `bundle`: memory, then the disk cache, then
     /// the registry.
     async fn module(&self, bundle: &Hash) -> anyhow::Result<Arc<PreparedModule>> {
+        self.module_version(bundle, wmig_host::REWRITER_VERSION)
+            .await
+    }
+
+    /// The bundle as rewriter `version` prepares it: a checkpoint resumes only
+    /// in the rewrite it was taken in, so one taken by an older wmig resumes
+    /// in that older rewrite.
+    async fn module_version(
+        &self,
+        bundle: &Hash,
+        version: u32,
+    ) -> anyhow::Result<Arc<PreparedModule>> {
         if let Some(m) = self
             .modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(bundle)
+            .get(&(*bundle, version))
         {
             return Ok(m.clone());
         }
@@ -479,14 +495,14 @@ impl Worker {
             }
         };
         let rt = self.runtime.clone();
-        let module = tokio::task::spawn_blocking(move || rt.load(&wasm))
+        let module = tokio::task::spawn_blocking(move || rt.load_version(&wasm, version))
             .await
             .context("module preparation panicked")?
             .with_context(|| format!("preparing bundle {bundle}"))?;
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(*bundle, module.clone());
+            .insert((*bundle, version), module.clone());
         Ok(module)
     }
 
