@@ -80,13 +80,14 @@ impl Runtime {
         })
     }
 
-    /// True when `wasm` can start without a rewrite (it is loaded already, or
-    /// its rewrite is in the on-disk cache): callers use it to tell the user
-    /// that a first run is preparing the module.
-    pub fn is_prepared(&self, wasm: &[u8]) -> bool {
-        let key = (Hash::of(wasm), wmig_rewrite::REWRITER_VERSION);
-        self.lock_modules().contains_key(&key)
-            || self.rewrite.as_ref().is_some_and(|c| c.contains(wasm))
+    /// Whether the on-disk cache of `config` already holds the current
+    /// rewrite of `wasm`, without building an engine (cheap enough to ask on
+    /// every `wmig run`).
+    pub fn is_cached(config: &RuntimeConfig, wasm: &[u8]) -> bool {
+        config
+            .cache_dir
+            .as_ref()
+            .is_some_and(|d| RewriteCache::new(d.join("rewrite")).contains(wasm))
     }
 
     pub fn engine(&self) -> &Engine {

@@ -114,13 +114,10 @@ impl RunOptions {
 /// The result lands in the on-disk caches, which the run then reads.
 pub fn prepare(name: &str, wasm: &[u8], runtime: &RuntimeConfig) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    if runtime.cache_dir.is_none() {
+    if runtime.cache_dir.is_none() || wmig_host::Runtime::is_cached(runtime, wasm) {
         return Ok(());
     }
     let rt = wmig_host::Runtime::new(runtime.clone())?;
-    if rt.is_prepared(wasm) {
-        return Ok(());
-    }
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
             "preparing {name} ({:.1} MB) to be pausable: rewrite + compile, once per module",
