@@ -515,6 +515,13 @@ impl Task {
     pub fn pause_flag(&self) -> Arc<AtomicBool> {
         self.store.data().ctl.pause_flag.clone()
     }
+
+    /// The handle that stops this task for good, even inside a blocking WASI
+    /// call (a sleep ends at once; the run returns an error). For
+    /// cancellation and fencing: the task cannot continue afterwards.
+    pub fn interrupt(&self) -> Arc<wmig_wasi::Interrupt> {
+        self.store.data().wasi.interrupt()
+    }
 }
 
 fn export_func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(

@@ -439,3 +439,60 @@ fn a_killed_coordinator_restarts_with_its_tasks_and_nodes() {
     let _ = restarted.kill();
     let _ = restarted.wait();
 }
+
+/// The worker's resident anonymous memory (guest memories live there; the
+/// binary's and compiled modules' file-backed pages do not), from /proc.
+fn rss_anon_kib(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the worker still has the thread that runs `task` (`wmig-<task>`).
+fn has_task_thread(pid: u64, task: &str) -> bool {
+    let name = format!("wmig-{task}");
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_cancelled_task_asleep_in_a_wasi_call_ends_its_thread_and_frees_its_memory() {
+    let up = Up::start(1);
+    // 96 MiB filled, then one `thread::sleep` of an hour.
+    let id = up.submit(artifacts::HOLDMEM, &[], &["96", "1", "3600"]);
+    wait_until("holdmem fills its memory", Duration::from_secs(60), || {
+        up.json(&["inspect", &id, "--json"])["stdout_bytes"].as_u64() > Some(0)
+    });
+    let pid = up.node("worker-1")["pid"].as_u64().expect("worker pid");
+    assert!(
+        has_task_thread(pid, &id),
+        "the task runs on thread wmig-{id}"
+    );
+    let before = rss_anon_kib(pid);
+    up.ok(&["cancel", &id]);
+    // Without the interrupt the guest's thread sleeps on for the hour and
+    // keeps its memory; with it the call wakes and the store is dropped.
+    wait_until("the task's thread ends", Duration::from_secs(10), || {
+        !has_task_thread(pid, &id)
+    });
+    wait_until(
+        "the worker frees the task's memory",
+        Duration::from_secs(10),
+        || rss_anon_kib(pid) + 24 * 1024 < before,
+    );
+    assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "cancelled");
+    // The worker carries on.
+    let id = up.submit(artifacts::EXIT_CODE, &[], &["0"]);
+    assert!(run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]))
+        .status
+        .success());
+}

@@ -214,7 +214,9 @@ impl WasiCtx {
             },
         )] = subs[..]
         {
-            std::thread::sleep(Duration::from_nanos(timeout));
+            if self.interrupt.sleep(Duration::from_nanos(timeout)) {
+                return Ok(()); // the dispatcher turns this into the trap
+            }
             write_event(mem, events_ptr, userdata, EVENTTYPE_CLOCK, 1, 0)?;
             return mem.write_u32(nevents_out, 1);
         }
@@ -254,7 +256,9 @@ impl WasiCtx {
         } else {
             let earliest = deadlines.iter().flatten().min().copied().unwrap_or(now);
             let wait = earliest.saturating_duration_since(Instant::now());
-            std::thread::sleep(wait);
+            if self.interrupt.sleep(wait) {
+                return Ok(()); // the dispatcher turns this into the trap
+            }
             Instant::now().max(earliest)
         };
 

@@ -182,9 +182,64 @@ pub struct WasiCtx {
     stdout_offset: u64,
     stderr_offset: u64,
     clock: clocks::MonotonicClock,
+    interrupt: Arc<Interrupt>,
 }
 
+/// Stops a task that is blocked in a WASI call, for good: the sleep in
+/// `poll_oneoff` wakes at once and that call, and every later one, traps
+/// with [`Interrupted`]. For cancellation and fencing, where the task's work
+/// is abandoned anyway; a pause that must keep the task waits for the call.
+#[derive(Debug, Default)]
+pub struct Interrupt {
+    /// Read on every WASI call: an atomic, not the lock.
+    stopped: std::sync::atomic::AtomicBool,
+    /// Sleepers wait on `wake` under `lock`, so an interrupt between their
+    /// check and their wait is never lost.
+    lock: Mutex<()>,
+    wake: std::sync::Condvar,
+}
+
+impl Interrupt {
+    pub fn interrupt(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sleep for `d` unless interrupted first; true when interrupted.
+    pub(crate) fn sleep(&self, d: std::time::Duration) -> bool {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .wake
+            .wait_timeout_while(guard, d, |_| !self.is_interrupted())
+            .unwrap_or_else(|p| p.into_inner());
+        self.is_interrupted()
+    }
+}
+
+/// The trap a WASI call raises once its task was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the task was stopped while blocked in a WASI call")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 impl WasiCtx {
+    /// The handle that stops this task inside a blocking call.
+    pub fn interrupt(&self) -> Arc<Interrupt> {
+        self.interrupt.clone()
+    }
+
     /// A fresh context: fds 0-2 are stdio, preopens follow from fd 3.
     pub fn new(config: WasiConfig) -> Result<Self, WasiError> {
         let mut ctx = WasiCtx::empty(
@@ -234,6 +289,7 @@ impl WasiCtx {
             stdout_offset: 0,
             stderr_offset: 0,
             clock: clocks::MonotonicClock::starting_at(0),
+            interrupt: Arc::default(),
         }
     }
 
@@ -304,6 +360,21 @@ fn open_dir(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 mod tests {
     use super::*;
     use wmig_proto::wasi::FdKind;
+
+    #[test]
+    fn an_interrupt_ends_a_long_sleep_and_is_remembered() {
+        let interrupt = Arc::new(Interrupt::default());
+        let other = interrupt.clone();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            other.interrupt();
+        });
+        // An hour, unless interrupted: the test would hang otherwise.
+        assert!(interrupt.sleep(std::time::Duration::from_secs(3600)));
+        waker.join().expect("waker");
+        assert!(interrupt.is_interrupted());
+        assert!(interrupt.sleep(std::time::Duration::from_secs(3600)));
+    }
 
     fn config(preopens: Vec<Preopen>) -> WasiConfig {
         WasiConfig {

@@ -32,7 +32,15 @@ fn dispatch<T: 'static>(
     };
     let (bytes, data) = memory.data_and_store_mut(caller);
     let mut mem = GuestMemory::new(bytes);
-    match body(get(data), &mut mem) {
+    let ctx = get(data);
+    if ctx.interrupt.is_interrupted() {
+        return Err(wasmtime::Error::new(crate::Interrupted));
+    }
+    let result = body(ctx, &mut mem);
+    if ctx.interrupt.is_interrupted() {
+        return Err(wasmtime::Error::new(crate::Interrupted));
+    }
+    match result {
         Ok(()) => Ok(0),
         Err(errno) => {
             tracing::trace!(call = name, ?errno, "wasi call failed");

@@ -39,12 +39,28 @@ pub struct TaskControl {
     pub handoff: AtomicBool,
     /// Fuel, memory and progress so far, sent with every heartbeat.
     pub usage: Arc<wmig_host::LiveUsage>,
+    /// Wakes the task out of a blocking WASI call (a long sleep) when it is
+    /// dropped, so its thread and memory go at once; set once it runs.
+    pub interrupt: std::sync::Mutex<Option<Arc<wmig_host::wasi::Interrupt>>>,
 }
 
 impl TaskControl {
     pub fn request_drop(&self) {
         self.drop.store(true, Ordering::SeqCst);
         self.pause.store(true, Ordering::SeqCst);
+        if let Some(i) = &*self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) {
+            i.interrupt();
+        }
+    }
+
+    /// Remember the running task's interrupt handle; a drop requested before
+    /// it existed takes effect now.
+    fn set_interrupt(&self, handle: Arc<wmig_host::wasi::Interrupt>) {
+        let mut slot = self.interrupt.lock().unwrap_or_else(|p| p.into_inner());
+        if self.drop.load(Ordering::SeqCst) {
+            handle.interrupt();
+        }
+        *slot = Some(handle);
     }
 
     pub fn request_checkpoint(&self) {
@@ -200,6 +216,7 @@ impl Job {
                 return;
             }
         };
+        self.control.set_interrupt(task.interrupt());
         self.drive(task, &mut seq);
     }
 
@@ -286,6 +303,12 @@ impl Job {
             match result {
                 Ok(wmig_host::Outcome::Exited(code)) => {
                     self.finish(Outcome::Completed { exit_code: code }, fuel);
+                    return;
+                }
+                // Dropped while blocked in a WASI call: the interrupt ended
+                // the run; nothing to report, as for a drop at a pause.
+                Err(_) if self.control.drop.load(Ordering::SeqCst) => {
+                    tracing::info!(task = %self.task, "task dropped inside a blocking call");
                     return;
                 }
                 Err(e) => {

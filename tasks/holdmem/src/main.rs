@@ -1,5 +1,7 @@
-//! `holdmem [MIB=64] [ROUNDS=20000]`: fills MIB mebibytes with pseudo-random
-//! bytes (so no chunk is all zeros), then for ROUNDS rounds reads one 64 KiB
+//! `holdmem [MIB=64] [ROUNDS=20000] [SLEEP_S=0]`: fills MIB mebibytes with
+//! pseudo-random bytes (so no chunk is all zeros), sleeps SLEEP_S seconds in
+//! one `thread::sleep` (a task blocked in `poll_oneoff` while holding
+//! memory), then for ROUNDS rounds reads one 64 KiB
 //! block into a checksum and writes one byte into one of the first 16
 //! blocks; a line per tenth.
 //!
@@ -24,6 +26,10 @@ fn main() {
         }
     }
     println!("holdmem filled {mib} MiB");
+    let sleep_s: u64 = arg(3, 0);
+    if sleep_s > 0 {
+        std::thread::sleep(std::time::Duration::from_secs(sleep_s));
+    }
     let mut sum: u64 = 0;
     let tenth = (rounds / 10).max(1);
     let blocks = (mib * MIB / TOUCH) as u64;
