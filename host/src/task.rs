@@ -228,6 +228,12 @@ fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Res
             "yield point reached before the task was set up",
         ));
     };
+    if caller.data().wasi.is_interrupted() {
+        // Cancelled or fenced: stop here even where no pause is possible (a
+        // tick inside a loop-only leaf), so that a spinning leaf is no
+        // reason for a cancelled task to keep its thread.
+        return Err(wasmtime::Error::new(wmig_wasi::Interrupted));
+    }
     if caller.data().ctl.rewinding {
         // Resuming: the frames are rebuilt up to this call; finish the rewind
         // and return into the guest as if the pause never happened.

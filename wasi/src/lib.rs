@@ -240,6 +240,11 @@ impl WasiCtx {
         self.interrupt.clone()
     }
 
+    /// Whether the task was interrupted (cheap: one atomic load).
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupt.is_interrupted()
+    }
+
     /// A fresh context: fds 0-2 are stdio, preopens follow from fd 3.
     pub fn new(config: WasiConfig) -> Result<Self, WasiError> {
         let mut ctx = WasiCtx::empty(
