@@ -3,7 +3,8 @@
 //!
 //! Regenerate (only when the format or the rewrite changes on purpose, and
 //! bump `FORMAT_VERSION` / `REWRITER_VERSION` with it):
-//! `WMIG_BLESS=1 cargo test --workspace --test golden`.
+//! `WMIG_BLESS=1 cargo test --workspace --test golden`. The rewriter-1 file is
+//! never regenerated: it is what an older wmig wrote.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,12 +45,35 @@ fn module() -> Vec<u8> {
     wat::parse_file(golden("countdown.wat")).expect("golden module parses")
 }
 
+/// A checkpoint taken by rewriter 1 (the first release) still resumes, in
+/// rewriter 1: never regenerated.
 #[test]
-fn golden_checkpoint_still_decodes_and_resumes() {
+fn golden_checkpoint_of_rewriter_1_still_decodes_and_resumes() {
+    check_golden(
+        &format!("countdown-v{FORMAT_VERSION}.ckpt"),
+        "countdown.after.txt",
+        1,
+        false,
+    );
+}
+
+/// The current rewriter's golden checkpoint (`WMIG_BLESS=1` writes it).
+#[test]
+fn golden_checkpoint_of_the_current_rewriter_decodes_and_resumes() {
+    let r = wmig_host::REWRITER_VERSION;
+    check_golden(
+        &format!("countdown-v{FORMAT_VERSION}-r{r}.ckpt"),
+        &format!("countdown-r{r}.after.txt"),
+        r,
+        std::env::var_os("WMIG_BLESS").is_some(),
+    );
+}
+
+fn check_golden(ckpt: &str, after: &str, rewriter: u32, bless: bool) {
     let wasm = module();
-    let ckpt_path = golden(&format!("countdown-v{FORMAT_VERSION}.ckpt"));
-    let after_path = golden("countdown.after.txt");
-    if std::env::var_os("WMIG_BLESS").is_some() {
+    let ckpt_path = golden(ckpt);
+    let after_path = golden(after);
+    if bless {
         let (_, sinks) = capture_sinks();
         let w = wasm.clone();
         let opts = LocalOptions {
@@ -74,6 +98,7 @@ fn golden_checkpoint_still_decodes_and_resumes() {
         Hash::of(&wasm),
         "golden checkpoint names its module"
     );
+    assert_eq!(file.manifest.rewriter, rewriter, "{ckpt}: rewriter version");
     assert!(file.manifest.counters.yields >= 12);
     assert!(
         file.manifest.wasi.stdout_offset > 0,
@@ -95,7 +120,7 @@ fn golden_checkpoint_still_decodes_and_resumes() {
     };
     assert_eq!(finish, Finish::Exited(0));
     let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
-    if std::env::var_os("WMIG_BLESS").is_some() {
+    if bless {
         std::fs::write(&after_path, &text).expect("write expected output");
     }
     let expected = std::fs::read_to_string(&after_path).expect("expected output present");
