@@ -40,6 +40,15 @@
 //!   iteration. The `+= 1` refunds the check the interrupted iteration
 //!   re-runs, so fuel accounting is the same whether or not it yielded.
 //!
+//! - **Loop-only leaves tick.** A function that loops but calls nothing
+//!   (`memcpy`, hashing, a search in a node) calls `wmig.tick` instead of the
+//!   yield: the host accounts fuel and enforces limits but never pauses
+//!   there, so neither the leaf nor any call to it needs Asyncify. A pause
+//!   requested meanwhile happens at the next real yield, after the leaf
+//!   returns.
+//! - **Asyncify gets an exact list**: the functions from which the yield
+//!   import or an SDK pause import can be reached ([`Injected::pausable`]).
+//!
 //! Version 1 (a global decremented inline at each check, yield call inside
 //! the loop) is kept so that checkpoints taken by an older wmig still resume.
 
