@@ -20,6 +20,9 @@
 //! - **worst pause ms**: a pause requested at random moments, from the
 //!   request to the task standing still at a yield point (max of 8).
 //!
+//! With `WMIG_BENCH_KNOBS=1` it also measures the rewrite's knobs on every
+//! program (rewriter 1, leaf ticks off, Binaryen levels).
+//!
 //! Environment: `WMIG_CORPUS` (default `target/corpus`, built when missing),
 //! `WASMTIME` (default: `scripts/install-wasmtime-ref`), `WMIG_BENCH_REPS`
 //! (default 5), `WMIG_BENCH_FILTER` (substring of program names).
@@ -234,6 +237,78 @@ fn split(p: &Program, reps: usize) -> (f64, f64, f64, f64, u64, u64, usize, usiz
     )
 }
 
+/// The rewrite's knobs, each measured on the whole corpus (in-process, same
+/// engine, ratio to the uninstrumented module; rewrite ms uncached).
+const KNOBS: [(&str, u32, bool, wmig_rewrite::asyncify::Levels); 5] = {
+    use wmig_rewrite::asyncify::Levels;
+    [
+        ("rewriter 1", 1, false, Levels::CURRENT),
+        ("2, no leaf ticks", 2, false, Levels::CURRENT),
+        ("2 (shipped)", 2, true, Levels::CURRENT),
+        (
+            "2, no -O2 after",
+            2,
+            true,
+            Levels {
+                asyncify: 2,
+                after: None,
+            },
+        ),
+        (
+            "2, Asyncify -O1, no -O2",
+            2,
+            true,
+            Levels {
+                asyncify: 1,
+                after: None,
+            },
+        ),
+    ]
+};
+
+fn knobs(p: &Program, reps: usize) -> Vec<(f64, u64)> {
+    let wasm = std::fs::read(&p.wasm).expect("module");
+    let mut argv = vec![format!("{}.wasm", p.name)];
+    argv.extend(p.args.iter().cloned());
+    let engine = Baseline::like_wmig().expect("engine");
+    let plain = engine.compile(&wasm).expect("compile plain");
+    let time = |run: &dyn Fn()| {
+        median(
+            (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    run();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    };
+    let base = time(&|| {
+        engine.run(&plain, &argv, &[], &[]).expect("plain");
+    });
+    KNOBS
+        .iter()
+        .map(|(_, version, leaf, levels)| {
+            let t = Instant::now();
+            let injected =
+                wmig_rewrite::yields::inject_with(&wasm, *version, *leaf).expect("checks");
+            let bytes = wmig_rewrite::asyncify::run_with(
+                &injected.bytes,
+                injected.pausable.as_deref(),
+                *levels,
+            )
+            .expect("asyncify");
+            let ms = t.elapsed().as_millis() as u64;
+            let m = engine.compile(&bytes).expect("compile variant");
+            let r = time(&|| {
+                let out = engine.run_instrumented(&m, &argv).expect("variant");
+                assert_eq!(out.exit_code, 0, "{} failed", p.name);
+            });
+            (r / base, ms)
+        })
+        .collect()
+}
+
 /// Worst time from a pause request to the task standing still.
 fn pause_latency(p: &Program) -> f64 {
     let wasm = std::fs::read(&p.wasm).expect("module");
@@ -384,5 +459,31 @@ fn main() {
     println!("\nprograms:");
     for r in &rows {
         println!("- {}: {}", r.name, r.what);
+    }
+
+    if std::env::var_os("WMIG_BENCH_KNOBS").is_some() {
+        println!(
+            "\nThe rewrite's knobs (in-process ratio to the uninstrumented module / rewrite ms)"
+        );
+        let head: Vec<&str> = KNOBS.iter().map(|k| k.0).collect();
+        println!("| program | {} |", head.join(" | "));
+        println!("|---|{}", "---:|".repeat(KNOBS.len()));
+        for p in corpus() {
+            let cells = wmig_host::on_guest_thread({
+                let p = Program {
+                    name: p.name.clone(),
+                    wasm: p.wasm.clone(),
+                    args: p.args.clone(),
+                    what: String::new(),
+                };
+                move || knobs(&p, reps.min(3))
+            })
+            .expect("bench thread");
+            let cells: Vec<String> = cells
+                .iter()
+                .map(|(r, ms)| format!("{r:.2}× / {ms}"))
+                .collect();
+            println!("| {} | {} |", p.name, cells.join(" | "));
+        }
     }
 }
