@@ -15,7 +15,13 @@ use walrus::ir::Instr;
 use walrus::{ConstExpr, ElementItems, FunctionId, FunctionKind, LocalFunction, ValType};
 
 /// Parameter and result types: the identity of a signature.
-type Signature = (Vec<ValType>, Vec<ValType>);
+pub type Signature = (Vec<ValType>, Vec<ValType>);
+
+/// A function's parameter and result types.
+pub fn signature(module: &walrus::Module, f: FunctionId) -> Signature {
+    let (p, r) = module.types.params_results(module.funcs.get(f).ty());
+    (p.to_vec(), r.to_vec())
+}
 
 /// Direct and indirect call edges between every function (imports included).
 pub struct CallGraph {
@@ -45,13 +51,9 @@ pub fn table_functions(module: &walrus::Module) -> Vec<FunctionId> {
 
 impl CallGraph {
     pub fn new(module: &walrus::Module) -> CallGraph {
-        let signature = |f: FunctionId| -> Signature {
-            let (p, r) = module.types.params_results(module.funcs.get(f).ty());
-            (p.to_vec(), r.to_vec())
-        };
         let mut by_sig: HashMap<Signature, Vec<FunctionId>> = HashMap::new();
         for f in table_functions(module) {
-            by_sig.entry(signature(f)).or_default().push(f);
+            by_sig.entry(signature(module, f)).or_default().push(f);
         }
         for v in by_sig.values_mut() {
             v.sort_unstable();

@@ -138,10 +138,6 @@ pub fn inject_with(wasm: &[u8], version: u32, leaf_ticks: bool) -> Result<Inject
 
     // Functions that get checks, and every function that can reach one: only
     // calls into those need the counter written back and reloaded.
-    let sig = |module: &walrus::Module, id: FunctionId| {
-        let (p, r) = module.types.params_results(module.funcs.get(id).ty());
-        (p.to_vec(), r.to_vec())
-    };
     let checked: HashSet<FunctionId> = ids
         .iter()
         .copied()
@@ -188,7 +184,7 @@ pub fn inject_with(wasm: &[u8], version: u32, leaf_ticks: bool) -> Result<Inject
         let sigs: HashSet<_> = crate::callgraph::table_functions(&module)
             .into_iter()
             .filter(|f| touches_fuel.contains(f))
-            .map(|f| sig(&module, f))
+            .map(|f| crate::callgraph::signature(&module, f))
             .collect();
         module
             .types
@@ -203,7 +199,7 @@ pub fn inject_with(wasm: &[u8], version: u32, leaf_ticks: bool) -> Result<Inject
             continue;
         }
         let local = module.locals.add(ValType::I32);
-        let (_, results) = sig(&module, id);
+        let (_, results) = crate::callgraph::signature(&module, id);
         let body_ty = InstrSeqType::new(&mut module.types, &[], &results);
         // Which callees touch fuel, by instruction: decided before borrowing
         // the function mutably.
@@ -236,10 +232,11 @@ pub fn inject_with(wasm: &[u8], version: u32, leaf_ticks: bool) -> Result<Inject
     }
 
     // What can be on the stack at a pause: whatever reaches the yield import
-    // or a pause import of the SDK.
+    // or a pause import of the SDK, in the instrumented module's call graph
+    // (the checks added calls to the yield import).
     let mut roots = pause_imports;
     roots.insert(yield_fn);
-    let pausable_ids = graph_after(&module).reaching(&roots);
+    let pausable_ids = CallGraph::new(&module).reaching(&roots);
     let names = name_functions(&mut module);
     let mut pausable: Vec<String> = module
         .funcs
@@ -254,11 +251,6 @@ pub fn inject_with(wasm: &[u8], version: u32, leaf_ticks: bool) -> Result<Inject
         stats,
         pausable: Some(pausable),
     })
-}
-
-/// The call graph of the instrumented module (the checks added calls).
-fn graph_after(module: &walrus::Module) -> CallGraph {
-    CallGraph::new(module)
 }
 
 /// Give every function a unique name that Binaryen's function lists can

@@ -222,13 +222,14 @@ impl Interrupt {
     }
 }
 
-/// The trap a WASI call raises once its task was interrupted.
+/// The trap a WASI call, or a yield point, raises once its task was
+/// interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interrupted;
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the task was stopped while blocked in a WASI call")
+        f.write_str("the task was stopped for good (cancelled or fenced)")
     }
 }
 
