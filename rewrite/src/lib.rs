@@ -27,6 +27,7 @@ pub mod cache;
 pub mod callgraph;
 pub mod exports;
 pub mod validate;
+pub mod unwind;
 pub mod yields;
 
 use std::time::Instant;
@@ -36,10 +37,10 @@ pub use validate::ModuleError;
 
 /// Bump whenever the rewrite's output changes: checkpoints record it and only
 /// restore into the same rewrite, and the cache keys on it.
-pub const REWRITER_VERSION: u32 = 2;
+pub const REWRITER_VERSION: u32 = 3;
 /// Every version this build can still produce, so that a checkpoint taken by
 /// an older wmig resumes in the exact rewrite it was taken in.
-pub const SUPPORTED_REWRITERS: [u32; 2] = [1, 2];
+pub const SUPPORTED_REWRITERS: [u32; 3] = [1, 2, 3];
 
 /// Import module of every host function wmig provides besides WASI.
 pub const HOST_MODULE: &str = "wmig";
@@ -77,6 +78,8 @@ pub enum RewriteError {
     Yields(String),
     #[error("Binaryen Asyncify failed on this module: {0}")]
     Asyncify(String),
+    #[error(transparent)]
+    Unwind(#[from] unwind::UnwindError),
     #[error("could not export the module's globals after Asyncify: {0}")]
     Exports(String),
     #[error("this wmig cannot produce rewriter version {0} (it supports {SUPPORTED_REWRITERS:?}); resume the checkpoint with the wmig release that wrote it")]
@@ -110,6 +113,9 @@ pub struct RewriteStats {
     pub leaf_functions: usize,
     /// Functions Asyncify instruments (those that can be on the stack at a pause).
     pub pausable_functions: usize,
+    /// Rewriter 3 fell back to Asyncify (the module uses something wmig's
+    /// own unwind transform does not cover).
+    pub asyncify_fallback: bool,
     pub millis: u64,
 }
 
@@ -128,8 +134,19 @@ pub fn instrument_version(wasm: &[u8], version: u32) -> Result<Instrumented, Rew
     validate::validate(wasm)?;
     let injected = yields::inject(wasm, version)?;
     let mut stats = injected.stats;
-    let asyncified = asyncify::run(&injected.bytes, injected.pausable.as_deref())?;
-    let (bytes, mutable_globals) = exports::export_state(&asyncified)?;
+    let unwindable = match (version, injected.pausable.as_deref()) {
+        (3.., Some(pausable)) => match unwind::transform(&injected.bytes, pausable) {
+            Ok((bytes, _)) => bytes,
+            Err(unwind::UnwindError::Unsupported(why)) => {
+                tracing::info!("{why}; using Binaryen Asyncify for this module");
+                stats.asyncify_fallback = true;
+                asyncify::run(&injected.bytes, Some(pausable))?
+            }
+            Err(e) => return Err(e.into()),
+        },
+        (_, pausable) => asyncify::run(&injected.bytes, pausable)?,
+    };
+    let (bytes, mutable_globals) = exports::export_state(&unwindable)?;
     stats.mutable_globals = mutable_globals;
     stats.millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(Instrumented {
