@@ -11,12 +11,14 @@
 //!   `wasmtime compile`, against `wmig run` with a warm cache. This is what a
 //!   user sees.
 //! - **cost split** (in-process, same engine settings, ratios to the
-//!   uninstrumented module): the yield checks alone; checks + Asyncify before
-//!   Binaryen re-optimises; the full rewrite; and the full rewrite under
+//!   uninstrumented module): the yield checks alone; the whole rewrite as
+//!   rewriter 2 did it (Binaryen Asyncify, for comparison); the current
+//!   rewrite (wmig's own unwind transform); and the current rewrite under
 //!   wmig's real host (its yield import, usage publishing): the last step is
 //!   the host calls' share.
 //! - **yields**: host-visible yields per run (default yield fuel).
-//! - **rewrite ms**: validation + rewrite + Binaryen, uncached.
+//! - **rewrite ms**: validation + rewrite, uncached; **compile ms**: wasmtime
+//!   compiling the rewritten module (in brackets: the original).
 //! - **worst pause ms**: a pause requested at random moments, from the
 //!   request to the task standing still at a yield point (max of 8).
 //!
@@ -154,19 +156,28 @@ struct Row {
     what: String,
     wasmtime: f64,
     wmig: f64,
+    split: Split,
+    pause_ms: f64,
+}
+
+/// In-process ratios to the uninstrumented module: the yield checks alone,
+/// the whole rewrite as rewriter 2 (Asyncify) and as the current rewriter,
+/// and the current one under wmig's host; rewrite and compile times.
+struct Split {
     checks: f64,
     asyncify: f64,
     full: f64,
     host: f64,
     yields: u64,
     rewrite_ms: u64,
-    pause_ms: f64,
+    compile_ms: u64,
+    plain_compile_ms: u64,
     pausable: usize,
     functions: usize,
 }
 
 /// In-process ratios of each rewrite stage to the uninstrumented module.
-fn split(p: &Program, reps: usize) -> (f64, f64, f64, f64, u64, u64, usize, usize) {
+fn split(p: &Program, reps: usize) -> Split {
     let wasm = std::fs::read(&p.wasm).expect("module");
     let mut argv = vec![format!("{}.wasm", p.name)];
     argv.extend(p.args.iter().cloned());
@@ -176,21 +187,21 @@ fn split(p: &Program, reps: usize) -> (f64, f64, f64, f64, u64, u64, usize, usiz
     let rewrite_ms = t.elapsed().as_millis() as u64;
     let injected =
         wmig_rewrite::yields::inject(&wasm, wmig_rewrite::REWRITER_VERSION).expect("checks");
-    let unoptimized = wmig_rewrite::asyncify::run_with(
-        &injected.bytes,
-        injected.pausable.as_deref(),
-        wmig_rewrite::asyncify::Levels {
-            after: None,
-            ..wmig_rewrite::asyncify::Levels::CURRENT
-        },
-    )
-    .expect("asyncify");
+    let asyncified = wmig_rewrite::instrument_version(&wasm, 2).expect("rewriter 2");
 
     let engine = Baseline::like_wmig().expect("engine");
+    let t = Instant::now();
     let plain = engine.compile(&wasm).expect("compile plain");
-    let stages: Vec<wasmtime::Module> = [&injected.bytes, &unoptimized, &full.bytes]
+    let plain_compile_ms = t.elapsed().as_millis() as u64;
+    let mut compile_ms = 0;
+    let stages: Vec<wasmtime::Module> = [&injected.bytes, &asyncified.bytes, &full.bytes]
         .into_iter()
-        .map(|b| engine.compile(b).expect("compile stage"))
+        .map(|b| {
+            let t = Instant::now();
+            let m = engine.compile(b).expect("compile stage");
+            compile_ms = t.elapsed().as_millis() as u64;
+            m
+        })
         .collect();
     let rt = Runtime::new(RuntimeConfig { cache_dir: None }).expect("runtime");
     let prepared = rt.load(&wasm).expect("load");
@@ -225,16 +236,18 @@ fn split(p: &Program, reps: usize) -> (f64, f64, f64, f64, u64, u64, usize, usiz
         yields = task.counters().yields;
     }
     let m: Vec<f64> = times.into_iter().map(median).collect();
-    (
-        m[1] / m[0],
-        m[2] / m[0],
-        m[3] / m[0],
-        m[4] / m[0],
+    Split {
+        checks: m[1] / m[0],
+        asyncify: m[2] / m[0],
+        full: m[3] / m[0],
+        host: m[4] / m[0],
         yields,
         rewrite_ms,
-        full.stats.pausable_functions,
-        full.stats.functions,
-    )
+        compile_ms,
+        plain_compile_ms,
+        pausable: full.stats.pausable_functions,
+        functions: full.stats.functions,
+    }
 }
 
 /// The rewrite's knobs, each measured on the whole corpus (in-process, same
@@ -244,7 +257,7 @@ const KNOBS: [(&str, u32, bool, wmig_rewrite::asyncify::Levels); 5] = {
     [
         ("rewriter 1", 1, false, Levels::CURRENT),
         ("2, no leaf ticks", 2, false, Levels::CURRENT),
-        ("2 (shipped)", 2, true, Levels::CURRENT),
+        ("rewriter 2", 2, true, Levels::CURRENT),
         (
             "2, no -O2 after",
             2,
@@ -408,7 +421,7 @@ fn main() {
             args: p.args.clone(),
             what: String::new(),
         };
-        let ((checks, asyncify, full, host, yields, rewrite_ms, pausable, functions), pause_ms) =
+        let (split, pause_ms) =
             wmig_host::on_guest_thread(move || (split(&p2, reps.min(3)), pause_latency(&p2)))
                 .expect("bench thread");
         rows.push(Row {
@@ -416,21 +429,14 @@ fn main() {
             what: p.what,
             wasmtime: wasmtime_s,
             wmig: wmig_s,
-            checks,
-            asyncify,
-            full,
-            host,
-            yields,
-            rewrite_ms,
+            split,
             pause_ms,
-            pausable,
-            functions,
         });
     }
 
     println!("\nRun time of `wmig run` against `wasmtime run --allow-precompiled` (whole processes, median of {reps})");
-    println!("| program | wasmtime s | wmig s | ratio | checks | + Asyncify | + -O2 (full) | + host | yields | pausable fns | rewrite ms | worst pause ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| program | wasmtime s | wmig s | ratio | checks | rewriter 2 (Asyncify) | rewriter 3 | + host | yields | pausable fns | rewrite ms | compile ms (plain) | worst pause ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut logs = Vec::new();
     let mut max: f64 = 0.0;
     for r in &rows {
@@ -438,19 +444,21 @@ fn main() {
         max = max.max(ratio);
         logs.push(ratio.ln());
         println!(
-            "| {} | {:.3} | {:.3} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {} | {}/{} | {} | {:.1} |",
+            "| {} | {:.3} | {:.3} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {} | {}/{} | {} | {} ({}) | {:.1} |",
             r.name,
             r.wasmtime,
             r.wmig,
             ratio,
-            r.checks,
-            r.asyncify,
-            r.full,
-            r.host,
-            r.yields,
-            r.pausable,
-            r.functions,
-            r.rewrite_ms,
+            r.split.checks,
+            r.split.asyncify,
+            r.split.full,
+            r.split.host,
+            r.split.yields,
+            r.split.pausable,
+            r.split.functions,
+            r.split.rewrite_ms,
+            r.split.compile_ms,
+            r.split.plain_compile_ms,
             r.pause_ms
         );
     }

@@ -3,8 +3,8 @@
 //!
 //! Regenerate (only when the format or the rewrite changes on purpose, and
 //! bump `FORMAT_VERSION` / `REWRITER_VERSION` with it):
-//! `WMIG_BLESS=1 cargo test --workspace --test golden`. The rewriter-1 file is
-//! never regenerated: it is what an older wmig wrote.
+//! `WMIG_BLESS=1 cargo test --workspace --test golden`. The files of older
+//! rewriters (1 and 2) are never regenerated: they are what an older wmig wrote.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +53,18 @@ fn golden_checkpoint_of_rewriter_1_still_decodes_and_resumes() {
         &format!("countdown-v{FORMAT_VERSION}.ckpt"),
         "countdown.after.txt",
         1,
+        false,
+    );
+}
+
+/// A checkpoint taken by rewriter 2 (Binaryen Asyncify) still resumes, in
+/// rewriter 2, after rewriter 3 replaced Asyncify: never regenerated.
+#[test]
+fn golden_checkpoint_of_rewriter_2_still_decodes_and_resumes() {
+    check_golden(
+        &format!("countdown-v{FORMAT_VERSION}-r2.ckpt"),
+        "countdown-r2.after.txt",
+        2,
         false,
     );
 }

@@ -876,50 +876,58 @@ fn if_then(func: &mut walrus::LocalFunction, then: Code) -> (Instr, InstrLocId) 
     }))
 }
 
-/// `if (state) { k = index; br save }` after a call that can pause.
+/// `if (state) { save the live locals; k = index; br save }` after a call
+/// that can pause. The `then` arm is filled in by [`fill_site`] once
+/// liveness is known; its block is recorded in `sites`.
 fn unwind_check(
     func: &mut walrus::LocalFunction,
     ctx: &Ctx,
-    h: &Helpers,
     index: u32,
-    save: InstrSeqId,
+    sites: &mut Vec<(InstrSeqId, u32)>,
 ) -> Code {
-    let then = vec![
-        i32c(as_i32(index)),
-        set(h.k),
-        op(Instr::Br(ir::Br { block: save })),
-    ];
-    vec![gget(ctx.state), if_then(func, then)]
+    let then = func.builder_mut().dangling_instr_seq(None).id();
+    let alternative = func.builder_mut().dangling_instr_seq(None).id();
+    sites.push((then, index));
+    vec![
+        gget(ctx.state),
+        op(Instr::IfElse(ir::IfElse {
+            consequent: then,
+            alternative,
+        })),
+    ]
 }
 
-/// Push this frame (every slot, then the call index) and return zeros.
-fn save_code(
+/// The unwind path of one call site: store the locals live after the call
+/// (the rest of the frame is dead there: a rewind loads it but never reads
+/// it), note the call index, and go to the shared tail.
+fn fill_site(
     func: &mut walrus::LocalFunction,
     ctx: &Ctx,
     h: &Helpers,
     fr: &Frame,
-    results: &[ValType],
-) -> Result<Code, UnwindError> {
-    let mut c = vec![
-        gget(ctx.data),
-        load(ctx.stack, ValType::I32, 0),
-        set(h.p),
-        // Out of room in `wmig:stack`: trap rather than overwrite.
-        get(h.p),
-        i32c(as_i32(fr.size)),
-        bin(BinaryOp::I32Add),
-        gget(ctx.data),
-        load(ctx.stack, ValType::I32, 4),
-        bin(BinaryOp::I32GtU),
-    ];
-    c.push(if_then(
-        func,
-        vec![op(Instr::Unreachable(ir::Unreachable {}))],
-    ));
-    for &(l, t, at) in &fr.slots {
-        c.extend([get(h.p), get(l), store(ctx.stack, t, at)]);
+    site: (InstrSeqId, u32),
+    live: &Bits,
+    save: InstrSeqId,
+) {
+    let mut c = vec![gget(ctx.data), load(ctx.stack, ValType::I32, 0), set(h.p)];
+    for (slot, &(l, t, at)) in fr.slots.iter().enumerate() {
+        if live.has(slot) {
+            c.extend([get(h.p), get(l), store(ctx.stack, t, at)]);
+        }
     }
     c.extend([
+        i32c(as_i32(site.1)),
+        set(h.k),
+        op(Instr::Br(ir::Br { block: save })),
+    ]);
+    func.block_mut(site.0).instrs = c;
+}
+
+/// The shared end of every unwind path: write the call index, push the
+/// frame, return zeros. (A frame past the end of `wmig:stack` traps on its
+/// first store: the memory ends where the host puts the buffer's end.)
+fn save_code(ctx: &Ctx, h: &Helpers, fr: &Frame, results: &[ValType]) -> Result<Code, UnwindError> {
+    let mut c = vec![
         get(h.p),
         get(h.k),
         store(ctx.stack, ValType::I32, fr.index_at),
@@ -928,11 +936,125 @@ fn save_code(
         i32c(as_i32(fr.size)),
         bin(BinaryOp::I32Add),
         store(ctx.stack, ValType::I32, 0),
-    ]);
+    ];
     for &t in results {
         c.push(zero(t)?);
     }
     Ok(c)
+}
+
+/// A set of frame slots.
+#[derive(Clone, PartialEq, Eq)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn has(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn insert(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn remove(&mut self, i: usize) {
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+    fn union(&mut self, o: &Bits) {
+        for (a, b) in self.0.iter_mut().zip(&o.0) {
+            *a |= *b;
+        }
+    }
+}
+
+/// Backward liveness of frame slots over one function's structured code,
+/// recording the set live after each unwind check (`sites`: the check's
+/// `then` block and its call index).
+struct Liveness<'a> {
+    func: &'a walrus::LocalFunction,
+    slot_of: &'a HashMap<LocalId, usize>,
+    sites: &'a HashMap<InstrSeqId, u32>,
+    empty: Bits,
+    labels: Vec<(InstrSeqId, Bits)>,
+    out: HashMap<u32, Bits>,
+}
+
+impl Liveness<'_> {
+    fn label(&self, b: InstrSeqId) -> Bits {
+        self.labels
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == b)
+            .map_or_else(|| self.empty.clone(), |(_, l)| l.clone())
+    }
+
+    fn seq(&mut self, seq: InstrSeqId, mut live: Bits) -> Bits {
+        let func = self.func;
+        for (ins, _) in func.block(seq).instrs.iter().rev() {
+            match ins {
+                Instr::LocalGet(g) => {
+                    if let Some(&s) = self.slot_of.get(&g.local) {
+                        live.insert(s);
+                    }
+                }
+                Instr::LocalSet(x) => {
+                    if let Some(&s) = self.slot_of.get(&x.local) {
+                        live.remove(s);
+                    }
+                }
+                Instr::LocalTee(x) => {
+                    if let Some(&s) = self.slot_of.get(&x.local) {
+                        live.remove(s);
+                    }
+                }
+                Instr::Br(b) => live = self.label(b.block),
+                Instr::BrIf(b) => live.union(&self.label(b.block)),
+                Instr::BrTable(t) => {
+                    let mut l = self.label(t.default);
+                    for b in t.blocks.iter() {
+                        l.union(&self.label(*b));
+                    }
+                    live = l;
+                }
+                Instr::Return(_) | Instr::Unreachable(_) => live = self.empty.clone(),
+                Instr::Block(b) => {
+                    self.labels.push((b.seq, live.clone()));
+                    live = self.seq(b.seq, live);
+                    self.labels.pop();
+                }
+                Instr::Loop(l) => {
+                    // Iterate to the fixed point: what is live at the header
+                    // is live at every branch back to it.
+                    let mut head = self.empty.clone();
+                    loop {
+                        self.labels.push((l.seq, head.clone()));
+                        let next = self.seq(l.seq, live.clone());
+                        self.labels.pop();
+                        if next == head {
+                            break;
+                        }
+                        head.union(&next);
+                    }
+                    live = head;
+                }
+                Instr::IfElse(e) => {
+                    if let Some(&index) = self.sites.get(&e.consequent) {
+                        self.out.insert(index, live.clone());
+                    }
+                    self.labels.push((e.consequent, live.clone()));
+                    self.labels.push((e.alternative, live.clone()));
+                    let mut a = self.seq(e.consequent, live.clone());
+                    let b = self.seq(e.alternative, live);
+                    self.labels.pop();
+                    self.labels.pop();
+                    a.union(&b);
+                    live = a;
+                }
+                _ => {}
+            }
+        }
+        live
+    }
 }
 
 /// Pop this frame back into the locals and start skipping to its call.
@@ -1013,8 +1135,16 @@ fn rewrite_function(
     // block type; the blocks that take over the body need a real one.
     let entry_ty = InstrSeqType::new(&mut module.types, &[], &results);
 
+    let slot_of: HashMap<LocalId, usize> = fr
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.0, i))
+        .collect();
+
     // The fast body, in place.
-    {
+    let live = {
+        let mut sites = Vec::new();
         let func = local_mut(module, f)?;
         let body = func.builder_mut().dangling_instr_seq(entry_ty).id();
         let save = func.builder_mut().dangling_instr_seq(None).id();
@@ -1033,7 +1163,7 @@ fn rewrite_function(
                     } => {
                         code.extend(pre.iter().cloned());
                         code.push(call.clone());
-                        code.extend(unwind_check(func, ctx, &h, *index, save));
+                        code.extend(unwind_check(func, ctx, *index, &mut sites));
                         code.extend(post.iter().cloned());
                     }
                     Piece::Structure {
@@ -1069,12 +1199,50 @@ fn rewrite_function(
             op(Instr::Return(ir::Return {})),
         ];
         head.push(op(Instr::Block(ir::Block { seq: save })));
-        head.extend(save_code(func, ctx, &h, &fr, &results)?);
+        head.extend(save_code(ctx, &h, &fr, &results)?);
         func.block_mut(entry).instrs = head;
-    }
 
-    // The rewind body.
+        let by_block: HashMap<InstrSeqId, u32> = sites.iter().copied().collect();
+        let mut lv = Liveness {
+            func,
+            slot_of: &slot_of,
+            sites: &by_block,
+            empty: Bits::new(fr.slots.len()),
+            labels: vec![(body, Bits::new(fr.slots.len()))],
+            out: HashMap::new(),
+        };
+        lv.seq(body, Bits::new(fr.slots.len()));
+        let mut live = lv.out;
+        // A resume re-runs the call's `pre`: an indirect call needs its
+        // table index again (arguments are ignored by a rewinding callee,
+        // but saving them is cheaper than telling them apart).
+        for (_, ps) in &all {
+            for p in ps {
+                if let Piece::Call { pre, index, .. } = p {
+                    if let Some(bits) = live.get_mut(index) {
+                        let mut reads = HashSet::new();
+                        collect_locals(pre, &mut reads);
+                        for l in reads {
+                            if let Some(&slot) = slot_of.get(&l) {
+                                bits.insert(slot);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for site in sites {
+            let l = live
+                .get(&site.1)
+                .ok_or_else(|| UnwindError::Failed("a call site outside the body".into()))?;
+            fill_site(func, ctx, &h, &fr, site, l, save);
+        }
+        live
+    };
+
+    // The rewind body: the same call sites, so the same live sets.
     {
+        let mut sites = Vec::new();
         let func = local_mut(module, rid)?;
         let rentry = func.entry_block();
         let mut map_tbl: HashMap<InstrSeqId, InstrSeqId> = HashMap::new();
@@ -1123,7 +1291,7 @@ fn rewrite_function(
                             }
                             None => body.push(call.clone()),
                         }
-                        body.extend(unwind_check(func, ctx, &h, *index, save));
+                        body.extend(unwind_check(func, ctx, *index, &mut sites));
                         body.extend([i32c(0), set(h.rw)]);
                         body.extend(post.iter().cloned());
                         code.extend([
@@ -1180,8 +1348,14 @@ fn rewrite_function(
             op(Instr::Return(ir::Return {})),
         ];
         head.push(op(Instr::Block(ir::Block { seq: save })));
-        head.extend(save_code(func, ctx, &h, &fr, &results)?);
+        head.extend(save_code(ctx, &h, &fr, &results)?);
         func.block_mut(rentry).instrs = head;
+        for site in sites {
+            let l = live
+                .get(&site.1)
+                .ok_or_else(|| UnwindError::Failed("a call site outside the body".into()))?;
+            fill_site(func, ctx, &h, &fr, site, l, save);
+        }
     }
     Ok(n.calls.len())
 }
