@@ -51,6 +51,58 @@ pub struct PreparedModule {
     pub rewriter: u32,
     pub rewrite: RewriteStats,
     pub(crate) pre: InstancePre<HostState>,
+    /// Rewriter 3's rewind bodies (a module of their own, see
+    /// `wmig_rewrite::split`), compiled the first time a task resumes.
+    pub(crate) rewind: Option<Arc<RewindModule>>,
+}
+
+impl PreparedModule {
+    /// Compile the rewind module now, on another thread, so that the first
+    /// checkpoint of a task does not wait for it (workers checkpoint every
+    /// task; a plain `wmig run` rarely needs it).
+    pub fn prefetch_rewind(&self) {
+        if let Some(rw) = &self.rewind {
+            let rw = rw.clone();
+            let spawned = std::thread::Builder::new()
+                .name("wmig-rewind-compile".into())
+                .spawn(move || {
+                    if let Err(e) = rw.module() {
+                        tracing::warn!(error = %e, "compiling the rewind module failed");
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start compiling the rewind module");
+            }
+        }
+    }
+}
+
+/// The rewind half of a module, compiled on first use.
+pub(crate) struct RewindModule {
+    engine: Engine,
+    compiled_dir: Option<PathBuf>,
+    bytes: Vec<u8>,
+    module: std::sync::OnceLock<Result<Module, String>>,
+}
+
+impl RewindModule {
+    pub(crate) fn module(&self) -> Result<&Module, HostError> {
+        self.module
+            .get_or_init(|| {
+                let start = Instant::now();
+                let m = compile_cached(
+                    &self.engine,
+                    self.compiled_dir.as_deref(),
+                    &self.bytes,
+                    &Hash::of(&self.bytes),
+                )
+                .map_err(|e| format!("the module's rewind bodies: {e}"));
+                tracing::debug!(ms = start.elapsed().as_millis() as u64, "rewind module ready");
+                m
+            })
+            .as_ref()
+            .map_err(|e| HostError::Engine(e.clone()))
+    }
 }
 
 /// One engine and its caches; share it between all tasks of a process.
@@ -127,6 +179,14 @@ impl Runtime {
             rewriter: version,
             rewrite: instrumented.stats,
             pre,
+            rewind: instrumented.rewind.map(|bytes| {
+                Arc::new(RewindModule {
+                    engine: self.engine.clone(),
+                    compiled_dir: self.compiled_dir.clone(),
+                    bytes,
+                    module: std::sync::OnceLock::new(),
+                })
+            }),
         });
         self.lock_modules()
             .insert((module_hash, version), prepared.clone());
@@ -139,44 +199,54 @@ impl Runtime {
     }
 
     fn compile(&self, bytes: &[u8], hash: &Hash) -> Result<Module, HostError> {
-        let path = self.compiled_dir.as_ref().map(|d| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            self.engine.precompile_compatibility_hash().hash(&mut h);
-            d.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish()))
-        });
-        if let Some(path) = &path {
-            if let Some(module) = self.load_compiled(path) {
-                return Ok(module);
-            }
-        }
-        let start = Instant::now();
-        let module = Module::new(&self.engine, bytes).map_err(|e| {
-            HostError::Engine(format!("compiling the instrumented module failed: {e:#}"))
-        })?;
-        tracing::debug!(ms = start.elapsed().as_millis() as u64, "compiled module");
-        if let Some(path) = &path {
-            if let Err(e) = store_compiled(path, &module) {
-                tracing::warn!(path = %path.display(), error = %e, "could not cache compiled module");
-            }
-        }
-        Ok(module)
+        compile_cached(&self.engine, self.compiled_dir.as_deref(), bytes, hash)
     }
+}
 
-    fn load_compiled(&self, path: &Path) -> Option<Module> {
-        let data = fs::read(path).ok()?;
-        if data.len() < 32 {
-            return None;
+/// Compile `bytes`, or load what an earlier compile left in `compiled_dir`.
+fn compile_cached(
+    engine: &Engine,
+    compiled_dir: Option<&Path>,
+    bytes: &[u8],
+    hash: &Hash,
+) -> Result<Module, HostError> {
+    let path = compiled_dir.map(|d| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        d.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish()))
+    });
+    if let Some(path) = &path {
+        if let Some(module) = load_compiled(engine, path) {
+            return Ok(module);
         }
-        let (sum, bytes) = data.split_at(32);
-        if blake3::hash(bytes).as_bytes() != sum {
-            tracing::warn!(path = %path.display(), "compiled-module cache entry is corrupt; recompiling");
-            return None;
-        }
-        // SAFETY: these bytes are exactly what `Module::serialize` wrote for an
-        // engine with the same compatibility hash (it is in the file name), as
-        // the blake3 recorded beside them proves; wasmtime checks the header too.
-        unsafe { Module::deserialize(&self.engine, bytes) }.ok()
     }
+    let start = Instant::now();
+    let module = Module::new(engine, bytes).map_err(|e| {
+        HostError::Engine(format!("compiling the instrumented module failed: {e:#}"))
+    })?;
+    tracing::debug!(ms = start.elapsed().as_millis() as u64, "compiled module");
+    if let Some(path) = &path {
+        if let Err(e) = store_compiled(path, &module) {
+            tracing::warn!(path = %path.display(), error = %e, "could not cache compiled module");
+        }
+    }
+    Ok(module)
+}
+
+fn load_compiled(engine: &Engine, path: &Path) -> Option<Module> {
+    let data = fs::read(path).ok()?;
+    if data.len() < 32 {
+        return None;
+    }
+    let (sum, bytes) = data.split_at(32);
+    if blake3::hash(bytes).as_bytes() != sum {
+        tracing::warn!(path = %path.display(), "compiled-module cache entry is corrupt; recompiling");
+        return None;
+    }
+    // SAFETY: these bytes are exactly what `Module::serialize` wrote for an
+    // engine with the same compatibility hash (it is in the file name), as
+    // the blake3 recorded beside them proves; wasmtime checks the header too.
+    unsafe { Module::deserialize(engine, bytes) }.ok()
 }
 
 fn store_compiled(path: &Path, module: &Module) -> Result<(), Box<dyn std::error::Error>> {

@@ -303,6 +303,9 @@ pub struct Task {
     start: TypedFunc<(), ()>,
     pub(crate) memory: Memory,
     pub(crate) globals: Vec<(String, Global)>,
+    instance: Instance,
+    /// Rewriter 3: the rewind module is instantiated in this store.
+    rewind_linked: bool,
     /// The next `run` must rewind saved frames instead of starting afresh.
     resume_pending: bool,
     finished: bool,
@@ -405,6 +408,8 @@ impl Task {
             start,
             memory,
             globals,
+            instance,
+            rewind_linked: false,
             resume_pending: false,
             finished: false,
         })
@@ -416,6 +421,7 @@ impl Task {
             return Err(HostError::Finished);
         }
         if self.resume_pending {
+            self.link_rewind()?;
             let hooks = self.hooks()?;
             self.store.data_mut().ctl.rewinding = true;
             hooks
@@ -450,6 +456,30 @@ impl Task {
                 Err(self.trap(e))
             }
         }
+    }
+
+    /// Instantiate the rewind bodies beside the task's instance (rewriter 3
+    /// keeps them in a module of their own, compiled on first use): their
+    /// element segment fills the table the main module rewinds through.
+    fn link_rewind(&mut self) -> Result<(), HostError> {
+        if self.rewind_linked {
+            return Ok(());
+        }
+        let Some(rw) = self.module.rewind.clone() else {
+            return Ok(());
+        };
+        let module = rw.module()?;
+        let engine = self.store.engine().clone();
+        let mut linker: wasmtime::Linker<HostState> = wasmtime::Linker::new(&engine);
+        let err = |e: wasmtime::Error| {
+            HostError::Engine(format!("linking the module's rewind bodies failed: {e:#}"))
+        };
+        linker
+            .instance(&mut self.store, wmig_rewrite::split::MAIN_IMPORT_MODULE, self.instance)
+            .map_err(err)?;
+        linker.instantiate(&mut self.store, module).map_err(err)?;
+        self.rewind_linked = true;
+        Ok(())
     }
 
     fn trap(&mut self, e: wasmtime::Error) -> HostError {

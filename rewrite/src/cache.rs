@@ -54,13 +54,25 @@ impl RewriteCache {
     ) -> Result<Instrumented, RewriteError> {
         let module_hash = blake3::hash(wasm);
         let path = self.entry(&module_hash, version);
+        // Rewriter 3's rewind module sits beside the main one (empty when
+        // the module fell back to Asyncify); it is written first, so a main
+        // entry without it is a torn write and is redone.
+        let rewind_path = path.with_extension("rw.wasm");
         if let Some(bytes) = read_verified(&path) {
-            return Ok(Instrumented {
-                bytes,
-                module_hash,
-                stats: RewriteStats::default(),
-                version,
-            });
+            let rewind = if version >= 3 {
+                read_verified(&rewind_path).map(|r| (!r.is_empty()).then_some(r))
+            } else {
+                Some(None)
+            };
+            if let Some(rewind) = rewind {
+                return Ok(Instrumented {
+                    bytes,
+                    rewind,
+                    module_hash,
+                    stats: RewriteStats::default(),
+                    version,
+                });
+            }
         }
         tracing::info!(
             module = %module_hash.to_hex(),
@@ -76,7 +88,12 @@ impl RewriteCache {
             "module rewritten"
         );
         // A cache that cannot be written is not an error: the rewrite stands.
-        if let Err(e) = write_entry(&path, &out.bytes) {
+        let written = if version >= 3 {
+            write_entry(&rewind_path, out.rewind.as_deref().unwrap_or_default())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = written.and_then(|()| write_entry(&path, &out.bytes)) {
             tracing::warn!(path = %path.display(), error = %e, "could not cache rewritten module");
         }
         Ok(out)

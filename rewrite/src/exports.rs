@@ -13,7 +13,12 @@ pub fn export_state(wasm: &[u8]) -> Result<(Vec<u8>, usize), RewriteError> {
     let mut module = config
         .parse(wasm)
         .map_err(|e| RewriteError::Exports(e.to_string()))?;
+    let n = export_state_module(&mut module)?;
+    Ok((module.emit_wasm(), n))
+}
 
+/// [`export_state`] on a parsed module; returns the number of mutable globals.
+pub fn export_state_module(module: &mut walrus::Module) -> Result<usize, RewriteError> {
     let mutable: Vec<(usize, walrus::GlobalId)> = module
         .globals
         .iter()
@@ -52,5 +57,5 @@ pub fn export_state(wasm: &[u8]) -> Result<(Vec<u8>, usize), RewriteError> {
             )))
         }
     }
-    Ok((module.emit_wasm(), mutable.len()))
+    Ok(mutable.len())
 }

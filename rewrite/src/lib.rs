@@ -12,10 +12,16 @@
 //!    `wmig.yield_point`, which refills it and decides whether to pause.
 //!    Functions that neither loop nor recurse run a bounded amount of work and
 //!    get no check, which keeps hot leaf code untouched.
-//! 3. [`asyncify`]: Binaryen's Asyncify lets the host unwind every frame into
-//!    a buffer and rewind it later. The buffer lives in a secondary memory
-//!    (`wmig:stack`) so the guest's own memory, `memory.size` and allocator
-//!    never see it. Only functions that can reach a yield are instrumented.
+//! 3. [`unwind`] (rewriter 3): wmig's own unwind/rewind transform lets the
+//!    host unwind every frame into a buffer and rewind it later: each function
+//!    that can be on the stack at a pause keeps a fast body (its own code plus
+//!    a check after each call that can pause) and gets a rewind body, which
+//!    [`split`] moves into a second module compiled only when a task first
+//!    resumes. The buffer lives in a secondary memory (`wmig:stack`) so the
+//!    guest's own memory, `memory.size` and allocator never see it. Modules
+//!    it does not cover (tail calls, exception handling in a pausable
+//!    function, reference-typed locals across a pause) fall back to
+//!    [`asyncify`], Binaryen's Asyncify, which rewriters 1 and 2 used.
 //! 4. [`exports`]: export every mutable global (Asyncify's and LLVM's
 //!    `__stack_pointer` included) so the host can capture and restore them.
 //!
@@ -27,6 +33,7 @@ pub mod cache;
 pub mod callgraph;
 pub mod exports;
 pub mod validate;
+pub mod split;
 pub mod unwind;
 pub mod yields;
 
@@ -95,6 +102,9 @@ pub enum RewriteError {
 #[derive(Debug, Clone)]
 pub struct Instrumented {
     pub bytes: Vec<u8>,
+    /// Rewriter 3: the rewind bodies, a module of their own that imports the
+    /// main one (see [`split`]); the host needs it only to resume.
+    pub rewind: Option<Vec<u8>>,
     /// blake3 of the original module.
     pub module_hash: blake3::Hash,
     pub stats: RewriteStats,
@@ -134,23 +144,38 @@ pub fn instrument_version(wasm: &[u8], version: u32) -> Result<Instrumented, Rew
     validate::validate(wasm)?;
     let injected = yields::inject(wasm, version)?;
     let mut stats = injected.stats;
-    let unwindable = match (version, injected.pausable.as_deref()) {
-        (3.., Some(pausable)) => match unwind::transform(&injected.bytes, pausable) {
-            Ok((bytes, _)) => bytes,
-            Err(unwind::UnwindError::Unsupported(why)) => {
-                tracing::info!("{why}; using Binaryen Asyncify for this module");
-                stats.asyncify_fallback = true;
-                asyncify::run(&injected.bytes, Some(pausable))?
+    let own = match (version, injected.pausable.as_deref()) {
+        (3.., Some(pausable)) => {
+            match unwind::transform(&injected.bytes, pausable).and_then(|(bytes, u)| {
+                split::split(&bytes).map(|s| (s, u.mutable_globals))
+            }) {
+                Ok(done) => Some(done),
+                Err(unwind::UnwindError::Unsupported(why)) => {
+                    tracing::info!("{why}; using Binaryen Asyncify for this module");
+                    stats.asyncify_fallback = true;
+                    None
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        },
-        (_, pausable) => asyncify::run(&injected.bytes, pausable)?,
+        }
+        _ => None,
     };
-    let (bytes, mutable_globals) = exports::export_state(&unwindable)?;
-    stats.mutable_globals = mutable_globals;
+    let (bytes, rewind) = match own {
+        Some((split, mutable_globals)) => {
+            stats.mutable_globals = mutable_globals;
+            (split.main, Some(split.rewind))
+        }
+        None => {
+            let asyncified = asyncify::run(&injected.bytes, injected.pausable.as_deref())?;
+            let (bytes, mutable_globals) = exports::export_state(&asyncified)?;
+            stats.mutable_globals = mutable_globals;
+            (bytes, None)
+        }
+    };
     stats.millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(Instrumented {
         bytes,
+        rewind,
         module_hash: blake3::hash(wasm),
         stats,
         version,

@@ -24,8 +24,15 @@
 //! A rewind enters the rewind bodies from the outermost frame in: a rewind
 //! body calls its callee's rewind body directly while rewinding, and
 //! functions reachable from outside (exports and table entries) check the
-//! state on entry and hand over to their rewind body. The innermost frame
-//! re-calls the import it paused in; the host ends the rewind there.
+//! state on entry and hand over to their rewind body (through a table, as
+//! [`crate::split`] moves the rewind bodies into a module of their own that
+//! is compiled only when a task first resumes). The innermost frame re-calls
+//! the import it paused in; the host ends the rewind there.
+//!
+//! Each call site saves only the locals live after it (a backward liveness
+//! pass over the fast body): saving every local from every site would keep
+//! all of them alive across every call that can pause, and the register
+//! pressure showed in hot loops.
 //!
 //! A frame is every local the function uses (parameters, its own locals,
 //! the stack spills), 8 bytes each (16 for `v128`), then the index of the
@@ -68,6 +75,8 @@ pub struct UnwindStats {
     pub functions: usize,
     /// Calls after which a frame may unwind.
     pub pause_calls: usize,
+    /// Mutable globals exported for capture.
+    pub mutable_globals: usize,
 }
 
 type Code = Vec<(Instr, InstrLocId)>;
@@ -191,6 +200,25 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
         rewind_of.insert(f, rid);
         call_ty.insert(f, InstrSeqType::new(&mut module.types, &params, &results));
     }
+    // Rewind bodies are reached from outside through a table the rewind
+    // module fills (see `split`); each is exported under its slot so that
+    // `split` can find it.
+    let slots = u64::try_from(funcs.len()).unwrap_or(u64::MAX);
+    let rw_table = module
+        .tables
+        .add_local(false, slots, Some(slots), walrus::RefType::FUNCREF);
+    module
+        .exports
+        .add(crate::split::REWIND_TABLE_EXPORT, ExportItem::Table(rw_table));
+    let mut slot_of: HashMap<FunctionId, i32> = HashMap::new();
+    for (slot, f) in funcs.iter().enumerate() {
+        let slot = i32::try_from(slot).map_err(|_| UnwindError::Failed("too many functions".into()))?;
+        slot_of.insert(*f, slot);
+        module.exports.add(
+            &format!("{}{slot}", crate::split::REWIND_SLOT_PREFIX),
+            ExportItem::Function(rewind_of[f]),
+        );
+    }
     let mut block_tys: HashMap<TypeId, Sig> = type_sigs.clone();
     for t in module.types.iter() {
         block_tys
@@ -209,6 +237,8 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
             pausable_types: &pausable_types,
             rewind_of: &rewind_of,
             call_ty: &call_ty,
+            rw_table,
+            slot_of: &slot_of,
             state,
             data,
             stack,
@@ -225,10 +255,15 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
     }
 
     add_control_exports(&mut module, state, data);
+    stats.mutable_globals = crate::exports::export_state_module(&mut module)
+        .map_err(|e| UnwindError::Failed(e.to_string()))?;
     let bytes = module.emit_wasm();
-    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
-        .validate_all(&bytes)
-        .map_err(|e| UnwindError::Failed(format!("the transformed module is invalid: {e}")))?;
+    if cfg!(debug_assertions) {
+        // wasmtime validates what it compiles; this names the culprit sooner.
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&bytes)
+            .map_err(|e| UnwindError::Failed(format!("the transformed module is invalid: {e}")))?;
+    }
     Ok((bytes, stats))
 }
 
@@ -360,6 +395,8 @@ struct Ctx<'a> {
     pausable_types: &'a HashSet<TypeId>,
     rewind_of: &'a HashMap<FunctionId, FunctionId>,
     call_ty: &'a HashMap<FunctionId, InstrSeqType>,
+    rw_table: walrus::TableId,
+    slot_of: &'a HashMap<FunctionId, i32>,
     state: GlobalId,
     data: GlobalId,
     stack: MemoryId,
@@ -1103,6 +1140,7 @@ fn rewrite_function(
         (func.entry_block(), func.args.clone(), orig, order)
     };
     let results = ctx.sigs.get(&f).map(|s| s.1.clone()).unwrap_or_default();
+    let fty = module.funcs.get(f).ty();
     let n = number(ctx, &orig, entry);
 
     let mut pool = Pool {
@@ -1189,7 +1227,16 @@ fn rewrite_function(
             // Reached from outside (an export or a table): a rewind enters
             // here and continues in the rewind body.
             let mut then: Code = args.iter().map(|a| get(*a)).collect();
-            then.push(op(Instr::Call(ir::Call { func: rid })));
+            let slot = ctx
+                .slot_of
+                .get(&f)
+                .copied()
+                .ok_or_else(|| UnwindError::Failed("a rewind body without a slot".into()))?;
+            then.push(i32c(slot));
+            then.push(op(Instr::CallIndirect(ir::CallIndirect {
+                ty: fty,
+                table: ctx.rw_table,
+            })));
             then.push(op(Instr::Return(ir::Return {})));
             head.extend([gget(ctx.state), i32c(2), bin(BinaryOp::I32Eq)]);
             head.push(if_then(func, then));

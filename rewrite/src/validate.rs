@@ -84,10 +84,10 @@ pub fn validate(wasm: &[u8]) -> Result<(), ModuleError> {
                 }
             }
             Payload::ImportSection(reader) => {
-                for import in reader {
+                for import in reader.into_imports() {
                     let import = import.map_err(|e| ModuleError::Invalid(e.to_string()))?;
                     check_import(import.module, import.name, &import.ty)?;
-                    if let TypeRef::Func(t) = import.ty {
+                    if let TypeRef::Func(t) | TypeRef::FuncExact(t) = import.ty {
                         func_type_of.push(t);
                     }
                 }
@@ -154,7 +154,7 @@ pub fn validate(wasm: &[u8]) -> Result<(), ModuleError> {
 
 fn check_import(module: &str, name: &str, ty: &TypeRef) -> Result<(), ModuleError> {
     let kind = match ty {
-        TypeRef::Func(_) => None,
+        TypeRef::Func(_) | TypeRef::FuncExact(_) => None,
         TypeRef::Memory(_) => return Err(ModuleError::ImportedMemory),
         TypeRef::Table(_) => Some("table"),
         TypeRef::Global(_) => Some("global"),

@@ -499,6 +499,9 @@ impl Worker {
             .await
             .context("module preparation panicked")?
             .with_context(|| format!("preparing bundle {bundle}"))?;
+        // Every task here is checkpointed, and a checkpoint resumes through
+        // the rewind bodies: have them compiled by then.
+        module.prefetch_rewind();
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
