@@ -97,7 +97,10 @@ impl RewindModule {
                     &Hash::of(&self.bytes),
                 )
                 .map_err(|e| format!("the module's rewind bodies: {e}"));
-                tracing::debug!(ms = start.elapsed().as_millis() as u64, "rewind module ready");
+                tracing::debug!(
+                    ms = start.elapsed().as_millis() as u64,
+                    "rewind module ready"
+                );
                 m
             })
             .as_ref()

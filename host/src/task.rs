@@ -475,7 +475,11 @@ impl Task {
             HostError::Engine(format!("linking the module's rewind bodies failed: {e:#}"))
         };
         linker
-            .instance(&mut self.store, wmig_rewrite::split::MAIN_IMPORT_MODULE, self.instance)
+            .instance(
+                &mut self.store,
+                wmig_rewrite::split::MAIN_IMPORT_MODULE,
+                self.instance,
+            )
             .map_err(err)?;
         linker.instantiate(&mut self.store, module).map_err(err)?;
         self.rewind_linked = true;

@@ -32,9 +32,9 @@ pub mod asyncify;
 pub mod cache;
 pub mod callgraph;
 pub mod exports;
-pub mod validate;
 pub mod split;
 pub mod unwind;
+pub mod validate;
 pub mod yields;
 
 use std::time::Instant;
@@ -146,9 +146,9 @@ pub fn instrument_version(wasm: &[u8], version: u32) -> Result<Instrumented, Rew
     let mut stats = injected.stats;
     let own = match (version, injected.pausable.as_deref()) {
         (3.., Some(pausable)) => {
-            match unwind::transform(&injected.bytes, pausable).and_then(|(bytes, u)| {
-                split::split(&bytes).map(|s| (s, u.mutable_globals))
-            }) {
+            match unwind::transform(&injected.bytes, pausable)
+                .and_then(|(bytes, u)| split::split(&bytes).map(|s| (s, u.mutable_globals)))
+            {
                 Ok(done) => Some(done),
                 Err(unwind::UnwindError::Unsupported(why)) => {
                     tracing::info!("{why}; using Binaryen Asyncify for this module");

@@ -187,10 +187,18 @@ pub fn split(wasm: &[u8]) -> Result<Split, UnwindError> {
         imports.import(MAIN_IMPORT_MODULE, &tname(i), t);
     }
     for (i, m) in memories.iter().enumerate() {
-        imports.import(MAIN_IMPORT_MODULE, &mname(i), re.memory_type(*m).map_err(fail)?);
+        imports.import(
+            MAIN_IMPORT_MODULE,
+            &mname(i),
+            re.memory_type(*m).map_err(fail)?,
+        );
     }
     for (i, g) in globals.iter().enumerate() {
-        imports.import(MAIN_IMPORT_MODULE, &gname(i), re.global_type(*g).map_err(fail)?);
+        imports.import(
+            MAIN_IMPORT_MODULE,
+            &gname(i),
+            re.global_type(*g).map_err(fail)?,
+        );
     }
     module.section(&imports);
     let mut functions = wasm_encoder::FunctionSection::new();
@@ -198,11 +206,18 @@ pub fn split(wasm: &[u8]) -> Result<Split, UnwindError> {
         functions.function(ty_of(f)?);
     }
     module.section(&functions);
+    // WASI finds the guest's memory through the calling instance's `memory`
+    // export, and a rewind body calls WASI too.
+    let mut reexports = wasm_encoder::ExportSection::new();
+    for (name, kind, index) in &exports {
+        if name == "memory" && *kind == ExternalKind::Memory {
+            reexports.export(name, wasm_encoder::ExportKind::Memory, *index);
+        }
+    }
+    module.section(&reexports);
     let first_rewind = u32::try_from(called.len()).map_err(fail)?;
     let mut elements = wasm_encoder::ElementSection::new();
-    let indices: Vec<u32> = (0..rewind.len())
-        .map(|i| first_rewind + i as u32)
-        .collect();
+    let indices: Vec<u32> = (0..rewind.len()).map(|i| first_rewind + i as u32).collect();
     elements.active(
         Some(rw_table),
         &wasm_encoder::ConstExpr::i32_const(0),

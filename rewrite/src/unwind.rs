@@ -169,12 +169,18 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
         .filter(|f| pausable_set.contains(f))
         .collect();
 
-    let state = module
-        .globals
-        .add_local(ValType::I32, true, false, walrus::ConstExpr::Value(Value::I32(0)));
-    let data = module
-        .globals
-        .add_local(ValType::I32, true, false, walrus::ConstExpr::Value(Value::I32(0)));
+    let state = module.globals.add_local(
+        ValType::I32,
+        true,
+        false,
+        walrus::ConstExpr::Value(Value::I32(0)),
+    );
+    let data = module.globals.add_local(
+        ValType::I32,
+        true,
+        false,
+        walrus::ConstExpr::Value(Value::I32(0)),
+    );
     let stack = module.memories.add_local(
         false,
         false,
@@ -207,12 +213,14 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
     let rw_table = module
         .tables
         .add_local(false, slots, Some(slots), walrus::RefType::FUNCREF);
-    module
-        .exports
-        .add(crate::split::REWIND_TABLE_EXPORT, ExportItem::Table(rw_table));
+    module.exports.add(
+        crate::split::REWIND_TABLE_EXPORT,
+        ExportItem::Table(rw_table),
+    );
     let mut slot_of: HashMap<FunctionId, i32> = HashMap::new();
     for (slot, f) in funcs.iter().enumerate() {
-        let slot = i32::try_from(slot).map_err(|_| UnwindError::Failed("too many functions".into()))?;
+        let slot =
+            i32::try_from(slot).map_err(|_| UnwindError::Failed("too many functions".into()))?;
         slot_of.insert(*f, slot);
         module.exports.add(
             &format!("{}{slot}", crate::split::REWIND_SLOT_PREFIX),
@@ -407,7 +415,9 @@ impl Ctx<'_> {
     /// indirect call, the table index), its results, and its direct callee.
     fn pause_call(&self, ins: &Instr) -> Option<(usize, Vec<ValType>, Option<FunctionId>)> {
         match ins {
-            Instr::Call(c) if self.pausable.contains(&c.func) || self.pause_imports.contains(&c.func) => {
+            Instr::Call(c)
+                if self.pausable.contains(&c.func) || self.pause_imports.contains(&c.func) =>
+            {
                 let (p, r) = self.sigs.get(&c.func)?;
                 Some((p.len(), r.clone(), Some(c.func)))
             }
@@ -662,7 +672,10 @@ fn pieces(
             .types_at
             .get(&loc.data())
             .ok_or_else(|| {
-                UnwindError::Failed(format!("no operand types recorded at offset {}", loc.data()))
+                UnwindError::Failed(format!(
+                    "no operand types recorded at offset {}",
+                    loc.data()
+                ))
             })?
             .clone()
             .ok_or_else(|| {
@@ -753,7 +766,9 @@ fn local_mut(
 ) -> Result<&mut walrus::LocalFunction, UnwindError> {
     match &mut module.funcs.get_mut(f).kind {
         FunctionKind::Local(l) => Ok(l),
-        _ => Err(UnwindError::Failed("a pausable function is an import".into())),
+        _ => Err(UnwindError::Failed(
+            "a pausable function is an import".into(),
+        )),
     }
 }
 
@@ -1130,7 +1145,9 @@ fn rewrite_function(
 ) -> Result<usize, UnwindError> {
     let (entry, args, orig, order) = {
         let FunctionKind::Local(func) = &module.funcs.get(f).kind else {
-            return Err(UnwindError::Failed("a pausable function is an import".into()));
+            return Err(UnwindError::Failed(
+                "a pausable function is an import".into(),
+            ));
         };
         let order = all_seqs(func);
         let orig: HashMap<InstrSeqId, (InstrSeqType, Code)> = order
@@ -1173,12 +1190,8 @@ fn rewrite_function(
     // block type; the blocks that take over the body need a real one.
     let entry_ty = InstrSeqType::new(&mut module.types, &[], &results);
 
-    let slot_of: HashMap<LocalId, usize> = fr
-        .slots
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.0, i))
-        .collect();
+    let slot_of: HashMap<LocalId, usize> =
+        fr.slots.iter().enumerate().map(|(i, s)| (s.0, i)).collect();
 
     // The fast body, in place.
     let live = {
@@ -1307,7 +1320,12 @@ fn rewrite_function(
                     Piece::Plain(c) => code.extend(remap(c, &map)),
                     Piece::Chunk(c) if pi == last || c.is_empty() => code.extend(remap(c, &map)),
                     Piece::Chunk(c) => {
-                        code.extend([get(h.rw), op(Instr::Unop(ir::Unop { op: ir::UnaryOp::I32Eqz }))]);
+                        code.extend([
+                            get(h.rw),
+                            op(Instr::Unop(ir::Unop {
+                                op: ir::UnaryOp::I32Eqz,
+                            })),
+                        ]);
                         let then = remap(c, &map);
                         code.push(if_then(func, then));
                     }
