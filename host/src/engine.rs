@@ -57,6 +57,17 @@ pub struct PreparedModule {
 }
 
 impl PreparedModule {
+    /// `wmig` when the module runs under rewriter 3's own unwind transform,
+    /// `asyncify` under Binaryen's (rewriters 1 and 2, and modules rewriter 3
+    /// does not cover).
+    pub fn unwind_transform(&self) -> &'static str {
+        if self.rewind.is_some() {
+            "wmig"
+        } else {
+            "asyncify"
+        }
+    }
+
     /// Compile the rewind module now, on another thread, so that the first
     /// checkpoint of a task does not wait for it (workers checkpoint every
     /// task; a plain `wmig run` rarely needs it).

@@ -102,6 +102,10 @@ pub struct RunStats {
     pub checkpoint_ms: f64,
     /// Total time spent restoring into fresh engines, in ms.
     pub restore_ms: f64,
+    /// Which unwind transform the module runs under: `wmig` (rewriter 3's
+    /// own) or `asyncify` (older rewriters, or a module rewriter 3 does not
+    /// cover).
+    pub unwind: String,
 }
 
 /// How a local run ended.
@@ -123,7 +127,9 @@ pub fn run_local(
     let rt = Runtime::new(opts.runtime.clone())?;
     let module = rt.load(wasm)?;
     let task = Task::start(&rt, &module, task_config(spec.config(sinks), opts))?;
-    drive(task, wasm, spec, sinks, opts, 0)
+    let (finish, mut stats) = drive(task, wasm, spec, sinks, opts, 0)?;
+    stats.unwind = module.unwind_transform().to_string();
+    Ok((finish, stats))
 }
 
 /// Continue the checkpoint `file` of `wasm`. Output already produced before
@@ -158,6 +164,7 @@ pub fn resume_local(
     stats_base.checkpoint_ms = stats.checkpoint_ms;
     stats_base.restores += stats.restores;
     stats_base.restore_ms += stats.restore_ms;
+    stats_base.unwind = module.unwind_transform().to_string();
     Ok((finish, stats_base))
 }
 

@@ -243,3 +243,57 @@ fn recursion_is_paused_inside_deep_frames() {
     );
     check("recursion", &wasm);
 }
+
+/// The shapes wmig's own unwind transform must save and resume exactly:
+/// values of several types left on the operand stack below a call that can
+/// pause, a block with parameters and two results around such calls, a loop
+/// with a parameter, both arms of an `if`, and a `br_table` target.
+#[test]
+fn stack_values_block_params_and_branches_survive_a_pause() {
+    let wasm = module(
+        r#"
+        (func $work (param $n i32) (result i32)
+          (local $i i32) (local $acc i32)
+          (loop $l
+            (local.set $acc (i32.add (local.get $acc) (i32.mul (local.get $i) (local.get $n))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 50))))
+          (local.get $acc))
+        (func (export "_start")
+          (local $k i32) (local $x i64) (local $f f64) (local $t i32)
+          (loop $outer
+            (local.set $x (i64.add (i64.extend_i32_u (local.get $k))
+              (i64.extend_i32_u (i32.add (i32.const 7) (call $work (local.get $k))))))
+            (local.set $f (f64.add (f64.const 0.5)
+              (f64.convert_i32_u (call $work (i32.add (local.get $k) (i32.const 2))))))
+            (i32.const 3) (i32.const 4)
+            (block $b (param i32 i32) (result i32 i32)
+              (call $work)
+              (i32.add)
+              (call $work (local.get $k)))
+            (i32.add)
+            (call $print)
+            (i32.const 5)
+            (loop $lp (param i32) (result i32)
+              (i32.add (i32.const 1))
+              (local.tee $t)
+              (drop (call $work))
+              (local.get $t)
+              (br_if $lp (i32.lt_u (local.get $t) (i32.const 8))))
+            (call $print)
+            (if (i32.and (local.get $k) (i32.const 1))
+              (then (call $print (call $work (i32.const 1))))
+              (else (call $print (i32.add (i32.const 1000) (call $work (i32.const 2))))))
+            (block $c
+              (block $b1
+                (block $b0 (br_table $b0 $b1 $c (i32.rem_u (local.get $k) (i32.const 3))))
+                (call $print (call $work (i32.const 9)))
+                (br $c))
+              (call $print (i32.wrap_i64 (local.get $x))))
+            (call $print (i32.trunc_f64_u (local.get $f)))
+            (local.set $k (i32.add (local.get $k) (i32.const 1)))
+            (br_if $outer (i32.lt_u (local.get $k) (i32.const 30)))))"#,
+    );
+    let out = check("stack_shapes", &wasm);
+    assert_eq!(out.lines().count(), 30 * 5 - 10, "{out}");
+}

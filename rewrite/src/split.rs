@@ -324,3 +324,103 @@ impl Reencode for Remap {
             .unwrap_or(func))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exports(wasm: &[u8]) -> Vec<(String, ExternalKind)> {
+        let mut out = Vec::new();
+        for p in Parser::new(0).parse_all(wasm) {
+            if let Ok(Payload::ExportSection(r)) = p {
+                for e in r.into_iter().flatten() {
+                    out.push((e.name.to_string(), e.kind));
+                }
+            }
+        }
+        out
+    }
+
+    fn imports(wasm: &[u8]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for p in Parser::new(0).parse_all(wasm) {
+            if let Ok(Payload::ImportSection(r)) = p {
+                for i in r.into_imports().flatten() {
+                    out.push((i.module.to_string(), i.name.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn main_and_rewind_modules_are_valid_and_fit_together() {
+        let wasm = wat::parse_str(
+            r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (global $sp (mut i32) (i32.const 1024))
+            (table 2 funcref) (elem (i32.const 0) $rec $rec)
+            (type $t (func (param i32) (result i32)))
+            (func $rec (param i32) (result i32)
+              (if (result i32) (local.get 0)
+                (then (i32.add (i32.const 1)
+                  (call_indirect (type $t) (i32.sub (local.get 0) (i32.const 1)) (i32.const 1))))
+                (else (global.get $sp))))
+            (func (export "_start") (local i32)
+              (loop $l (local.set 0 (i32.add (local.get 0) (call $rec (i32.const 3))))
+                       (br_if $l (i32.lt_u (local.get 0) (i32.const 100))))
+              (call $exit (local.get 0))))"#,
+        )
+        .expect("wat");
+        let out = crate::instrument(&wasm).expect("rewrite");
+        assert!(!out.stats.asyncify_fallback);
+        let rewind = out.rewind.expect("rewriter 3 splits off the rewind bodies");
+        let mut v = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+        v.validate_all(&out.bytes).expect("main module valid");
+        let mut v = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+        v.validate_all(&rewind).expect("rewind module valid");
+
+        let main_exports = exports(&out.bytes);
+        assert!(main_exports
+            .iter()
+            .any(|(n, k)| n == REWIND_TABLE_EXPORT && *k == ExternalKind::Table));
+        assert!(
+            !main_exports
+                .iter()
+                .any(|(n, _)| n.starts_with(REWIND_SLOT_PREFIX)),
+            "slot exports are internal to the rewrite"
+        );
+        // Every import of the rewind module is an export of the main one.
+        for (module, name) in imports(&rewind) {
+            assert_eq!(module, MAIN_IMPORT_MODULE);
+            assert!(
+                main_exports.iter().any(|(n, _)| *n == name),
+                "rewind module imports {name}, which the main module does not export"
+            );
+        }
+        assert!(exports(&rewind).iter().any(|(n, _)| n == "memory"));
+    }
+
+    #[test]
+    fn reference_typed_locals_fall_back_to_asyncify() {
+        // A funcref cannot be written to the unwind buffer as bytes.
+        let wasm = wat::parse_str(
+            r#"(module
+            (memory (export "memory") 1)
+            (func $f (export "_start") (local funcref) (local i32)
+              (local.set 0 (ref.func $f))
+              (loop $l (local.set 1 (i32.add (local.get 1) (call $g)))
+                       (br_if $l (i32.lt_u (local.get 1) (i32.const 10))))
+              (drop (local.get 0)))
+            (func $g (result i32) (i32.const 1)))"#,
+        )
+        .expect("wat");
+        let out = crate::instrument(&wasm).expect("rewrite");
+        assert!(out.stats.asyncify_fallback);
+        assert!(out.rewind.is_none());
+        assert!(exports(&out.bytes)
+            .iter()
+            .any(|(n, _)| n == "asyncify_start_unwind"));
+    }
+}

@@ -73,7 +73,12 @@ fn corpus_survives_a_restore_at_every_checkpoint() {
             .arg(&plain_stats)
             .arg(&module)
             .args(&args));
-        let fuel = stat_u64(&stats(&plain_stats), "fuel");
+        let plain_s = stats(&plain_stats);
+        assert_eq!(
+            plain_s["unwind"], "wmig",
+            "{name}: fell back to Asyncify instead of wmig's own unwind transform"
+        );
+        let fuel = stat_u64(&plain_s, "fuel");
         let yield_fuel = (fuel / 25).clamp(1_000, 1_000_000).to_string();
         let restored_stats = tmp.path().join(format!("{name}-restored.json"));
         let restored = run(wmig()
