@@ -68,6 +68,15 @@ impl PreparedModule {
         }
     }
 
+    /// Compile the rewind module now (or load it from the cache), so that
+    /// no resume waits for it.
+    pub fn prepare_rewind(&self) -> Result<(), HostError> {
+        match &self.rewind {
+            Some(rw) => rw.module().map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// Compile the rewind module now, on another thread, so that the first
     /// checkpoint of a task does not wait for it (workers checkpoint every
     /// task; a plain `wmig run` rarely needs it).

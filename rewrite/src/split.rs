@@ -139,10 +139,10 @@ pub fn split(wasm: &[u8]) -> Result<Split, UnwindError> {
         let mut ops = body.get_operators_reader().map_err(fail)?;
         while !ops.eof() {
             match ops.read().map_err(fail)? {
-                Operator::Call { function_index } | Operator::RefFunc { function_index } => {
-                    if !is_rewind.contains_key(&function_index) {
-                        called.insert(function_index);
-                    }
+                Operator::Call { function_index } | Operator::RefFunc { function_index }
+                    if !is_rewind.contains_key(&function_index) =>
+                {
+                    called.insert(function_index);
                 }
                 Operator::MemoryInit { .. } | Operator::DataDrop { .. } => {
                     return Err(UnwindError::Unsupported(
