@@ -320,6 +320,7 @@ fn knobs(p: &Program, reps: usize) -> Vec<(f64, u64)> {
                 &injected.bytes,
                 injected.pausable.as_deref(),
                 *levels,
+                *version,
             )
             .expect("asyncify");
             let ms = t.elapsed().as_millis() as u64;

@@ -21,7 +21,7 @@ pub mod task;
 pub use chunks::{ChunkSink, ChunkSource, MemChunks};
 pub use engine::{on_guest_thread, PreparedModule, Runtime, RuntimeConfig};
 pub use snapshot::{CaptureMeta, Captured};
-pub use task::{LiveUsage, Outcome, PauseReason, Task, TaskConfig, UsageReading};
+pub use task::{LiveUsage, Outcome, PauseReason, Pauser, Task, TaskConfig, UsageReading};
 pub use wmig_rewrite::REWRITER_VERSION;
 pub use wmig_wasi as wasi;
 

@@ -169,6 +169,36 @@ pub(crate) struct Control {
 /// Host functions under `wmig.*`: the injected yield point and the guest SDK.
 pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wmig_wasi::add_to_linker(linker, |s: &mut HostState| &mut s.wasi)?;
+    // Rewriter 3 makes `poll_oneoff` a pause point: a task asleep in it can
+    // be paused, checkpointed and moved, and sleeps on for the time left.
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        wmig_rewrite::WASI_MODULE,
+        wmig_rewrite::SLEEP_IMPORT,
+        |mut caller: Caller<'_, HostState>,
+         subs: u32,
+         events: u32,
+         n: u32,
+         out: u32|
+         -> wasmtime::Result<i32> {
+            if caller.data().ctl.rewinding {
+                // Resuming into the sleep: the frames are rebuilt up to this
+                // call, whose subscriptions now hold the deadlines.
+                let hooks = caller.data().ctl.hooks.clone();
+                if let Some(hooks) = hooks {
+                    caller.data_mut().ctl.rewinding = false;
+                    hooks.stop_rewind.call(&mut caller, ())?;
+                }
+            }
+            let r = wmig_wasi::poll_oneoff(&mut caller, |s| &mut s.wasi, subs, events, n, out)?;
+            if caller.data_mut().wasi.take_paused_in_call() {
+                caller.data().ctl.pause_flag.store(false, Ordering::SeqCst);
+                begin_unwind(&mut caller, PauseReason::Requested)?;
+            }
+            Ok(r)
+        },
+    )?;
+    linker.allow_shadowing(false);
     linker.func_wrap(
         HOST_MODULE,
         YIELD_IMPORT,
@@ -280,20 +310,46 @@ fn on_yield(mut caller: Caller<'_, HostState>, kind: YieldKind) -> wasmtime::Res
         None
     };
     if let Some(reason) = reason {
-        ctl.pause_reason = Some(reason);
-        ctl.unwinding = true;
-        // Asyncify's data header: where the saved frames go, and where they must end.
-        let header = STACK_HEADER_OFFSET as usize;
-        let start = STACK_HEADER_OFFSET + 8;
-        let end = STACK_PAGES * 65536;
-        let mem = hooks.stack.data_mut(&mut caller);
-        mem[header..header + 4].copy_from_slice(&start.to_le_bytes());
-        mem[header + 4..header + 8].copy_from_slice(&end.to_le_bytes());
-        hooks
-            .start_unwind
-            .call(&mut caller, STACK_HEADER_OFFSET as i32)?;
+        begin_unwind(&mut caller, reason)?;
     }
     Ok(())
+}
+
+/// Start unwinding from inside the current import call: every frame saves
+/// itself into `wmig:stack` as the call returns, and `_start` returns.
+fn begin_unwind(caller: &mut Caller<'_, HostState>, reason: PauseReason) -> wasmtime::Result<()> {
+    let Some(hooks) = caller.data().ctl.hooks.clone() else {
+        return Err(wasmtime::Error::msg(
+            "pause requested before the task was set up",
+        ));
+    };
+    let ctl = &mut caller.data_mut().ctl;
+    ctl.pause_reason = Some(reason);
+    ctl.unwinding = true;
+    // The unwind buffer's header: where the saved frames go, and where they must end.
+    let header = STACK_HEADER_OFFSET as usize;
+    let start = STACK_HEADER_OFFSET + 8;
+    let end = STACK_PAGES * 65536;
+    let mem = hooks.stack.data_mut(&mut *caller);
+    mem[header..header + 4].copy_from_slice(&start.to_le_bytes());
+    mem[header + 4..header + 8].copy_from_slice(&end.to_le_bytes());
+    hooks
+        .start_unwind
+        .call(&mut *caller, STACK_HEADER_OFFSET as i32)
+}
+
+/// Requests a pause of a running task (see [`Task::pauser`]).
+#[derive(Clone)]
+pub struct Pauser {
+    flag: Arc<AtomicBool>,
+    interrupt: Arc<wmig_wasi::Interrupt>,
+}
+
+impl Pauser {
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.interrupt.notify();
+    }
 }
 
 /// One live task.
@@ -334,6 +390,11 @@ impl Task {
         let mut limits = StoreLimitsBuilder::new();
         if let Some(bytes) = cfg.memory_limit {
             limits = limits.memory_size(bytes).trap_on_grow_failure(true);
+        }
+        if module.rewriter >= wmig_rewrite::SLEEP_PAUSES_SINCE {
+            // This rewrite can unwind from inside `poll_oneoff`: a requested
+            // pause may end a sleep early.
+            wasi.interrupt().arm_pause(cfg.pause_flag.clone());
         }
         let state = HostState {
             wasi,
@@ -554,6 +615,15 @@ impl Task {
     /// The flag that pauses this task at its next yield point.
     pub fn pause_flag(&self) -> Arc<AtomicBool> {
         self.store.data().ctl.pause_flag.clone()
+    }
+
+    /// A handle that pauses this task from another thread: at its next
+    /// yield point, or at once if it is asleep in `poll_oneoff` (rewriter 3).
+    pub fn pauser(&self) -> Pauser {
+        Pauser {
+            flag: self.pause_flag(),
+            interrupt: self.interrupt(),
+        }
     }
 
     /// The handle that stops this task for good, even inside a blocking WASI

@@ -33,8 +33,12 @@ const FEATURES: [Feature; 8] = [
 /// signature): Asyncify instruments only those. Left to itself it assumes
 /// any `call_indirect` may pause, which drags every function that calls
 /// through a pointer (formatting, trait objects) into the instrumentation.
-pub fn run(wasm: &[u8], pausable: Option<&[String]>) -> Result<Vec<u8>, RewriteError> {
-    run_with(wasm, pausable, Levels::CURRENT)
+pub fn run(
+    wasm: &[u8],
+    pausable: Option<&[String]>,
+    version: u32,
+) -> Result<Vec<u8>, RewriteError> {
+    run_with(wasm, pausable, Levels::CURRENT, version)
 }
 
 /// Binaryen optimisation levels around Asyncify.
@@ -69,6 +73,7 @@ pub fn run_with(
     wasm: &[u8],
     pausable: Option<&[String]>,
     levels: Levels,
+    version: u32,
 ) -> Result<Vec<u8>, RewriteError> {
     let err = |e: &dyn std::fmt::Display| RewriteError::Asyncify(e.to_string());
     let dir = tempfile::tempdir().map_err(|e| err(&e))?;
@@ -83,6 +88,10 @@ pub fn run_with(
             .iter()
             .map(|n| format!("{HOST_MODULE}.{n}")),
     );
+    if version >= crate::SLEEP_PAUSES_SINCE {
+        // Rewriter 3's fallback: a sleep is a pause point there too.
+        imports.push(format!("{}.{}", crate::WASI_MODULE, crate::SLEEP_IMPORT));
+    }
 
     let mut asyncify = options(levels.asyncify);
     asyncify

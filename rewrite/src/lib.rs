@@ -58,6 +58,21 @@ pub const YIELD_IMPORT: &str = "yield_point";
 /// such functions are left out of Asyncify (a pause waits for the leaf to
 /// return to a real yield point).
 pub const TICK_IMPORT: &str = "tick";
+/// WASI's import module.
+pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
+/// The blocking WASI call that is also a pause point from rewriter
+/// [`SLEEP_PAUSES_SINCE`] on: a task asleep in it can be paused and moved.
+pub const SLEEP_IMPORT: &str = "poll_oneoff";
+/// First rewriter version that unwinds from inside [`SLEEP_IMPORT`].
+pub const SLEEP_PAUSES_SINCE: u32 = 3;
+
+/// Whether the host may pause inside a call to import `module.name` in
+/// rewriter `version`'s output.
+pub fn is_pause_import(module: &str, name: &str, version: u32) -> bool {
+    (module == HOST_MODULE && (name == YIELD_IMPORT || SDK_PAUSE_IMPORTS.contains(&name)))
+        || (version >= SLEEP_PAUSES_SINCE && module == WASI_MODULE && name == SLEEP_IMPORT)
+}
+
 /// Guest-SDK imports at which the host may pause (Asyncify must treat them as
 /// unwind points). `progress` is informational and never pauses.
 pub const SDK_PAUSE_IMPORTS: [&str; 2] = ["yield_now", "checkpoint_now"];
@@ -166,7 +181,7 @@ pub fn instrument_version(wasm: &[u8], version: u32) -> Result<Instrumented, Rew
             (split.main, Some(split.rewind))
         }
         None => {
-            let asyncified = asyncify::run(&injected.bytes, injected.pausable.as_deref())?;
+            let asyncified = asyncify::run(&injected.bytes, injected.pausable.as_deref(), version)?;
             let (bytes, mutable_globals) = exports::export_state(&asyncified)?;
             stats.mutable_globals = mutable_globals;
             (bytes, None)

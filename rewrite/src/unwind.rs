@@ -55,7 +55,7 @@ use walrus::{
 };
 
 use crate::callgraph::{all_seqs, table_functions};
-use crate::{HOST_MODULE, SDK_PAUSE_IMPORTS, STACK_PAGES, YIELD_IMPORT};
+use crate::STACK_PAGES;
 
 /// Why the transform did not produce a module.
 #[derive(Debug, thiserror::Error)]
@@ -118,10 +118,7 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
     let pause_imports: HashSet<FunctionId> = module
         .imports
         .iter()
-        .filter(|i| {
-            i.module == HOST_MODULE
-                && (i.name == YIELD_IMPORT || SDK_PAUSE_IMPORTS.contains(&i.name.as_str()))
-        })
+        .filter(|i| crate::is_pause_import(&i.module, &i.name, 3))
         .filter_map(|i| match i.kind {
             walrus::ImportKind::Function(f) => Some(f),
             _ => None,

@@ -58,10 +58,7 @@ use walrus::ir::{self, BinaryOp, Instr, InstrLocId, InstrSeqId, InstrSeqType, Va
 use walrus::{ConstExpr, FunctionId, FunctionKind, GlobalId, LocalFunction, LocalId, ValType};
 
 use crate::callgraph::{all_seqs, CallGraph};
-use crate::{
-    RewriteError, RewriteStats, FUEL_EXPORT, HOST_MODULE, SDK_PAUSE_IMPORTS, TICK_IMPORT,
-    YIELD_IMPORT,
-};
+use crate::{RewriteError, RewriteStats, FUEL_EXPORT, HOST_MODULE, TICK_IMPORT, YIELD_IMPORT};
 
 /// The instrumented module and what Asyncify needs to know about it.
 pub struct Injected {
@@ -149,7 +146,7 @@ pub fn inject_with(wasm: &[u8], version: u32, leaf_ticks: bool) -> Result<Inject
     let pause_imports: HashSet<FunctionId> = module
         .imports
         .iter()
-        .filter(|i| i.module == HOST_MODULE && SDK_PAUSE_IMPORTS.contains(&i.name.as_str()))
+        .filter(|i| crate::is_pause_import(&i.module, &i.name, version))
         .filter_map(|i| match i.kind {
             walrus::ImportKind::Function(f) => Some(f),
             _ => None,

@@ -128,8 +128,9 @@ fn drain_moves_every_task_and_bad_migrations_are_refused() {
     );
     up.ok(&["uncordon", "worker-1"]);
 
-    // An offline target is refused; the task stays where it was.
-    let c = up.submit(artifacts::COUNTER, &["--on", "worker-2"], &[LONG]);
+    // An offline target is refused; the task stays where it was (and runs
+    // long enough to still be running after worker-3 is seen offline).
+    let c = up.submit(artifacts::COUNTER, &["--on", "worker-2"], &["80000000000"]);
     kill9(pid_of(&up, "worker-3"));
     wait_until("worker-3 offline", Duration::from_secs(10), || {
         up.node("worker-3")["state"] == "offline"
@@ -242,4 +243,43 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     );
     assert_eq!(task(&up, &id)["owner"], new_owner);
     assert_same_as_local(&up, &id, artifacts::COUNTER, &[LONG]);
+}
+
+/// A task asleep in one long `thread::sleep` (blocked in `poll_oneoff`)
+/// moves at once, and its sleep continues on the target with the time that
+/// was left: the run takes as long as an unmigrated one, prints the same.
+#[test]
+fn a_task_asleep_in_a_wasi_call_migrates_at_once_and_sleeps_on_for_the_time_left() {
+    let up = Up::start(2);
+    // 8 MiB filled, then one 6 s sleep, then a short compute phase.
+    let args = ["8", "2000", "6"];
+    let submitted = std::time::Instant::now();
+    let id = up.submit(artifacts::HOLDMEM, &["--on", "worker-1"], &args);
+    wait_until("holdmem fills its memory", Duration::from_secs(60), || {
+        task(&up, &id)["stdout_bytes"].as_u64() > Some(0)
+    });
+    let asleep = submitted.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let report = up.json(&["migrate", &id, "worker-2", "--json"]);
+    let took = started.elapsed();
+    assert_eq!(report["to"], "worker-2", "{report}");
+    assert!(
+        took < Duration::from_secs(4),
+        "migrating a sleeping task took {took:?}; it should not wait for the 6 s sleep"
+    );
+    assert_eq!(task(&up, &id)["owner"], "worker-2");
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
+    assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
+    let total = submitted.elapsed();
+    // 6 s of sleep in all: not cut short by the move, not restarted by it.
+    assert!(
+        total >= asleep + Duration::from_millis(5500) && total < asleep + Duration::from_secs(9),
+        "asleep after {asleep:?}, finished after {total:?}, for a 6 s sleep"
+    );
+    assert_eq!(
+        up.ok(&["logs", &id]),
+        local_stdout(artifacts::HOLDMEM, &args),
+        "output differs from a local run"
+    );
 }

@@ -178,6 +178,26 @@ impl WasiCtx {
         self.clock.now()
     }
 
+    /// A pause ends this sleep early: rewrite each relative clock
+    /// subscription (at `at`, `left` to go) as an absolute deadline on the
+    /// same clock, so that the call, run again when the task resumes, here
+    /// or on another machine, sleeps only the time that was left (the
+    /// monotonic clock continues across a restore). The guest never reads
+    /// its subscriptions back; they are the call's input.
+    fn pause_in_poll(&mut self, mem: &mut GuestMemory<'_>, left: &[(u32, Duration)]) -> WasiResult {
+        for &(at, left) in left {
+            let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+            let deadline = match mem.read_u32(at + 16)? {
+                CLOCK_REALTIME => realtime_ns()?.saturating_add(left),
+                _ => self.clock.now().saturating_add(left),
+            };
+            mem.write_u64(at + 24, deadline)?;
+            mem.write_u16(at + 40, SUBCLOCK_ABSTIME)?;
+        }
+        self.paused_in_call = true;
+        Ok(())
+    }
+
     pub(crate) fn poll_oneoff(
         &mut self,
         mem: &mut GuestMemory<'_>,
@@ -214,8 +234,14 @@ impl WasiCtx {
             },
         )] = subs[..]
         {
-            if self.interrupt.sleep(Duration::from_nanos(timeout)) {
-                return Ok(()); // the dispatcher turns this into the trap
+            let start = Instant::now();
+            match self.interrupt.sleep(Duration::from_nanos(timeout)) {
+                crate::Wake::Stopped => return Ok(()), // the dispatcher traps
+                crate::Wake::Pause => {
+                    let left = Duration::from_nanos(timeout).saturating_sub(start.elapsed());
+                    return self.pause_in_poll(mem, &[(subs_ptr, left)]);
+                }
+                crate::Wake::Timeout => {}
             }
             write_event(mem, events_ptr, userdata, EVENTTYPE_CLOCK, 1, 0)?;
             return mem.write_u32(nevents_out, 1);
@@ -256,8 +282,28 @@ impl WasiCtx {
         } else {
             let earliest = deadlines.iter().flatten().min().copied().unwrap_or(now);
             let wait = earliest.saturating_duration_since(Instant::now());
-            if self.interrupt.sleep(wait) {
-                return Ok(()); // the dispatcher turns this into the trap
+            match self.interrupt.sleep(wait) {
+                crate::Wake::Stopped => return Ok(()), // the dispatcher traps
+                crate::Wake::Pause => {
+                    let woke = Instant::now();
+                    let left: Vec<(u32, Duration)> = subs
+                        .iter()
+                        .zip(&deadlines)
+                        .enumerate()
+                        .filter(|(_, ((_, sub), _))| {
+                            matches!(sub, Sub::Clock { abstime: false, .. })
+                        })
+                        .filter_map(|(i, (_, d))| {
+                            let at = subs_ptr + u32::try_from(i).ok()? * SUBSCRIPTION_SIZE;
+                            Some((
+                                at,
+                                d.map_or(Duration::ZERO, |d| d.saturating_duration_since(woke)),
+                            ))
+                        })
+                        .collect();
+                    return self.pause_in_poll(mem, &left);
+                }
+                crate::Wake::Timeout => {}
             }
             Instant::now().max(earliest)
         };

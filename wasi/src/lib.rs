@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use errno::Errno;
-pub use linker::add_to_linker;
+pub use linker::{add_to_linker, poll_oneoff};
 
 use table::{Desc, DirDesc, FdTable, PreopenDir};
 
@@ -183,20 +183,39 @@ pub struct WasiCtx {
     stderr_offset: u64,
     clock: clocks::MonotonicClock,
     interrupt: Arc<Interrupt>,
+    /// `poll_oneoff` returned early because a pause was requested; the host
+    /// unwinds from inside the call (see [`WasiCtx::take_paused_in_call`]).
+    paused_in_call: bool,
 }
 
-/// Stops a task that is blocked in a WASI call, for good: the sleep in
-/// `poll_oneoff` wakes at once and that call, and every later one, traps
-/// with [`Interrupted`]. For cancellation and fencing, where the task's work
-/// is abandoned anyway; a pause that must keep the task waits for the call.
+/// Wakes a task that is blocked in a WASI call.
+///
+/// [`Interrupt::interrupt`] stops it for good: the sleep in `poll_oneoff`
+/// wakes at once and that call, and every later one, traps with
+/// [`Interrupted`] (cancellation and fencing, where the task's work is
+/// abandoned anyway). A **pause** keeps the task: once the host has armed it
+/// with the task's pause flag ([`Interrupt::arm_pause`], only for rewrites
+/// that can unwind from inside `poll_oneoff`), setting that flag and calling
+/// [`Interrupt::notify`] ends the sleep early with the time left recorded in
+/// the guest's subscription, so the call continues after a restore.
 #[derive(Debug, Default)]
 pub struct Interrupt {
     /// Read on every WASI call: an atomic, not the lock.
     stopped: std::sync::atomic::AtomicBool,
+    /// The task's pause flag, when a sleep may end for a pause.
+    pause: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
     /// Sleepers wait on `wake` under `lock`, so an interrupt between their
     /// check and their wait is never lost.
     lock: Mutex<()>,
     wake: std::sync::Condvar,
+}
+
+/// Why a sleep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    Timeout,
+    Stopped,
+    Pause,
 }
 
 impl Interrupt {
@@ -211,14 +230,39 @@ impl Interrupt {
         self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Sleep for `d` unless interrupted first; true when interrupted.
-    pub(crate) fn sleep(&self, d: std::time::Duration) -> bool {
+    /// Let a requested pause end a sleep (see the type's docs).
+    pub fn arm_pause(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        let _ = self.pause.set(flag);
+    }
+
+    /// Wake a sleeper to look at the pause flag again (call after setting it).
+    pub fn notify(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+
+    fn pause_requested(&self) -> bool {
+        self.pause
+            .get()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Sleep for `d` unless stopped or paused first.
+    pub(crate) fn sleep(&self, d: std::time::Duration) -> Wake {
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self
             .wake
-            .wait_timeout_while(guard, d, |_| !self.is_interrupted())
+            .wait_timeout_while(guard, d, |_| {
+                !self.is_interrupted() && !self.pause_requested()
+            })
             .unwrap_or_else(|p| p.into_inner());
-        self.is_interrupted()
+        if self.is_interrupted() {
+            Wake::Stopped
+        } else if self.pause_requested() {
+            Wake::Pause
+        } else {
+            Wake::Timeout
+        }
     }
 }
 
@@ -244,6 +288,14 @@ impl WasiCtx {
     /// Whether the task was interrupted (cheap: one atomic load).
     pub fn is_interrupted(&self) -> bool {
         self.interrupt.is_interrupted()
+    }
+
+    /// True once after `poll_oneoff` ended its sleep early for a pause: the
+    /// host must unwind from inside that call. The guest's clock
+    /// subscriptions now hold absolute deadlines, so the call, run again
+    /// after the restore, sleeps only the time that was left.
+    pub fn take_paused_in_call(&mut self) -> bool {
+        std::mem::take(&mut self.paused_in_call)
     }
 
     /// A fresh context: fds 0-2 are stdio, preopens follow from fd 3.
@@ -296,6 +348,7 @@ impl WasiCtx {
             stderr_offset: 0,
             clock: clocks::MonotonicClock::starting_at(0),
             interrupt: Arc::default(),
+            paused_in_call: false,
         }
     }
 
@@ -376,10 +429,16 @@ mod tests {
             other.interrupt();
         });
         // An hour, unless interrupted: the test would hang otherwise.
-        assert!(interrupt.sleep(std::time::Duration::from_secs(3600)));
+        assert_eq!(
+            interrupt.sleep(std::time::Duration::from_secs(3600)),
+            Wake::Stopped
+        );
         waker.join().expect("waker");
         assert!(interrupt.is_interrupted());
-        assert!(interrupt.sleep(std::time::Duration::from_secs(3600)));
+        assert_eq!(
+            interrupt.sleep(std::time::Duration::from_secs(3600)),
+            Wake::Stopped
+        );
     }
 
     fn config(preopens: Vec<Preopen>) -> WasiConfig {

@@ -49,6 +49,21 @@ fn dispatch<T: 'static>(
     }
 }
 
+/// `poll_oneoff` as the import runs it, for a host that wraps the import
+/// (wmig's host unwinds from inside it when a pause ends the sleep).
+pub fn poll_oneoff<T: 'static>(
+    caller: &mut Caller<'_, T>,
+    get: fn(&mut T) -> &mut WasiCtx,
+    subs: u32,
+    events: u32,
+    n: u32,
+    out: u32,
+) -> wasmtime::Result<i32> {
+    dispatch(caller, get, "poll_oneoff", |c, m| {
+        c.poll_oneoff(m, subs, events, n, out)
+    })
+}
+
 /// Argument types whose invalid values trap (wiggle's "convert" errors).
 mod valid {
     pub const CLOCKID_MAX: u32 = 3;

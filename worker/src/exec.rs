@@ -39,8 +39,9 @@ pub struct TaskControl {
     pub handoff: AtomicBool,
     /// Fuel, memory and progress so far, sent with every heartbeat.
     pub usage: Arc<wmig_host::LiveUsage>,
-    /// Wakes the task out of a blocking WASI call (a long sleep) when it is
-    /// dropped, so its thread and memory go at once; set once it runs.
+    /// Wakes the task out of a blocking WASI call (a long sleep): for good
+    /// when it is dropped, so its thread and memory go at once, or to pause
+    /// it there; set once it runs.
     pub interrupt: std::sync::Mutex<Option<Arc<wmig_host::wasi::Interrupt>>>,
 }
 
@@ -65,12 +66,21 @@ impl TaskControl {
 
     pub fn request_checkpoint(&self) {
         self.checkpoint.store(true, Ordering::SeqCst);
-        self.pause.store(true, Ordering::SeqCst);
+        self.request_pause();
     }
 
     pub fn request_handoff(&self) {
         self.handoff.store(true, Ordering::SeqCst);
+        self.request_pause();
+    }
+
+    /// Pause at the next yield point, or at once if the task is asleep in
+    /// `poll_oneoff` (its sleep continues, with the time left, on resume).
+    fn request_pause(&self) {
         self.pause.store(true, Ordering::SeqCst);
+        if let Some(i) = &*self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) {
+            i.notify();
+        }
     }
 }
 
