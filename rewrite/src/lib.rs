@@ -29,6 +29,7 @@
 //! cached on disk by (module blake3, [`REWRITER_VERSION`]) in [`cache`].
 
 pub mod asyncify;
+mod build;
 pub mod cache;
 pub mod callgraph;
 pub mod exports;

@@ -54,6 +54,7 @@ use walrus::{
     ValType,
 };
 
+use crate::build::{bin, get, gget, i32c, op, set};
 use crate::callgraph::{all_seqs, table_functions};
 use crate::STACK_PAGES;
 
@@ -464,26 +465,6 @@ enum Piece {
     },
 }
 
-fn op(i: Instr) -> (Instr, InstrLocId) {
-    (i, InstrLocId::default())
-}
-fn get(local: LocalId) -> (Instr, InstrLocId) {
-    op(Instr::LocalGet(ir::LocalGet { local }))
-}
-fn set(local: LocalId) -> (Instr, InstrLocId) {
-    op(Instr::LocalSet(ir::LocalSet { local }))
-}
-fn i32c(v: i32) -> (Instr, InstrLocId) {
-    op(Instr::Const(ir::Const {
-        value: Value::I32(v),
-    }))
-}
-fn bin(o: BinaryOp) -> (Instr, InstrLocId) {
-    op(Instr::Binop(ir::Binop { op: o }))
-}
-fn gget(global: GlobalId) -> (Instr, InstrLocId) {
-    op(Instr::GlobalGet(ir::GlobalGet { global }))
-}
 fn as_i32(v: u32) -> i32 {
     i32::from_ne_bytes(v.to_ne_bytes())
 }

@@ -57,6 +57,7 @@ use std::collections::HashSet;
 use walrus::ir::{self, BinaryOp, Instr, InstrLocId, InstrSeqId, InstrSeqType, Value};
 use walrus::{ConstExpr, FunctionId, FunctionKind, GlobalId, LocalFunction, LocalId, ValType};
 
+use crate::build::{bin, get, i32c, op};
 use crate::callgraph::{all_seqs, CallGraph};
 use crate::{RewriteError, RewriteStats, FUEL_EXPORT, HOST_MODULE, TICK_IMPORT, YIELD_IMPORT};
 
@@ -288,56 +289,38 @@ struct Ctx {
     yield_fn: FunctionId,
 }
 
-fn instr(i: Instr) -> (Instr, InstrLocId) {
-    (i, InstrLocId::default())
-}
-
-fn get_local(local: LocalId) -> (Instr, InstrLocId) {
-    instr(Instr::LocalGet(ir::LocalGet { local }))
-}
-
-fn i32_const(v: i32) -> (Instr, InstrLocId) {
-    instr(Instr::Const(ir::Const {
-        value: Value::I32(v),
-    }))
-}
-
-fn binop(op: BinaryOp) -> (Instr, InstrLocId) {
-    instr(Instr::Binop(ir::Binop { op }))
-}
-
 /// `global ← local` (stack-neutral).
 fn write_back(c: &Ctx) -> [(Instr, InstrLocId); 2] {
     [
-        get_local(c.local),
-        instr(Instr::GlobalSet(ir::GlobalSet { global: c.fuel })),
+        get(c.local),
+        op(Instr::GlobalSet(ir::GlobalSet { global: c.fuel })),
     ]
 }
 
 /// `local ← global` (stack-neutral).
 fn reload(c: &Ctx) -> [(Instr, InstrLocId); 2] {
     [
-        instr(Instr::GlobalGet(ir::GlobalGet { global: c.fuel })),
-        instr(Instr::LocalSet(ir::LocalSet { local: c.local })),
+        op(Instr::GlobalGet(ir::GlobalGet { global: c.fuel })),
+        op(Instr::LocalSet(ir::LocalSet { local: c.local })),
     ]
 }
 
 /// `local ← local - 1`, leaving `local < 1` on the stack.
 fn decrement_and_test(c: &Ctx) -> [(Instr, InstrLocId); 6] {
     [
-        get_local(c.local),
-        i32_const(1),
-        binop(BinaryOp::I32Sub),
-        instr(Instr::LocalTee(ir::LocalTee { local: c.local })),
-        i32_const(1),
-        binop(BinaryOp::I32LtS),
+        get(c.local),
+        i32c(1),
+        bin(BinaryOp::I32Sub),
+        op(Instr::LocalTee(ir::LocalTee { local: c.local })),
+        i32c(1),
+        bin(BinaryOp::I32LtS),
     ]
 }
 
 /// `global ← local; call yield; local ← global`.
 fn yield_call(c: &Ctx) -> Vec<(Instr, InstrLocId)> {
     let mut v = write_back(c).to_vec();
-    v.push(instr(Instr::Call(ir::Call { func: c.yield_fn })));
+    v.push(op(Instr::Call(ir::Call { func: c.yield_fn })));
     v.extend(reload(c));
     v
 }
@@ -417,12 +400,12 @@ fn instrument_v2(
         func.block_mut(then).instrs = yield_call(c);
         let otherwise = func.builder_mut().dangling_instr_seq(None).id();
         prologue.extend(decrement_and_test(c));
-        prologue.push(instr(Instr::IfElse(ir::IfElse {
+        prologue.push(op(Instr::IfElse(ir::IfElse {
             consequent: then,
             alternative: otherwise,
         })));
     }
-    prologue.push(instr(Instr::Block(ir::Block { seq: body })));
+    prologue.push(op(Instr::Block(ir::Block { seq: body })));
     prologue.extend(write_back(c));
     func.block_mut(entry).instrs = prologue;
 
@@ -437,7 +420,7 @@ fn instrument_v2(
             func.block_mut(then).instrs = yield_call(c);
             let otherwise = func.builder_mut().dangling_instr_seq(None).id();
             let mut head: Vec<(Instr, InstrLocId)> = decrement_and_test(c).to_vec();
-            head.push(instr(Instr::IfElse(ir::IfElse {
+            head.push(op(Instr::IfElse(ir::IfElse {
                 consequent: then,
                 alternative: otherwise,
             })));
@@ -449,26 +432,26 @@ fn instrument_v2(
         let slow = func.builder_mut().dangling_instr_seq(None).id();
 
         let mut head: Vec<(Instr, InstrLocId)> = decrement_and_test(c).to_vec();
-        head.push(instr(Instr::BrIf(ir::BrIf { block: slow })));
+        head.push(op(Instr::BrIf(ir::BrIf { block: slow })));
         func.block_mut(*l).instrs.splice(0..0, head);
 
         func.block_mut(slow).instrs = vec![
-            instr(Instr::Loop(ir::Loop { seq: *l })),
-            instr(Instr::Br(ir::Br { block: done })),
+            op(Instr::Loop(ir::Loop { seq: *l })),
+            op(Instr::Br(ir::Br { block: done })),
         ];
-        let mut slow_path = vec![instr(Instr::Block(ir::Block { seq: slow }))];
+        let mut slow_path = vec![op(Instr::Block(ir::Block { seq: slow }))];
         slow_path.extend(yield_call(c));
         slow_path.extend([
-            get_local(c.local),
-            i32_const(1),
-            binop(BinaryOp::I32Add),
-            instr(Instr::LocalSet(ir::LocalSet { local: c.local })),
-            instr(Instr::Br(ir::Br { block: retry })),
+            get(c.local),
+            i32c(1),
+            bin(BinaryOp::I32Add),
+            op(Instr::LocalSet(ir::LocalSet { local: c.local })),
+            op(Instr::Br(ir::Br { block: retry })),
         ]);
         func.block_mut(retry).instrs = slow_path;
         func.block_mut(done).instrs = vec![
-            instr(Instr::Loop(ir::Loop { seq: retry })),
-            instr(Instr::Unreachable(ir::Unreachable {})),
+            op(Instr::Loop(ir::Loop { seq: retry })),
+            op(Instr::Unreachable(ir::Unreachable {})),
         ];
         // The loop sits in `body` if it was at the top level of the function.
         let parent = if *parent == entry { body } else { *parent };
