@@ -37,6 +37,12 @@ pub struct CoordinatorConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CoordinatorError {
+    #[error("{what}: {size} bytes, over the {limit}-byte limit per task; pass large inputs as a file (--dir) instead")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     Membership(#[from] MembershipError),
     #[error(transparent)]
@@ -52,6 +58,38 @@ pub struct Snapshot {
     pub nodes: Vec<NodeView>,
     pub tasks: Vec<Task>,
     pub next_task_id: TaskId,
+}
+
+/// The most a task's args, env, name and directory list may take together.
+/// A submission becomes one event-log record, which is capped at
+/// [`crate::log::MAX_RECORD`]; refusing here, before anything is applied,
+/// keeps an oversized request from ever reaching the log.
+pub const MAX_SUBMISSION_BYTES: usize = 256 * 1024;
+
+fn check_submission_size(spec: &TaskSpec, options: &TaskOptions) -> Result<(), CoordinatorError> {
+    let args: usize = spec.args.iter().map(|a| a.len() + 8).sum();
+    let env: usize = spec.env.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+    let dirs: usize = options
+        .dirs
+        .iter()
+        .map(|(h, g)| h.len() + g.len() + 16)
+        .sum();
+    let size = args + env + dirs + options.name.len();
+    if size > MAX_SUBMISSION_BYTES {
+        let what = if args >= env.max(dirs) {
+            "the task's args"
+        } else if env >= dirs {
+            "the task's environment"
+        } else {
+            "the task's directory list"
+        };
+        return Err(CoordinatorError::TooLarge {
+            what,
+            size,
+            limit: MAX_SUBMISSION_BYTES,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -249,6 +287,7 @@ impl Coordinator {
         options: TaskOptions,
         policy: &Placement,
     ) -> Result<(TaskId, Vec<Event>), CoordinatorError> {
+        check_submission_size(&spec, &options)?;
         let worker = match self.choose_worker(policy) {
             Ok(w) => Some(w),
             Err(CoordinatorError::Placement(PlacementError::NoFreeSlot { .. }))
@@ -440,6 +479,36 @@ mod tests {
                 id: TaskId(3)
             }))
         );
+    }
+
+    #[test]
+    fn an_oversized_submission_is_refused_before_anything_is_applied() {
+        let mut c = Coordinator::new(CoordinatorConfig::default());
+        c.register(worker("w", 1), 0).unwrap();
+        let before = c.snapshot();
+        let mut big = spec();
+        big.args = vec!["x".repeat(MAX_SUBMISSION_BYTES)];
+        let e = c.submit(big, &Placement::LeastLoaded).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CoordinatorError::TooLarge {
+                    what: "the task's args",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("limit"), "{e}");
+        assert_eq!(c.snapshot(), before);
+        // What fits under the limit also fits in one event-log record.
+        let mut fits = spec();
+        fits.args = vec!["x".repeat(MAX_SUBMISSION_BYTES - 1024)];
+        let (_, events) = c.submit(fits, &Placement::LeastLoaded).unwrap();
+        for e in &events {
+            let len = postcard::to_allocvec(e).unwrap().len();
+            assert!(len < crate::log::MAX_RECORD, "{len}");
+        }
     }
 
     #[test]

@@ -188,6 +188,20 @@ fn http_api_reads_acts_and_refuses_bad_input() {
     );
     assert!(status == 404 || status == 409, "{status} {v}");
     assert!(error_of(&v).contains("ghost"), "{v}");
+    // 1.5 MB of args once made the event log refuse the record and the
+    // coordinator refuse everything after it: now a 413 that changes nothing.
+    let (status, v) = api.post(
+        "/api/tasks",
+        json!({ "bundle": "counter", "args": ["x".repeat(1_500_000)] }),
+    );
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["code"], "too_large", "{v}");
+    assert!(error_of(&v).contains("over the 262144-byte limit"), "{v}");
+    assert_eq!(
+        api.ok("/api/tasks").as_array().map(Vec::len),
+        Some(0),
+        "an oversized submission must not leave a task behind"
+    );
 
     // Submit; the task's fuel and memory become visible while it runs.
     let (status, v) = api.post("/api/tasks", submit.clone());

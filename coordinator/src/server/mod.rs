@@ -420,6 +420,7 @@ fn coordinator_error(e: CoordinatorError) -> RemoteError {
         | CoordinatorError::Placement(P::UnknownWorker { .. })
         | CoordinatorError::Task(T::UnknownTask { .. }) => ErrorCode::NotFound,
         CoordinatorError::Membership(M::InvalidName { .. }) => ErrorCode::Invalid,
+        CoordinatorError::TooLarge { .. } => ErrorCode::TooLarge,
         _ => ErrorCode::Conflict,
     };
     RemoteError::new(code, e.to_string())
