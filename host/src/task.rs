@@ -360,6 +360,7 @@ pub struct Task {
     pub(crate) memory: Memory,
     pub(crate) globals: Vec<(String, Global)>,
     instance: Instance,
+    memory_limit: Option<usize>,
     /// Rewriter 3: the rewind module is instantiated in this store.
     rewind_linked: bool,
     /// The next `run` must rewind saved frames instead of starting afresh.
@@ -388,6 +389,7 @@ impl Task {
         cfg: ControlConfig,
     ) -> Result<Task, HostError> {
         let mut limits = StoreLimitsBuilder::new();
+        let memory_limit = cfg.memory_limit;
         if let Some(bytes) = cfg.memory_limit {
             limits = limits.memory_size(bytes).trap_on_grow_failure(true);
         }
@@ -470,6 +472,7 @@ impl Task {
             memory,
             globals,
             instance,
+            memory_limit,
             rewind_linked: false,
             resume_pending: false,
             finished: false,
@@ -551,6 +554,16 @@ impl Task {
         self.finished = true;
         if let Some(f) = e.downcast_ref::<FuelExhausted>() {
             return HostError::FuelExhausted { limit: f.0 };
+        }
+        if let Some(limit) = self.memory_limit {
+            // wasmtime's words for a `memory.grow` the store limiter refused.
+            if format!("{e:#}").contains("forcing trap when growing memory") {
+                return HostError::Trap(format!(
+                    "out of memory: the task needed more than its {} MiB memory limit \
+                     (raise it with --max-memory-size)\n\n{e:?}",
+                    limit >> 20
+                ));
+            }
         }
         HostError::Trap(format!("{e:?}"))
     }

@@ -176,6 +176,8 @@ pub struct Job {
     pub resume_fetched: u64,
     pub checkpoint_every: Duration,
     pub yield_fuel: u32,
+    /// For tasks that set no memory limit of their own.
+    pub memory_limit: u64,
     pub control: Arc<TaskControl>,
     pub known: KnownChunks,
     pub cache: ChunkCache,
@@ -259,10 +261,10 @@ impl Job {
         let mut config = TaskConfig::new(wasi);
         config.yield_fuel = self.yield_fuel;
         config.fuel_limit = self.options.fuel_limit;
-        config.memory_limit = self
-            .options
-            .memory_limit
-            .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+        config.memory_limit = Some(
+            usize::try_from(self.options.memory_limit.unwrap_or(self.memory_limit))
+                .unwrap_or(usize::MAX),
+        );
         config.pause_flag = self.control.pause.clone();
         config.usage = Some(self.control.usage.clone());
         // Pause at the first yield past the checkpoint period or the wall

@@ -59,7 +59,13 @@ pub struct WorkerConfig {
     /// Checkpoint period for tasks that do not set their own.
     pub checkpoint_every: Duration,
     pub yield_fuel: u32,
+    /// Linear-memory limit of tasks that do not set their own, so that one
+    /// runaway allocator cannot take the worker's memory.
+    pub memory_limit: u64,
 }
+
+/// Default of [`WorkerConfig::memory_limit`]: 1 GiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 
 /// Tries at fetching a task's module and checkpoint (about 8 s in all).
 const PREPARE_ATTEMPTS: u32 = 5;
@@ -432,6 +438,7 @@ impl Worker {
             resume: resume.map(|(m, c, _)| (m, c)),
             checkpoint_every: self.config.checkpoint_every,
             yield_fuel: self.config.yield_fuel,
+            memory_limit: self.config.memory_limit,
             control,
             known: self.known.clone(),
             cache: self.cache.clone(),

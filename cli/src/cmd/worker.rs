@@ -38,6 +38,11 @@ pub struct WorkerCommand {
     /// Fuel between host-visible yields (how often a task can pause).
     #[arg(long, default_value_t = wmig_host::task::DEFAULT_YIELD_FUEL)]
     yield_fuel: u32,
+    /// Linear-memory limit of tasks submitted without `--max-memory-size`
+    /// (bytes, or with a K/M/G suffix); a task that needs more fails with
+    /// an out-of-memory reason and the worker carries on.
+    #[arg(long, default_value = "1G", value_parser = crate::cmd::run::parse_size)]
+    max_memory_size: usize,
     #[command(flatten)]
     target: ControlTarget,
 }
@@ -86,6 +91,7 @@ impl WorkerCommand {
             cache_dir,
             checkpoint_every: self.checkpoint_every,
             yield_fuel: self.yield_fuel.max(1),
+            memory_limit: self.max_memory_size as u64,
         };
         eprintln!("worker {name} starting (coordinator {coordinator}, registry {registry})");
         wmig_worker::run(config, runtime, shutdown_signal()).await?;
