@@ -297,6 +297,15 @@ impl Store for FsStore {
         };
         let actual = Hash::of(&bytes);
         if actual != *hash {
+            // Forget it, so that `can_store` grants it again and the next
+            // upload of these bytes rewrites it; the bad file is kept aside
+            // for inspection rather than served or silently overwritten.
+            write(self.index(kind)).remove(hash);
+            let aside = path.with_extension("corrupt");
+            if let Err(e) = fs::rename(&path, &aside) {
+                tracing::warn!(path = %path.display(), error = %e, "could not move a corrupt object aside");
+            }
+            tracing::warn!(%hash, %actual, kind = ?kind, "stored object is corrupt; dropped from the index until it is uploaded again");
             return Err(StoreError::Corrupt {
                 hash: *hash,
                 actual,

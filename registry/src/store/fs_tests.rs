@@ -62,6 +62,23 @@ fn a_corrupted_object_is_reported_not_served() {
         store.object(ObjectKind::Bundle, &h),
         Err(StoreError::Corrupt { .. })
     ));
+    // Found corrupt, it is no longer claimed as stored: the next upload of
+    // the same bytes is accepted and heals it.
+    assert!(!store.contains(ObjectKind::Bundle, &h));
+    store
+        .put_objects(ObjectKind::Bundle, &[(h, b"precious")])
+        .expect("put again");
+    assert_eq!(
+        store.object(ObjectKind::Bundle, &h).expect("healed"),
+        b"precious"
+    );
+    // A restart does not bring the corrupt copy back.
+    drop(store);
+    let store = open(tmp.path());
+    assert_eq!(
+        store.object(ObjectKind::Bundle, &h).expect("after restart"),
+        b"precious"
+    );
 }
 
 #[test]
