@@ -32,13 +32,13 @@ fn main() {
                     }
                 }
                 println!(
-                "{path}: {} -> {} bytes in {:.2?}, {} pausable of {} functions, fallback={}",
-                wasm.len(),
-                out.bytes.len(),
-                start.elapsed(),
-                out.stats.pausable_functions,
-                out.stats.functions,
-                out.stats.asyncify_fallback
+                    "{path}: {} -> {} bytes in {:.2?}, {} pausable of {} functions, fallback={}",
+                    wasm.len(),
+                    out.bytes.len(),
+                    start.elapsed(),
+                    out.stats.pausable_functions,
+                    out.stats.functions,
+                    out.stats.asyncify_fallback
                 )
             }
             Err(e) => println!("{path}: {e}"),
