@@ -225,12 +225,12 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
             ExportItem::Function(rewind_of[f]),
         );
     }
-    let mut block_tys: HashMap<TypeId, Sig> = type_sigs.clone();
-    for t in module.types.iter() {
-        block_tys
-            .entry(t.id())
-            .or_insert_with(|| (t.params().to_vec(), t.results().to_vec()));
-    }
+    // Block types as they are now (the loop above added some).
+    let block_tys: HashMap<TypeId, Sig> = module
+        .types
+        .iter()
+        .map(|t| (t.id(), (t.params().to_vec(), t.results().to_vec())))
+        .collect();
 
     let mut stats = UnwindStats::default();
     for &f in &funcs {
