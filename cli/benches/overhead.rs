@@ -15,7 +15,10 @@
 //!   rewriter 2 did it (Binaryen Asyncify, for comparison); the current
 //!   rewrite (wmig's own unwind transform); and the current rewrite under
 //!   wmig's real host (its yield import, usage publishing): the last step is
-//!   the host calls' share.
+//!   the host calls' share; **after a restore**: the same run paused at its
+//!   first yield, checkpointed and restored into a fresh instance, timed
+//!   from the restore to the end (frames that were on the stack finish in
+//!   their rewind bodies).
 //! - **yields**: host-visible yields per run (default yield fuel).
 //! - **rewrite ms**: validation + rewrite, uncached; **compile ms**: wasmtime
 //!   compiling the rewritten module (in brackets: the original); **rewind
@@ -170,6 +173,8 @@ struct Split {
     asyncify: f64,
     full: f64,
     host: f64,
+    /// After a restore at the first yield (the rest of the run).
+    resumed: f64,
     yields: u64,
     rewrite_ms: u64,
     compile_ms: u64,
@@ -220,7 +225,8 @@ fn split(p: &Program, reps: usize) -> Split {
         ..WasiSpec::default()
     };
 
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5];
+    prepared.prepare_rewind().expect("rewind module");
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 6];
     let mut yields = 0;
     for _ in 0..reps {
         let t = Instant::now();
@@ -244,6 +250,42 @@ fn split(p: &Program, reps: usize) -> Split {
         times[4].push(t.elapsed().as_secs_f64());
         assert_eq!(out, Outcome::Exited(0), "{} failed under wmig", p.name);
         yields = task.counters().yields;
+
+        // Paused at its first yield, checkpointed and restored: the frames on
+        // the stack then run in their rewind bodies (until a loop's back edge
+        // takes them to its fast copy, or they return).
+        let mut config = TaskConfig::new(spec.config(&sinks()));
+        config.policy = Some(Box::new(|y| y == 1));
+        let mut task = Task::start(&rt, &prepared, config).expect("start");
+        if task.run().expect("run") == Outcome::Exited(0) {
+            let whole = times[4].last().copied().unwrap_or(0.0);
+            times[5].push(whole);
+            continue;
+        }
+        let mut chunks = wmig_host::MemChunks::new();
+        let captured = task
+            .capture(
+                &mut chunks,
+                wmig_host::CaptureMeta {
+                    task: None,
+                    seq: 1,
+                    epoch: 0,
+                },
+            )
+            .expect("capture");
+        drop(task);
+        let mut task = Task::restore(
+            &rt,
+            &prepared,
+            TaskConfig::new(spec.config(&sinks())),
+            &captured.manifest,
+            &chunks,
+        )
+        .expect("restore");
+        let t = Instant::now();
+        let out = task.run().expect("resumed run");
+        times[5].push(t.elapsed().as_secs_f64());
+        assert_eq!(out, Outcome::Exited(0), "{} failed after a restore", p.name);
     }
     let m: Vec<f64> = times.into_iter().map(median).collect();
     Split {
@@ -251,6 +293,7 @@ fn split(p: &Program, reps: usize) -> Split {
         asyncify: m[2] / m[0],
         full: m[3] / m[0],
         host: m[4] / m[0],
+        resumed: m[5] / m[0],
         yields,
         rewrite_ms,
         compile_ms,
@@ -450,8 +493,8 @@ fn main() {
     }
 
     println!("\nRun time of `wmig run` against `wasmtime run --allow-precompiled` (whole processes, median of {reps})");
-    println!("| program | wasmtime s | wmig s | ratio | checks | rewriter 2 (Asyncify) | rewriter 3 | + host | yields | pausable fns | rewrite ms | compile ms (plain) | rewind compile ms | worst pause ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| program | wasmtime s | wmig s | ratio | checks | rewriter 2 (Asyncify) | rewriter 3 | + host | after a restore | yields | pausable fns | rewrite ms | compile ms (plain) | rewind compile ms | worst pause ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut logs = Vec::new();
     let mut max: f64 = 0.0;
     for r in &rows {
@@ -459,7 +502,7 @@ fn main() {
         max = max.max(ratio);
         logs.push(ratio.ln());
         println!(
-            "| {} | {:.3} | {:.3} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {} | {}/{} | {} | {} ({}) | {} | {:.1} |",
+            "| {} | {:.3} | {:.3} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {} | {}/{} | {} | {} ({}) | {} | {:.1} |",
             r.name,
             r.wasmtime,
             r.wmig,
@@ -468,6 +511,7 @@ fn main() {
             r.split.asyncify,
             r.split.full,
             r.split.host,
+            r.split.resumed,
             r.split.yields,
             r.split.pausable,
             r.split.functions,

@@ -18,8 +18,13 @@
 //!   never-taken branch per call that can pause.
 //! - the **rewind body** (a new function, `F$rw`) runs only after a restore:
 //!   it reloads the frame's locals and skips, with guards like Asyncify's, to
-//!   the call the frame was paused in; once that call returns it is an
-//!   ordinary copy of the function, with a guard per call that can pause.
+//!   the call the frame was paused in, and finishes the function. Guarded
+//!   code is slow (an interpreter's dispatch loop ran 2.7× slower in it), and
+//!   a frame that never returns — a main loop, an interpreter — would stay in
+//!   it for good; so each loop that contains a call that can pause also gets
+//!   a **fast copy** in the rewind body, and the guarded loop's back edges
+//!   branch to it: after at most one more iteration per enclosing loop, a
+//!   resumed frame runs the program's own code again.
 //!
 //! A rewind enters the rewind bodies from the outermost frame in: a rewind
 //! body calls its callee's rewind body directly while rewinding, and
@@ -861,29 +866,106 @@ fn piece_locals(p: &Piece, out: &mut HashSet<LocalId>) {
 /// Branch targets through `map` (blocks of the original body to the blocks
 /// of the body being built).
 fn remap(code: &Code, map: &dyn Fn(InstrSeqId) -> InstrSeqId) -> Code {
+    remap2(code, map, map)
+}
+
+/// [`remap`] with branch targets (`labels`) and nested blocks (`blocks`)
+/// mapped apart: in a rewind body a branch back to a loop's header may
+/// leave for the loop's fast copy while the loop itself stays guarded.
+fn remap2(
+    code: &Code,
+    labels: &dyn Fn(InstrSeqId) -> InstrSeqId,
+    blocks: &dyn Fn(InstrSeqId) -> InstrSeqId,
+) -> Code {
     code.iter()
         .map(|(ins, loc)| {
             let mut ins = ins.clone();
             match &mut ins {
-                Instr::Br(b) => b.block = map(b.block),
-                Instr::BrIf(b) => b.block = map(b.block),
+                Instr::Br(b) => b.block = labels(b.block),
+                Instr::BrIf(b) => b.block = labels(b.block),
                 Instr::BrTable(t) => {
                     for b in t.blocks.iter_mut() {
-                        *b = map(*b);
+                        *b = labels(*b);
                     }
-                    t.default = map(t.default);
+                    t.default = labels(t.default);
                 }
-                Instr::Block(b) => b.seq = map(b.seq),
-                Instr::Loop(l) => l.seq = map(l.seq),
+                Instr::Block(b) => b.seq = blocks(b.seq),
+                Instr::Loop(l) => l.seq = blocks(l.seq),
                 Instr::IfElse(e) => {
-                    e.consequent = map(e.consequent);
-                    e.alternative = map(e.alternative);
+                    e.consequent = blocks(e.consequent);
+                    e.alternative = blocks(e.alternative);
                 }
                 _ => {}
             }
             (ins, *loc)
         })
         .collect()
+}
+
+/// One block's pieces the fast way: the code as is, an unwind check after
+/// each call that can pause (recorded in `sites`, branching to `save`).
+#[allow(clippy::too_many_arguments)]
+fn fast_code(
+    func: &mut walrus::LocalFunction,
+    ctx: &Ctx,
+    ps: &[Piece],
+    labels: &dyn Fn(InstrSeqId) -> InstrSeqId,
+    blocks: &dyn Fn(InstrSeqId) -> InstrSeqId,
+    sites: &mut Vec<(InstrSeqId, u32)>,
+) -> Code {
+    let mut code = Vec::new();
+    for p in ps {
+        match p {
+            Piece::Plain(c) | Piece::Chunk(c) => code.extend(remap2(c, labels, blocks)),
+            Piece::Call {
+                pre,
+                call,
+                index,
+                post,
+                ..
+            } => {
+                code.extend(pre.iter().cloned());
+                code.push(call.clone());
+                code.extend(unwind_check(func, ctx, *index, sites));
+                code.extend(post.iter().cloned());
+            }
+            Piece::Structure {
+                pre,
+                cond,
+                ins,
+                post,
+                ..
+            } => {
+                code.extend(pre.iter().cloned());
+                if let Some((c, _)) = cond {
+                    code.push(get(*c));
+                }
+                code.extend(remap2(&vec![ins.clone()], labels, blocks));
+                code.extend(post.iter().cloned());
+            }
+        }
+    }
+    code
+}
+
+/// Blocks nested in `root` (itself included), in the original body.
+fn subtree(orig: &HashMap<InstrSeqId, (InstrSeqType, Code)>, root: InstrSeqId) -> Vec<InstrSeqId> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(s) = stack.pop() {
+        out.push(s);
+        if let Some((_, code)) = orig.get(&s) {
+            for (ins, _) in code {
+                match ins {
+                    Instr::Block(b) => stack.push(b.seq),
+                    Instr::Loop(l) => stack.push(l.seq),
+                    Instr::IfElse(e) => stack.extend([e.consequent, e.alternative]),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Helper locals of one function.
@@ -1179,38 +1261,7 @@ fn rewrite_function(
         let save = func.builder_mut().dangling_instr_seq(None).id();
         let map = |s: InstrSeqId| if s == entry { body } else { s };
         for (seq, ps) in &all {
-            let mut code = Vec::new();
-            for p in ps {
-                match p {
-                    Piece::Plain(c) | Piece::Chunk(c) => code.extend(remap(c, &map)),
-                    Piece::Call {
-                        pre,
-                        call,
-                        index,
-                        post,
-                        ..
-                    } => {
-                        code.extend(pre.iter().cloned());
-                        code.push(call.clone());
-                        code.extend(unwind_check(func, ctx, *index, &mut sites));
-                        code.extend(post.iter().cloned());
-                    }
-                    Piece::Structure {
-                        pre,
-                        cond,
-                        ins,
-                        post,
-                        ..
-                    } => {
-                        code.extend(pre.iter().cloned());
-                        if let Some((c, _)) = cond {
-                            code.push(get(*c));
-                        }
-                        code.extend(remap(&vec![ins.clone()], &map));
-                        code.extend(post.iter().cloned());
-                    }
-                }
-            }
+            let code = fast_code(func, ctx, ps, &map, &map, &mut sites);
             func.block_mut(map(*seq)).instrs = code;
         }
         let mut head = Vec::new();
@@ -1278,6 +1329,30 @@ fn rewrite_function(
         live
     };
 
+    // Loops that contain calls that can pause get a fast copy in the rewind
+    // body: the guarded copy runs only until its first back edge, which
+    // leaves for the fast copy, so a resumed frame does not run guarded
+    // code for the rest of its life (an interpreter's dispatch loop never
+    // returns). Types of the two wrapping blocks: params → results, params
+    // → params.
+    let mut loop_tys: HashMap<InstrSeqId, (InstrSeqType, InstrSeqType)> = HashMap::new();
+    for (seq, ps) in &all {
+        let _ = seq;
+        for p in ps {
+            if let Piece::Structure {
+                ins: (Instr::Loop(l), _),
+                ..
+            } = p
+            {
+                let (params, res) = ctx.block_sig(orig[&l.seq].0);
+                let done = InstrSeqType::new(&mut module.types, &params, &res);
+                let to_fast = InstrSeqType::new(&mut module.types, &params, &params);
+                loop_tys.insert(l.seq, (done, to_fast));
+            }
+        }
+    }
+    let pieces_of: HashMap<InstrSeqId, &Vec<Piece>> = all.iter().map(|(s, p)| (*s, p)).collect();
+
     // The rewind body: the same call sites, so the same live sets.
     {
         let mut sites = Vec::new();
@@ -1290,13 +1365,28 @@ fn rewrite_function(
         }
         let save = func.builder_mut().dangling_instr_seq(None).id();
         let map = |s: InstrSeqId| map_tbl.get(&s).copied().unwrap_or(s);
+        let mut wrappers: HashMap<InstrSeqId, (InstrSeqId, InstrSeqId)> = HashMap::new();
+        for (l, (done_ty, to_fast_ty)) in &loop_tys {
+            let done = func.builder_mut().dangling_instr_seq(*done_ty).id();
+            let to_fast = func.builder_mut().dangling_instr_seq(*to_fast_ty).id();
+            wrappers.insert(*l, (done, to_fast));
+        }
+        // In guarded code a branch back to such a loop's header goes to its
+        // fast copy instead.
+        let labels = |s: InstrSeqId| match wrappers.get(&s) {
+            Some(&(_, to_fast)) => to_fast,
+            None => map(s),
+        };
+        let mut wrapped: Vec<(InstrSeqId, InstrSeqId, InstrSeqId)> = Vec::new();
         for (seq, ps) in &all {
             let last = ps.len().saturating_sub(1);
             let mut code = Vec::new();
             for (pi, p) in ps.iter().enumerate() {
                 match p {
-                    Piece::Plain(c) => code.extend(remap(c, &map)),
-                    Piece::Chunk(c) if pi == last || c.is_empty() => code.extend(remap(c, &map)),
+                    Piece::Plain(c) => code.extend(remap2(c, &labels, &map)),
+                    Piece::Chunk(c) if pi == last || c.is_empty() => {
+                        code.extend(remap2(c, &labels, &map))
+                    }
                     Piece::Chunk(c) => {
                         code.extend([
                             get(h.rw),
@@ -1304,7 +1394,7 @@ fn rewrite_function(
                                 op: ir::UnaryOp::I32Eqz,
                             })),
                         ]);
-                        let then = remap(c, &map);
+                        let then = remap2(c, &labels, &map);
                         code.push(if_then(func, then));
                     }
                     Piece::Call {
@@ -1369,7 +1459,16 @@ fn rewrite_function(
                                 op(Instr::Select(ir::Select { ty: None })),
                             ]);
                         }
-                        body.extend(remap(&vec![ins.clone()], &map));
+                        match (&ins.0, ins.0.clone()) {
+                            (Instr::Loop(l), _) if wrappers.contains_key(&l.seq) => {
+                                // block $done { block $to_fast { guarded loop;
+                                // br $done } fast loop }
+                                let (done, to_fast) = wrappers[&l.seq];
+                                wrapped.push((l.seq, done, to_fast));
+                                body.push(op(Instr::Block(ir::Block { seq: done })));
+                            }
+                            _ => body.extend(remap(&vec![ins.clone()], &map)),
+                        }
                         body.extend(post.iter().cloned());
                         code.extend([
                             get(h.rw),
@@ -1384,6 +1483,32 @@ fn rewrite_function(
                 }
             }
             func.block_mut(map(*seq)).instrs = code;
+        }
+        // The fast copies: every block inside the loop copied afresh, the
+        // fast way; branches out of the loop land where guarded code would.
+        for (l, done, to_fast) in wrapped {
+            let inner = subtree(&orig, l);
+            let mut copy: HashMap<InstrSeqId, InstrSeqId> = HashMap::new();
+            for s in &inner {
+                copy.insert(*s, func.builder_mut().dangling_instr_seq(orig[s].0).id());
+            }
+            let blocks = |s: InstrSeqId| copy.get(&s).copied().unwrap_or(s);
+            let copy_labels = |s: InstrSeqId| copy.get(&s).copied().unwrap_or_else(|| labels(s));
+            for s in &inner {
+                let ps = pieces_of
+                    .get(s)
+                    .ok_or_else(|| UnwindError::Failed("a block without pieces".into()))?;
+                let code = fast_code(func, ctx, ps, &copy_labels, &blocks, &mut sites);
+                func.block_mut(copy[s]).instrs = code;
+            }
+            func.block_mut(to_fast).instrs = vec![
+                op(Instr::Loop(ir::Loop { seq: map(l) })),
+                op(Instr::Br(ir::Br { block: done })),
+            ];
+            func.block_mut(done).instrs = vec![
+                op(Instr::Block(ir::Block { seq: to_fast })),
+                op(Instr::Loop(ir::Loop { seq: copy[&l] })),
+            ];
         }
         let mut head = restore_code(ctx, &h, &fr);
         func.block_mut(save).instrs = vec![
