@@ -132,6 +132,15 @@ impl SubmitCommand {
             let name = path
                 .file_name()
                 .map_or_else(|| self.bundle.clone(), |n| n.to_string_lossy().into_owned());
+            if stored.created {
+                // The worker's preparation happens out of sight of this
+                // command: say that the first start takes longer, and why.
+                eprintln!(
+                    "uploaded {name} ({} KiB), new to the cluster: a worker prepares it once \
+                     (rewrite + compile, seconds for a large module) before its first run there",
+                    stored.len.div_ceil(1024)
+                );
+            }
             return Ok((stored.hash, name));
         }
         if self.bundle.ends_with(".wasm") || self.bundle.ends_with(".wat") {
