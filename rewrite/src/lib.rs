@@ -19,8 +19,8 @@
 //!    [`split`] moves into a second module compiled only when a task first
 //!    resumes. The buffer lives in a secondary memory (`wmig:stack`) so the
 //!    guest's own memory, `memory.size` and allocator never see it. Modules
-//!    it does not cover (tail calls, exception handling in a pausable
-//!    function, reference-typed locals across a pause) fall back to
+//!    it does not cover (reference-typed locals or values across a pause,
+//!    passive data in a function that can pause) fall back to
 //!    [`asyncify`], Binaryen's Asyncify, which rewriters 1 and 2 used.
 //! 4. [`exports`]: export every mutable global (Asyncify's and LLVM's
 //!    `__stack_pointer` included) so the host can capture and restore them.

@@ -46,10 +46,12 @@
 //! control exports (`asyncify_start_unwind` and so on, same header layout)
 //! so that the host drives both rewriters the same way.
 //!
-//! What this transform does not handle (tail calls, `call_ref`, exception
-//! handling in a pausable function, reference-typed locals or stack values
-//! across a pausable call) is reported as [`UnwindError::Unsupported`]; the
-//! rewrite then falls back to Asyncify for that module.
+//! Validation has already refused what no call site could resume
+//! (tail calls, `call_ref`, exception handling). What bytes cannot hold —
+//! a reference-typed local, result or stack value in a function that can
+//! pause, or passive data in one (see [`crate::split`]) — is reported as
+//! [`UnwindError::Unsupported`]; the rewrite then falls back to Asyncify
+//! for that module.
 
 use std::collections::{HashMap, HashSet};
 
@@ -119,7 +121,6 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
             funcs.len()
         )));
     }
-    refuse_unsupported(&module, &funcs)?;
 
     let pause_imports: HashSet<FunctionId> = module
         .imports
@@ -139,24 +140,7 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
             (f.id(), (p.to_vec(), r.to_vec()))
         })
         .collect();
-    let type_sigs: HashMap<TypeId, Sig> = module
-        .types
-        .iter()
-        .map(|t| (t.id(), (t.params().to_vec(), t.results().to_vec())))
-        .collect();
-    // An indirect call can pause if a pausable function with its signature
-    // sits in a table (tables never change; see `callgraph`).
     let table = table_functions(&module);
-    let pausable_sigs: HashSet<&Sig> = table
-        .iter()
-        .filter(|f| pausable_set.contains(f))
-        .filter_map(|f| sigs.get(f))
-        .collect();
-    let pausable_types: HashSet<TypeId> = type_sigs
-        .iter()
-        .filter(|(_, s)| pausable_sigs.contains(s))
-        .map(|(t, _)| *t)
-        .collect();
     let exported: HashSet<FunctionId> = module
         .exports
         .iter()
@@ -230,11 +214,23 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
             ExportItem::Function(rewind_of[f]),
         );
     }
-    // Block types as they are now (the loop above added some).
-    let block_tys: HashMap<TypeId, Sig> = module
+    // Every type, once the rewind bodies have added theirs.
+    let type_sigs: HashMap<TypeId, Sig> = module
         .types
         .iter()
         .map(|t| (t.id(), (t.params().to_vec(), t.results().to_vec())))
+        .collect();
+    // An indirect call can pause if a pausable function with its signature
+    // sits in a table (tables never change; see `callgraph`).
+    let pausable_sigs: HashSet<&Sig> = table
+        .iter()
+        .filter(|f| pausable_set.contains(f))
+        .filter_map(|f| sigs.get(f))
+        .collect();
+    let pausable_types: HashSet<TypeId> = type_sigs
+        .iter()
+        .filter(|(_, s)| pausable_sigs.contains(s))
+        .map(|(t, _)| *t)
         .collect();
 
     let mut stats = UnwindStats::default();
@@ -242,7 +238,7 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
         let ctx = Ctx {
             types_at: &types_at,
             sigs: &sigs,
-            type_sigs: &block_tys,
+            type_sigs: &type_sigs,
             pause_imports: &pause_imports,
             pausable: &pausable_set,
             pausable_types: &pausable_types,
@@ -276,59 +272,6 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
             .map_err(|e| UnwindError::Failed(format!("the transformed module is invalid: {e}")))?;
     }
     Ok((bytes, stats))
-}
-
-/// Tail calls and `call_ref` can reach a pausable function without a call
-/// site to resume at; exception handlers and reference-typed values cannot
-/// be saved as bytes.
-fn refuse_unsupported(module: &walrus::Module, pausable: &[FunctionId]) -> Result<(), UnwindError> {
-    let pausable: HashSet<FunctionId> = pausable.iter().copied().collect();
-    for (id, f) in module.funcs.iter_local() {
-        let name = || module.funcs.get(id).name.clone().unwrap_or_default();
-        let mut seqs = vec![f.entry_block()];
-        while let Some(seq) = seqs.pop() {
-            for (ins, _) in &f.block(seq).instrs {
-                match ins {
-                    Instr::Block(b) => seqs.push(b.seq),
-                    Instr::Loop(l) => seqs.push(l.seq),
-                    Instr::IfElse(i) => seqs.extend([i.consequent, i.alternative]),
-                    Instr::ReturnCall(_)
-                    | Instr::ReturnCallIndirect(_)
-                    | Instr::CallRef(_)
-                    | Instr::ReturnCallRef(_) => {
-                        return Err(UnwindError::Unsupported(format!(
-                            "function {} uses tail calls or call_ref",
-                            name()
-                        )))
-                    }
-                    Instr::Try(_)
-                    | Instr::TryTable(_)
-                    | Instr::Throw(_)
-                    | Instr::ThrowRef(_)
-                    | Instr::Rethrow(_)
-                        if pausable.contains(&id) =>
-                    {
-                        return Err(UnwindError::Unsupported(format!(
-                            "function {} can pause and uses exception handling",
-                            name()
-                        )))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if pausable.contains(&id) {
-            for arg in &f.args {
-                if matches!(module.locals.get(*arg).ty(), ValType::Ref(_)) {
-                    return Err(UnwindError::Unsupported(format!(
-                        "function {} can pause and has a reference-typed parameter",
-                        name()
-                    )));
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The operand stack of the current block (bottom first) just before every
@@ -651,14 +594,15 @@ fn pieces(
             cur.push((ins.clone(), *loc));
             continue;
         }
+        // Every instruction here was parsed, so it carries its offset.
+        let at = (!loc.is_default())
+            .then(|| loc.data())
+            .ok_or_else(|| UnwindError::Failed("an instruction without an offset".into()))?;
         let stack = ctx
             .types_at
-            .get(&loc.data())
+            .get(&at)
             .ok_or_else(|| {
-                UnwindError::Failed(format!(
-                    "no operand types recorded at offset {}",
-                    loc.data()
-                ))
+                UnwindError::Failed(format!("no operand types recorded at offset {at}"))
             })?
             .clone()
             .ok_or_else(|| {
@@ -689,8 +633,7 @@ fn pieces(
         };
         if stack.len() < inputs {
             return Err(UnwindError::Failed(format!(
-                "operand stack at offset {} holds {} values, the instruction takes {inputs}",
-                loc.data(),
+                "operand stack at offset {at} holds {} values, the instruction takes {inputs}",
                 stack.len()
             )));
         }

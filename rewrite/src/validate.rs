@@ -196,6 +196,11 @@ fn check_body(body: &wasmparser::FunctionBody<'_>) -> Result<(), ModuleError> {
             Operator::ReturnCall { .. }
             | Operator::ReturnCallIndirect { .. }
             | Operator::ReturnCallRef { .. } => ModuleError::Unsupported("tail calls"),
+            // The call graph cannot tell where a function reference leads,
+            // so it cannot tell whether the call can pause.
+            Operator::CallRef { .. } => {
+                ModuleError::Unsupported("call_ref (typed function references)")
+            }
             Operator::Try { .. }
             | Operator::TryTable { .. }
             | Operator::Throw { .. }
@@ -247,6 +252,11 @@ mod tests {
             validate(&table),
             Err(ModuleError::TableMutation("table.set"))
         ));
+        let call_ref = wat(r#"(module (memory 1) (type $t (func))
+                 (func $f (type $t)) (elem declare func $f)
+                 (func (export "_start") (call_ref $t (ref.func $f))))"#);
+        let err = validate(&call_ref).expect_err("call_ref refused");
+        assert!(err.to_string().contains("call_ref"), "{err}");
         let truncated = &wat(r#"(module (memory 1) (func (export "_start")))"#)[..20];
         assert!(matches!(validate(truncated), Err(ModuleError::Invalid(_))));
     }
