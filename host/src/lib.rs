@@ -6,6 +6,8 @@
 //! - [`task`]: one running task and the yield import that pauses it.
 //! - [`snapshot`]: capture to and restore from a checkpoint manifest.
 //! - [`chunks`]: memory as content-addressed 64 KiB chunks.
+//! - [`live`]: live migration at page grain (dirty rounds out, an
+//!   instance filled ahead of the pause in).
 //! - [`local`]: the `wmig run` / `wmig resume` drivers (checkpoint every N
 //!   yields, restore after each, stop and write a checkpoint file).
 //! - [`baseline`]: the same module under plain wasmtime + wasmtime-wasi, the
@@ -13,13 +15,16 @@
 
 pub mod baseline;
 pub mod chunks;
+mod dirty;
 pub mod engine;
+pub mod live;
 pub mod local;
 pub mod snapshot;
 pub mod task;
 
 pub use chunks::{ChunkSink, ChunkSource, MemChunks};
 pub use engine::{on_guest_thread, PreparedModule, Runtime, RuntimeConfig};
+pub use live::{Incoming, LiveFinal, PageBuf};
 pub use snapshot::{CaptureMeta, Captured};
 pub use task::{LiveUsage, Outcome, PauseReason, Pauser, Task, TaskConfig, UsageReading};
 pub use wmig_rewrite::REWRITER_VERSION;

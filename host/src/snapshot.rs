@@ -55,11 +55,7 @@ impl Task {
         }
         {
             let data = hooks.stack.data(&self.store);
-            let header = STACK_HEADER_OFFSET as usize;
-            let used = data
-                .get(header..header + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .unwrap_or(data.len());
+            let used = stack_used(data);
             memories.push(chunks::capture(
                 STACK_MEMORY_EXPORT,
                 data,
@@ -68,35 +64,7 @@ impl Task {
                 &mut cost,
             ));
         }
-        let mut globals = Vec::with_capacity(self.globals.len());
-        for (name, g) in &self.globals {
-            let v = match g.get(&mut self.store) {
-                Val::I32(v) => GlobalValue::I32(v),
-                Val::I64(v) => GlobalValue::I64(v),
-                Val::F32(v) => GlobalValue::F32(v),
-                Val::F64(v) => GlobalValue::F64(v),
-                Val::V128(v) => GlobalValue::V128(v.as_u128()),
-                _ => {
-                    return Err(HostError::Engine(format!(
-                        "global `{name}` holds a reference"
-                    )))
-                }
-            };
-            globals.push((name.clone(), v));
-        }
-        let counters = self.counters();
-        let manifest = Manifest {
-            module: self.module.module_hash,
-            rewriter: self.module.rewriter,
-            instrumented: self.module.instrumented_hash,
-            task: meta.task,
-            seq: meta.seq,
-            epoch: meta.epoch,
-            memories,
-            globals,
-            wasi: self.store.data().wasi.snapshot(),
-            counters,
-        };
+        let manifest = self.state_manifest(meta, memories)?;
         Ok(Captured {
             manifest,
             cost,
@@ -114,21 +82,7 @@ impl Task {
         manifest: &Manifest,
         source: &dyn ChunkSource,
     ) -> Result<Task, HostError> {
-        if manifest.module != module.module_hash {
-            return Err(HostError::WrongModule {
-                checkpoint: manifest.module,
-                module: module.module_hash,
-            });
-        }
-        if manifest.rewriter != module.rewriter {
-            return Err(HostError::WrongRewriter {
-                checkpoint: manifest.rewriter,
-                ours: module.rewriter,
-            });
-        }
-        if manifest.instrumented != module.instrumented_hash {
-            return Err(HostError::WrongInstrumentation);
-        }
+        check_module(module, manifest)?;
         let (wasi_config, control) = split(config);
         let wasi = WasiCtx::restore(wasi_config, &manifest.wasi)?;
         let mut task = Task::instantiate(rt, module, wasi, control)?;
@@ -141,8 +95,56 @@ impl Task {
             };
             write_image(&mut task.store, memory, image, source)?;
         }
+        task.apply_state(manifest)?;
+        Ok(task)
+    }
+}
+
+impl Task {
+    /// The manifest of the paused task with `memories` as its memory images:
+    /// globals, WASI state and counters.
+    pub(crate) fn state_manifest(
+        &mut self,
+        meta: CaptureMeta,
+        memories: Vec<MemoryImage>,
+    ) -> Result<Manifest, HostError> {
+        let mut globals = Vec::with_capacity(self.globals.len());
+        for (name, g) in &self.globals {
+            let v = match g.get(&mut self.store) {
+                Val::I32(v) => GlobalValue::I32(v),
+                Val::I64(v) => GlobalValue::I64(v),
+                Val::F32(v) => GlobalValue::F32(v),
+                Val::F64(v) => GlobalValue::F64(v),
+                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+                _ => {
+                    return Err(HostError::Engine(format!(
+                        "global `{name}` holds a reference"
+                    )))
+                }
+            };
+            globals.push((name.clone(), v));
+        }
+        let counters = self.counters();
+        Ok(Manifest {
+            module: self.module.module_hash,
+            rewriter: self.module.rewriter,
+            instrumented: self.module.instrumented_hash,
+            task: meta.task,
+            seq: meta.seq,
+            epoch: meta.epoch,
+            memories,
+            globals,
+            wasi: self.store.data().wasi.snapshot(),
+            counters,
+        })
+    }
+
+    /// Set the globals and counters of `manifest` (its memories are written
+    /// already) and arm the rewind for the next [`Task::run`].
+    pub(crate) fn apply_state(&mut self, manifest: &Manifest) -> Result<(), HostError> {
+        let hooks = self.hooks()?;
         for (name, value) in &manifest.globals {
-            let Some((_, global)) = task.globals.iter().find(|(n, _)| n == name) else {
+            let Some((_, global)) = self.globals.iter().find(|(n, _)| n == name) else {
                 return Err(HostError::corrupt(format!(
                     "names global `{name}`, which the module lacks"
                 )));
@@ -155,17 +157,46 @@ impl Task {
                 GlobalValue::V128(v) => Val::V128(v.into()),
             };
             global
-                .set(&mut task.store, val)
+                .set(&mut self.store, val)
                 .map_err(|e| HostError::corrupt(format!("global `{name}`: {e}")))?;
         }
-        let fuel_now = hooks.fuel.get(&mut task.store).i32().unwrap_or(0);
-        let ctl = &mut task.store.data_mut().ctl;
+        let fuel_now = hooks.fuel.get(&mut self.store).i32().unwrap_or(0);
+        let ctl = &mut self.store.data_mut().ctl;
         ctl.counters = manifest.counters;
         ctl.fuel_set = fuel_now;
-        task.set_resume_pending();
-        task.publish_usage();
-        Ok(task)
+        self.set_resume_pending();
+        self.publish_usage();
+        Ok(())
     }
+}
+
+/// Bytes of the stack memory that hold saved frames (its header says).
+pub(crate) fn stack_used(data: &[u8]) -> usize {
+    let header = STACK_HEADER_OFFSET as usize;
+    data.get(header..header + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .unwrap_or(data.len())
+        .min(data.len())
+}
+
+/// A checkpoint resumes only into the module and rewrite it was taken from.
+pub(crate) fn check_module(module: &PreparedModule, manifest: &Manifest) -> Result<(), HostError> {
+    if manifest.module != module.module_hash {
+        return Err(HostError::WrongModule {
+            checkpoint: manifest.module,
+            module: module.module_hash,
+        });
+    }
+    if manifest.rewriter != module.rewriter {
+        return Err(HostError::WrongRewriter {
+            checkpoint: manifest.rewriter,
+            ours: module.rewriter,
+        });
+    }
+    if manifest.instrumented != module.instrumented_hash {
+        return Err(HostError::WrongInstrumentation);
+    }
+    Ok(())
 }
 
 fn write_image(

@@ -360,7 +360,9 @@ pub struct Task {
     pub(crate) memory: Memory,
     pub(crate) globals: Vec<(String, Global)>,
     instance: Instance,
-    memory_limit: Option<usize>,
+    pub(crate) memory_limit: Option<usize>,
+    /// Dirty-page tracking while the task migrates out live.
+    pub(crate) live: Option<crate::live::LiveSource>,
     /// Rewriter 3: the rewind module is instantiated in this store.
     rewind_linked: bool,
     /// The next `run` must rewind saved frames instead of starting afresh.
@@ -473,6 +475,7 @@ impl Task {
             globals,
             instance,
             memory_limit,
+            live: None,
             rewind_linked: false,
             resume_pending: false,
             finished: false,

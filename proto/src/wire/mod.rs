@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod live;
 pub mod registry;
 
 /// ALPN of the registry protocol; the version matches

@@ -1,0 +1,124 @@
+//! The live-migration protocol: a source worker streams a running task's
+//! memory straight to the target worker, page by page, while the task keeps
+//! running; the target builds the instance as the pages arrive.
+//!
+//! ```text
+//! source ──Offer──────────────▶ target   module ready? instance built
+//! source ◀─Accepted─────────── target
+//! source ──Pages (round 0…n)──▶ target   written into the waiting instance
+//! source ──Final──────────────▶ target   last dirty pages, stack, globals, WASI
+//! source ◀─Ready────────────── target   (the target tells the coordinator too)
+//! ```
+//!
+//! One bidirectional stream per migration; each message is a frame
+//! ([`crate::frame`]) whose page bytes follow it raw on the stream, so the
+//! bulk of a transfer is never copied through the serializer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Manifest;
+use crate::{Hash, NodeId, TaskId};
+
+/// ALPN of the worker-to-worker live-migration protocol.
+pub const LIVE_ALPN: &[u8] = b"wmig-live/1";
+
+/// Dirty tracking and transfer grain: the host's page, not wasm's 64 KiB.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A run of consecutive pages of one memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    /// Index of the first page (`byte offset / PAGE_SIZE`).
+    pub first: u32,
+    pub count: u32,
+    /// All-zero pages: no bytes travel for them.
+    pub zero: bool,
+}
+
+/// Pages of one memory that changed, and the size the memory has now. The
+/// bytes of the non-zero runs, in run order, travel after the header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageDelta {
+    pub memory_len: u64,
+    pub runs: Vec<PageRun>,
+}
+
+impl PageDelta {
+    /// Bytes of the non-zero runs, which follow the header on the stream.
+    pub fn payload_len(&self) -> u64 {
+        self.runs
+            .iter()
+            .filter(|r| !r.zero)
+            .map(|r| u64::from(r.count) * PAGE_SIZE as u64)
+            .sum()
+    }
+
+    /// Check the runs against the memory size and a byte budget before
+    /// anything is read or written.
+    pub fn validate(&self, max_memory: u64) -> Result<(), String> {
+        if self.memory_len > max_memory {
+            return Err(format!(
+                "memory of {} bytes exceeds the limit of {max_memory}",
+                self.memory_len
+            ));
+        }
+        if !self.memory_len.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(format!(
+                "memory size {} is not a whole number of pages",
+                self.memory_len
+            ));
+        }
+        let pages = self.memory_len / PAGE_SIZE as u64;
+        for r in &self.runs {
+            let end = u64::from(r.first) + u64::from(r.count);
+            if r.count == 0 || end > pages {
+                return Err(format!(
+                    "page run {}+{} lies outside a memory of {pages} pages",
+                    r.first, r.count
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Source → target messages.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LiveMessage {
+    /// The task that is coming, so the target can prepare its module and an
+    /// instance. `epoch` is the source's; the target will own the task at a
+    /// higher one once the coordinator has logged the move.
+    Offer {
+        task: TaskId,
+        from: NodeId,
+        epoch: u64,
+        /// The task's module as submitted (its bundle hash).
+        module: Hash,
+        rewriter: u32,
+        instrumented: Hash,
+    },
+    /// Pages of linear memory written since the previous round (round 0:
+    /// every page); raw bytes follow.
+    Pages { round: u32, delta: PageDelta },
+    /// The task is paused for good on the source: its last pages (raw bytes
+    /// of `memory`, then of `stack`, follow), and everything else the
+    /// checkpoint holds (`manifest.memories` is empty).
+    Final {
+        manifest: Manifest,
+        memory: PageDelta,
+        stack: PageDelta,
+        /// Unix µs at which the source paused.
+        paused_at_us: u64,
+    },
+}
+
+/// Target → source answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LiveReply {
+    /// The instance is built; send pages.
+    Accepted,
+    /// The final state is applied; the target waits for the coordinator.
+    Ready,
+    /// The target cannot take the task (names why and what to do).
+    Refused(String),
+}
