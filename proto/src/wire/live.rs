@@ -104,7 +104,7 @@ pub enum LiveMessage {
     /// of `memory`, then of `stack`, follow), and everything else the
     /// checkpoint holds (`manifest.memories` is empty).
     Final {
-        manifest: Manifest,
+        manifest: Box<Manifest>,
         memory: PageDelta,
         stack: PageDelta,
         /// Unix µs at which the source paused.
