@@ -224,6 +224,14 @@ impl Coordinator {
         Ok(vec![self.task_event(event)])
     }
 
+    /// Move a running task to exactly `worker` (a live migration's target,
+    /// which holds its state): refused if `worker` cannot take it now.
+    pub fn move_exactly(&mut self, id: TaskId, worker: &NodeId) -> Result<Event, CoordinatorError> {
+        let w = self.choose_worker(&Placement::Pinned(worker.clone()))?;
+        let event = self.tasks.reassign(id, w)?;
+        Ok(self.task_event(event))
+    }
+
     pub fn next_deadline(&self) -> Option<Millis> {
         self.membership.next_deadline()
     }

@@ -182,6 +182,29 @@ pub enum ControlRequest {
     Remove {
         node: NodeId,
     },
+
+    // --- live migration (appended: postcard numbers variants by position) --
+    /// Live-migration target: the final state of `task` (the source's
+    /// `epoch`, paused for good at checkpoint `seq`) is applied here; place
+    /// the task on this node.
+    LiveReady {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        paused_at_us: u64,
+        /// Page bytes received before the pause.
+        precopy_bytes: u64,
+        /// Page bytes received after it.
+        delta_bytes: u64,
+    },
+    /// Live-migration source or target: the move failed before the target
+    /// was ready (the reason says where).
+    LiveFailed {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        reason: String,
+    },
 }
 
 /// A running task as its worker sees it, in every heartbeat: the epoch for
@@ -224,6 +247,29 @@ pub enum WorkerCommand {
     /// the final checkpoint, report [`ControlRequest::HandedOff`], forget
     /// the task.
     Handoff { task: TaskId, epoch: u64 },
+    /// Live migration, source side: stream the task's memory straight to
+    /// `to` at `addr` (rounds of written pages while it runs when
+    /// `precopy`), then pause, send the rest, and wait for a decision: a
+    /// `Drop` (it runs on `to` now) or a `Resume`.
+    LiveMigrate {
+        task: TaskId,
+        epoch: u64,
+        to: NodeId,
+        addr: String,
+        precopy: bool,
+    },
+    /// Live migration, target side: `task` (owned at `epoch` by its source)
+    /// is about to arrive over the live protocol; prepare its module and
+    /// accept it from the source, and only then.
+    Expect {
+        task: TaskId,
+        epoch: u64,
+        spec: TaskSpec,
+        options: TaskOptions,
+    },
+    /// The live migration of `task` at `epoch` was abandoned: the source
+    /// carries on, the target forgets what it received.
+    Resume { task: TaskId, epoch: u64 },
 }
 
 /// How one migration went.

@@ -12,7 +12,28 @@
 //! operator ◀─Migrated─ coordinator ◀─Started──── target   downtime = start − pause
 //! ```
 //!
-//! Chunks travel through the registry, over QUIC: the final checkpoint has
+//! When both workers serve the live protocol (they advertise an address),
+//! the memory goes straight from source to target instead, at page grain:
+//!
+//! ```text
+//! operator ─Migrate─▶ coordinator ─Expect───────▶ target   prepare the module, accept the task
+//!                     coordinator ─LiveMigrate──▶ source   rounds of written pages ──▶ target
+//!                                                          pause, final state ──────▶ target
+//!                     coordinator ◀─LiveReady─── target    whole state applied, waiting
+//!                     log: Placed(target, epoch + 1)       ─Run──▶ target: runs the instance it built
+//!                     coordinator ─Drop─────────▶ source   forget the paused task
+//! operator ◀─Migrated─ coordinator ◀─Started──── target
+//! ```
+//!
+//! Durability rule of the live path: `Placed` is logged only once the
+//! target holds the whole state in memory, and until a decision (`Drop` or
+//! `Resume`) reaches it the source keeps the task paused, so at every
+//! moment someone holds it. After the move the task's durable state is its
+//! last checkpoint in the registry, as after any crash; the target is asked
+//! for a checkpoint as soon as it runs, which bounds what a crash of the
+//! target right after the move would recompute.
+//!
+//! On the registry path, chunks travel through the registry, over QUIC: the final checkpoint has
 //! to be durable there before the source may forget the task anyway, and
 //! the pre-copy means the target only pulls the chunks the last few
 //! milliseconds changed.
@@ -47,6 +68,9 @@ pub(super) enum Stage {
     Handoff,
     /// Placed on the target; waiting for its first instruction.
     Resuming,
+    /// Live path: the source streams to the target; waiting for the
+    /// target's `LiveReady`.
+    Live,
 }
 
 pub(super) struct Migration {
@@ -59,6 +83,8 @@ pub(super) struct Migration {
     precopy_bytes: u64,
     delta_bytes: u64,
     paused_at_us: u64,
+    /// Moved over the live protocol (the target checkpoints when it starts).
+    live: bool,
     waiters: Vec<oneshot::Sender<Result<MigrationReport, RemoteError>>>,
 }
 
@@ -104,6 +130,13 @@ pub(super) fn start(
     core.coord
         .choose_worker(&Placement::Pinned(to.clone()))
         .map_err(coordinator_error)?;
+    let live_addr = |n: &NodeId| {
+        core.coord
+            .node(n)
+            .map(|n| n.info.addr.clone())
+            .filter(|a| !a.is_empty())
+    };
+    let live = live_addr(&from).and(live_addr(to));
     let (tx, rx) = oneshot::channel();
     core.migrations.insert(
         task,
@@ -111,7 +144,9 @@ pub(super) fn start(
             from: from.clone(),
             to: to.clone(),
             epoch: t.epoch,
-            stage: if precopy {
+            stage: if live.is_some() {
+                Stage::Live
+            } else if precopy {
                 Stage::PreCopy
             } else {
                 Stage::Handoff
@@ -120,9 +155,35 @@ pub(super) fn start(
             precopy_bytes: 0,
             delta_bytes: 0,
             paused_at_us: 0,
+            live: false,
             waiters: vec![tx],
         },
     );
+    if let Some(addr) = live {
+        send_command(
+            core,
+            to,
+            WorkerCommand::Expect {
+                task,
+                epoch: t.epoch,
+                spec: t.spec.clone(),
+                options: t.options.clone(),
+            },
+        );
+        send_command(
+            core,
+            &from,
+            WorkerCommand::LiveMigrate {
+                task,
+                epoch: t.epoch,
+                to: to.clone(),
+                addr,
+                precopy,
+            },
+        );
+        tracing::info!(%task, %from, %to, precopy, "live migration started");
+        return Ok(rx);
+    }
     let command = if precopy {
         WorkerCommand::Migrate {
             task,
@@ -152,7 +213,11 @@ pub(super) async fn wait(
             "the coordinator abandoned the migration; see `wmig ps` for where the task runs",
         )),
         Err(_) => {
-            shared.lock().migrations.remove(&task);
+            let mut core = shared.lock();
+            if let Some(m) = core.migrations.remove(&task) {
+                release_live(&mut core, task, &m);
+            }
+            drop(core);
             Err(RemoteError::new(
                 ErrorCode::Timeout,
                 format!(
@@ -249,12 +314,102 @@ pub(super) fn started(
     for w in m.waiters {
         let _ = w.send(Ok(report.clone()));
     }
+    if m.live {
+        // Until the target's first checkpoint, a crash there would resume
+        // from the last one the source stored.
+        let epoch = core.coord.task(task).map_or(0, |t| t.epoch);
+        send_command(core, node, WorkerCommand::Checkpoint { task, epoch });
+    }
     Some(report)
+}
+
+/// The live target holds the whole state: may the task be placed there?
+/// Returns the source to drop it from once `Placed` is logged.
+pub(super) fn live_ready(
+    core: &mut Core,
+    node: &NodeId,
+    task: TaskId,
+    epoch: u64,
+) -> Result<NodeId, RemoteError> {
+    let owner = core.coord.task(task).and_then(|t| t.owner.clone());
+    match core.migrations.get_mut(&task) {
+        Some(m) if m.stage == Stage::Live && m.to == *node && m.epoch == epoch => {
+            if owner.as_ref() != Some(&m.from) {
+                return Err(conflict(format!(
+                    "task {task} is no longer on {}; forget what arrived",
+                    m.from
+                )));
+            }
+            // From here on a timeout or failure report must not tell the
+            // source to carry on: `Placed` may be on its way to the log.
+            m.stage = Stage::Resuming;
+            Ok(m.from.clone())
+        }
+        _ => Err(conflict(format!(
+            "no live migration of {task} at epoch {epoch} to {node} is waiting (abandoned or timed out); forget what arrived"
+        ))),
+    }
+}
+
+/// `Placed` on the live target is logged: wait for its first instruction.
+pub(super) fn live_placed(
+    core: &mut Core,
+    task: TaskId,
+    paused_at_us: u64,
+    precopy_bytes: u64,
+    delta_bytes: u64,
+) {
+    if let Some(m) = core.migrations.get_mut(&task) {
+        m.stage = Stage::Resuming;
+        m.paused_at_us = paused_at_us;
+        m.precopy_bytes = precopy_bytes;
+        m.delta_bytes = delta_bytes;
+        m.live = true;
+    }
+}
+
+/// Logging `Placed` for a ready live target failed: nothing moved, so the
+/// source carries on and the target forgets.
+pub(super) fn live_unplaced(
+    core: &mut Core,
+    task: TaskId,
+    (from, to, epoch): (&NodeId, &NodeId, u64),
+    why: String,
+) {
+    send_command(core, from, WorkerCommand::Resume { task, epoch });
+    send_command(core, to, WorkerCommand::Resume { task, epoch });
+    abort(core, task, why);
+}
+
+/// A live migration that will not complete: the source carries on, the
+/// target forgets. Harmless to a node that already moved past it.
+fn release_live(core: &mut Core, task: TaskId, m: &Migration) {
+    if m.stage == Stage::Live {
+        let epoch = m.epoch;
+        send_command(core, &m.from, WorkerCommand::Resume { task, epoch });
+        send_command(core, &m.to, WorkerCommand::Resume { task, epoch });
+    }
+}
+
+/// End a live migration that failed before the target was ready.
+pub(super) fn live_failed(core: &mut Core, node: &NodeId, task: TaskId, epoch: u64, why: &str) {
+    let ours = core
+        .migrations
+        .get(&task)
+        .is_some_and(|m| m.stage == Stage::Live && m.epoch == epoch);
+    if ours {
+        abort(
+            core,
+            task,
+            format!("the live migration of {task} failed on {node}: {why}; it carries on where it was"),
+        );
+    }
 }
 
 /// End a migration with an error (the task stays where the log says).
 pub(super) fn abort(core: &mut Core, task: TaskId, why: String) {
     if let Some(m) = core.migrations.remove(&task) {
+        release_live(core, task, &m);
         tracing::warn!(%task, reason = %why, "migration abandoned");
         for w in m.waiters {
             let _ = w.send(Err(conflict(why.clone())));

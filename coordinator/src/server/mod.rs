@@ -815,6 +815,41 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             );
             R::Ok
         }
+        Q::LiveReady {
+            node,
+            task,
+            epoch,
+            paused_at_us,
+            precopy_bytes,
+            delta_bytes,
+        } => {
+            let from = migrate::live_ready(&mut shared.lock(), &node, task, epoch)?;
+            let placed = shared
+                .command(|c, _| Ok(((), vec![c.move_exactly(task, &node)?])))
+                .await;
+            let mut core = shared.lock();
+            if let Err(e) = placed {
+                migrate::live_unplaced(
+                    &mut core,
+                    task,
+                    (&from, &node, epoch),
+                    format!("could not place {task} on {node}: {e}; it carries on where it was"),
+                );
+                return Err(e);
+            }
+            migrate::live_placed(&mut core, task, paused_at_us, precopy_bytes, delta_bytes);
+            send_command(&mut core, &from, WorkerCommand::Drop { task, epoch });
+            R::Ok
+        }
+        Q::LiveFailed {
+            node,
+            task,
+            epoch,
+            reason,
+        } => {
+            migrate::live_failed(&mut shared.lock(), &node, task, epoch, &reason);
+            R::Ok
+        }
         Q::Migrate { task, to, precopy } => {
             let rx = migrate::start(&mut shared.lock(), task, &to, precopy)?;
             R::Migrated(migrate::wait(shared, task, rx).await?)
