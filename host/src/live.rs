@@ -142,6 +142,11 @@ impl Task {
         })
     }
 
+    /// Whether a live migration out is tracking this task's writes.
+    pub fn live_active(&self) -> bool {
+        self.live.is_some()
+    }
+
     /// Stop tracking (the migration was abandoned).
     pub fn live_end(&mut self) {
         self.live = None;

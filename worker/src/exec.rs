@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,9 @@ use wmig_coordinator::wire::{ControlRequest, OutputChunk, Stream};
 use wmig_coordinator::{Outcome, TaskOptions, TaskSpec};
 use wmig_host::chunks::ChunkSink;
 use wmig_host::wasi::{OutputSink, Preopen, WasiConfig};
-use wmig_host::{CaptureMeta, MemChunks, PreparedModule, Runtime, Task, TaskConfig};
+use wmig_host::{
+    CaptureMeta, LiveFinal, MemChunks, PageBuf, PreparedModule, Runtime, Task, TaskConfig,
+};
 use wmig_proto::checkpoint::Manifest;
 use wmig_proto::{Hash, NodeId, TaskId};
 
@@ -43,12 +45,38 @@ pub struct TaskControl {
     /// when it is dropped, so its thread and memory go at once, or to pause
     /// it there; set once it runs.
     pub interrupt: std::sync::Mutex<Option<Arc<wmig_host::wasi::Interrupt>>>,
+    /// Live migration out: what the task thread does at the next pause
+    /// ([`LIVE_ROUND`], [`LIVE_FINAL`], [`LIVE_END`]).
+    pub live_step: AtomicU8,
+    /// Where the task thread hands its rounds while a live migration runs.
+    pub live_out: Mutex<Option<mpsc::UnboundedSender<LiveOut>>>,
+    /// Set while the task waits, paused for good, for the coordinator's
+    /// decision on a live migration: `true` carries on here, `false`
+    /// forgets the task (it runs on the target).
+    pub decision: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
+    /// The module the task runs, once it runs (the live sender names it).
+    pub module: std::sync::OnceLock<Arc<PreparedModule>>,
+}
+
+/// At the next pause, send the pages written since the last round.
+pub const LIVE_ROUND: u8 = 1;
+/// At the next pause, stop for good and send the rest of the state.
+pub const LIVE_FINAL: u8 = 2;
+/// At the next pause, stop tracking writes (the migration was abandoned).
+pub const LIVE_END: u8 = 3;
+
+/// What the task thread hands the live sender.
+pub enum LiveOut {
+    Round(PageBuf),
+    Final(Box<LiveFinal>, u64),
+    Failed(String),
 }
 
 impl TaskControl {
     pub fn request_drop(&self) {
         self.drop.store(true, Ordering::SeqCst);
         self.pause.store(true, Ordering::SeqCst);
+        self.decide(false);
         if let Some(i) = &*self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) {
             i.interrupt();
         }
@@ -72,6 +100,21 @@ impl TaskControl {
     pub fn request_handoff(&self) {
         self.handoff.store(true, Ordering::SeqCst);
         self.request_pause();
+    }
+
+    /// Ask the task thread for a live-migration step at its next pause.
+    pub fn request_live(&self, step: u8) {
+        self.live_step.store(step, Ordering::SeqCst);
+        self.request_pause();
+    }
+
+    /// Answer a task that waits paused at the end of a live migration;
+    /// false if none waits.
+    pub fn decide(&self, carry_on: bool) -> bool {
+        match self.decision.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(tx) => tx.send(carry_on).is_ok(),
+            None => false,
+        }
     }
 
     /// Pause at the next yield point, or at once if the task is asleep in
@@ -174,6 +217,9 @@ pub struct Job {
     pub resume: Option<(Manifest, MemChunks)>,
     /// Checkpoint bytes fetched from the registry for `resume`.
     pub resume_fetched: u64,
+    /// A task that arrived by live migration, ready to run, and the seq of
+    /// the state it holds.
+    pub arrived: Option<(Task, u64)>,
     pub checkpoint_every: Duration,
     pub yield_fuel: u32,
     /// For tasks that set no memory limit of their own.
@@ -203,6 +249,14 @@ impl Job {
         })
     }
 
+    /// The largest linear memory this task may have.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.options
+            .memory_limit
+            .unwrap_or(self.memory_limit)
+            .min(1 << 32)
+    }
+
     fn finish(&self, outcome: Outcome, fuel_used: u64) {
         let _ = self.reports.send(ControlRequest::Finished {
             node: self.node.clone(),
@@ -214,8 +268,12 @@ impl Job {
     }
 
     /// Run the task to its end (or until it is dropped). Call on a guest thread.
-    pub fn run(self) {
-        let (task, mut seq) = match self.instantiate() {
+    pub fn run(mut self) {
+        let instantiated = match self.arrived.take() {
+            Some(arrived) => Ok(arrived),
+            None => self.instantiate(),
+        };
+        let (task, mut seq) = match instantiated {
             Ok(t) => t,
             Err(reason) => {
                 self.finish(
@@ -229,6 +287,7 @@ impl Job {
             }
         };
         self.control.set_interrupt(task.interrupt());
+        let _ = self.control.module.set(task.module().clone());
         self.drive(task, &mut seq);
     }
 
@@ -237,7 +296,25 @@ impl Job {
             Some((m, _)) => (m.wasi.stdout_offset, m.wasi.stderr_offset),
             None => (0, 0),
         };
-        let wasi = WasiConfig {
+        let config = self.task_config(self.wasi_config(out_at, err_at));
+        match &self.resume {
+            Some((manifest, chunks)) => {
+                let t = Task::restore(&self.runtime, &self.module, config, manifest, chunks)
+                    .map_err(|e| format!("could not restore checkpoint {}: {e}", manifest.seq))?;
+                Ok((t, manifest.seq))
+            }
+            None => {
+                let t = Task::start(&self.runtime, &self.module, config)
+                    .map_err(|e| format!("could not start: {e}"))?;
+                Ok((t, 0))
+            }
+        }
+    }
+
+    /// The task's WASI context settings, its output continuing at the given
+    /// offsets.
+    pub fn wasi_config(&self, out_at: u64, err_at: u64) -> WasiConfig {
+        WasiConfig {
             args: self.spec.args.clone(),
             env: self
                 .spec
@@ -257,7 +334,11 @@ impl Job {
             stdin: Box::new(std::io::empty()),
             stdout: self.sink(Stream::Stdout, out_at),
             stderr: self.sink(Stream::Stderr, err_at),
-        };
+        }
+    }
+
+    /// Limits, pause policy and levers of the task, around `wasi`.
+    pub fn task_config(&self, wasi: WasiConfig) -> TaskConfig {
         let mut config = TaskConfig::new(wasi);
         config.yield_fuel = self.yield_fuel;
         config.fuel_limit = self.options.fuel_limit;
@@ -284,18 +365,7 @@ impl Job {
             }
             wall.is_some_and(|w| now >= started + w)
         }));
-        match &self.resume {
-            Some((manifest, chunks)) => {
-                let t = Task::restore(&self.runtime, &self.module, config, manifest, chunks)
-                    .map_err(|e| format!("could not restore checkpoint {}: {e}", manifest.seq))?;
-                Ok((t, manifest.seq))
-            }
-            None => {
-                let t = Task::start(&self.runtime, &self.module, config)
-                    .map_err(|e| format!("could not start: {e}"))?;
-                Ok((t, 0))
-            }
-        }
+        config
     }
 
     fn drive(self, mut task: Task, seq: &mut u64) {
@@ -349,6 +419,21 @@ impl Job {
                 );
                 return;
             }
+            match self.control.live_step.swap(0, Ordering::SeqCst) {
+                0 => {}
+                step => {
+                    self.control.pause.store(false, Ordering::SeqCst);
+                    if self.live_step(&mut task, step, seq, paused_at_us) {
+                        tracing::info!(task = %self.task, "moved live; forgotten here");
+                        return;
+                    }
+                    if !self.control.checkpoint.load(Ordering::SeqCst)
+                        && !self.control.handoff.load(Ordering::SeqCst)
+                    {
+                        continue;
+                    }
+                }
+            }
             let handoff = self.control.handoff.swap(false, Ordering::SeqCst);
             self.control.pause.store(false, Ordering::SeqCst);
             self.control.checkpoint.store(false, Ordering::SeqCst);
@@ -383,6 +468,81 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// One live-migration step at a pause. Returns true when the task has
+    /// moved and must be forgotten here.
+    fn live_step(&self, task: &mut Task, step: u8, seq: &mut u64, paused_at_us: u64) -> bool {
+        let out = self
+            .control
+            .live_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(out) = out.filter(|_| step != LIVE_END) else {
+            task.live_end();
+            return false;
+        };
+        if step == LIVE_ROUND {
+            let mut buf = PageBuf::default();
+            let r = if task.live_active() {
+                task.live_round(&mut buf)
+            } else {
+                task.live_begin(&mut buf).map(|kind| {
+                    tracing::debug!(task = %self.task, tracker = kind, "live migration: tracking written pages");
+                })
+            };
+            let _ = out.send(match r {
+                Ok(()) => LiveOut::Round(buf),
+                Err(e) => {
+                    task.live_end();
+                    LiveOut::Failed(format!("capturing memory pages: {e}"))
+                }
+            });
+            return false;
+        }
+        // The final step: everything not sent yet, then wait, paused, for
+        // the coordinator to say where the task lives on.
+        let mut all = None;
+        if !task.live_active() {
+            let mut buf = PageBuf::default();
+            if let Err(e) = task.live_begin(&mut buf) {
+                let _ = out.send(LiveOut::Failed(format!("capturing memory pages: {e}")));
+                return false;
+            }
+            all = Some(buf);
+        }
+        let next = wmig_proto::checkpoint::next_seq(*seq, self.epoch);
+        let fin = task.live_final(CaptureMeta {
+            task: Some(self.task),
+            seq: next,
+            epoch: self.epoch,
+        });
+        let mut fin = match fin {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = out.send(LiveOut::Failed(format!("capturing the final state: {e}")));
+                return false;
+            }
+        };
+        if let Some(all) = all {
+            fin.memory = all;
+        }
+        *seq = next;
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.control.decision.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        if self.control.drop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let _ = out.send(LiveOut::Final(Box::new(fin), paused_at_us));
+        drop(out);
+        // Only the coordinator decides (through `Drop` or `Resume`); if it
+        // is away, the task waits here, paused, until it is back.
+        let carry_on = rx.recv().unwrap_or(false);
+        if carry_on {
+            tracing::info!(task = %self.task, "live migration abandoned; carrying on here");
+        }
+        !carry_on
     }
 
     fn checkpoint(

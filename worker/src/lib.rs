@@ -19,6 +19,7 @@
 //! lost across a coordinator restart.
 
 mod exec;
+mod live;
 mod report;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -52,8 +53,8 @@ pub struct WorkerConfig {
     pub registry: SocketAddr,
     pub slots: u32,
     pub labels: BTreeMap<String, String>,
-    /// The address this worker reports (peers reach it there).
-    pub addr: String,
+    /// Where this worker accepts live migrations from other workers.
+    pub listen: Listen,
     /// Bundles fetched from the registry are kept here.
     pub cache_dir: PathBuf,
     /// Checkpoint period for tasks that do not set their own.
@@ -62,6 +63,17 @@ pub struct WorkerConfig {
     /// Linear-memory limit of tasks that do not set their own, so that one
     /// runaway allocator cannot take the worker's memory.
     pub memory_limit: u64,
+}
+
+/// Where a worker serves the live-migration protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// On the address it reaches the coordinator from, any free port.
+    Auto,
+    /// Here (port 0: any free port).
+    At(SocketAddr),
+    /// Nowhere: migrations to and from it go through the registry.
+    Off,
 }
 
 /// Default of [`WorkerConfig::memory_limit`]: 1 GiB.
@@ -75,6 +87,14 @@ struct Running {
     control: Arc<TaskControl>,
 }
 
+/// A task the coordinator announced for a live migration here.
+struct Expected {
+    /// The source's epoch.
+    epoch: u64,
+    spec: TaskSpec,
+    options: TaskOptions,
+}
+
 struct Worker {
     config: WorkerConfig,
     runtime: Arc<Runtime>,
@@ -86,6 +106,14 @@ struct Worker {
     cache: ChunkCache,
     reports: mpsc::UnboundedSender<Report>,
     uploads: mpsc::UnboundedSender<Upload>,
+    /// Where the live protocol is served (empty: not served).
+    addr: String,
+    /// Live migrations the coordinator announced, by task.
+    expected: Mutex<HashMap<TaskId, Expected>>,
+    expected_changed: tokio::sync::Notify,
+    /// Tasks that arrived live, waiting for their `Run`; with the source's
+    /// epoch.
+    arrived: Mutex<HashMap<TaskId, (u64, Box<Job>)>>,
 }
 
 /// Run the worker until `shutdown` resolves.
@@ -97,6 +125,20 @@ pub async fn run(
     std::fs::create_dir_all(config.cache_dir.join("bundles"))
         .with_context(|| format!("creating {}", config.cache_dir.display()))?;
     let registry = connect_registry(&config).await?;
+    let live_endpoint = match config.listen {
+        Listen::Off => None,
+        Listen::At(addr) => Some(addr),
+        Listen::Auto => Some(local_addr_towards(config.coordinator)),
+    }
+    .map(|addr| {
+        wmig_net::server_endpoint(addr, &config.creds, &live::endpoint_config())
+            .with_context(|| format!("serving live migrations on {addr}"))
+    })
+    .transpose()?;
+    let addr = match &live_endpoint {
+        Some(ep) => ep.local_addr().context("the live endpoint's address")?.to_string(),
+        None => String::new(),
+    };
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (upload_tx, upload_rx) = mpsc::unbounded_channel();
     let (client_tx, client_rx) = watch::channel(None::<Arc<ControlClient>>);
@@ -110,9 +152,17 @@ pub async fn run(
         cache: Arc::new(Mutex::new(MemChunks::new())),
         reports: report_tx,
         uploads: upload_tx,
+        addr,
+        expected: Mutex::new(HashMap::new()),
+        expected_changed: tokio::sync::Notify::new(),
+        arrived: Mutex::new(HashMap::new()),
         config,
     });
     let mut background = tokio::task::JoinSet::new();
+    if let Some(ep) = live_endpoint {
+        tracing::info!(addr = %worker.addr, "serving live migrations");
+        background.spawn(live::serve(worker.clone(), ep));
+    }
     background.spawn(report::reporter(
         report_rx,
         client_rx,
@@ -138,6 +188,17 @@ pub async fn run(
     }
     background.abort_all();
     Ok(())
+}
+
+/// The local address this host uses to reach `peer` (port 0): what other
+/// nodes can reach it at, as far as this host can tell.
+fn local_addr_towards(peer: SocketAddr) -> SocketAddr {
+    let probe = std::net::UdpSocket::bind(wmig_net::any_addr_for(peer))
+        .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()));
+    match probe {
+        Ok(a) => SocketAddr::new(a.ip(), 0),
+        Err(_) => wmig_net::any_addr_for(peer),
+    }
 }
 
 async fn connect_registry(config: &WorkerConfig) -> anyhow::Result<RegistryClient> {
@@ -200,7 +261,7 @@ async fn session(
         role: Role::Worker,
         slots: cfg.slots,
         labels: cfg.labels.clone(),
-        addr: cfg.addr.clone(),
+        addr: worker.addr.clone(),
         pid: std::process::id(),
     };
     let heartbeat = match client.ask(&ControlRequest::Register(info.clone())).await {
@@ -290,10 +351,22 @@ impl Worker {
                 options,
                 resume,
             } => {
+                if let Some(job) = self.take_arrived(task, epoch) {
+                    self.run_arrived(task, epoch, job);
+                    return;
+                }
                 let control = {
                     let mut running = self.lock_running();
                     match running.get(&task) {
-                        Some(r) if r.epoch >= epoch => return, // already ours
+                        Some(r) if r.epoch >= epoch => {
+                            // Already ours. One that waits, paused, at the
+                            // end of a live migration the coordinator lost
+                            // track of (it restarted) carries on.
+                            if r.epoch == epoch && r.control.decide(true) {
+                                tracing::info!(%task, "still ours after a live migration; carrying on");
+                            }
+                            return;
+                        }
                         Some(r) => r.control.request_drop(),
                         None => {}
                     }
@@ -330,6 +403,74 @@ impl Worker {
                             reason: "the task is not running here".into(),
                         });
                     }
+                }
+            }
+            WorkerCommand::LiveMigrate {
+                task,
+                epoch,
+                to,
+                addr,
+                precopy,
+            } => {
+                let control = self
+                    .lock_running()
+                    .get(&task)
+                    .filter(|r| r.epoch == epoch)
+                    .map(|r| r.control.clone());
+                match control {
+                    Some(control) => {
+                        tokio::spawn(live::send(
+                            self.clone(),
+                            task,
+                            epoch,
+                            to,
+                            addr,
+                            precopy,
+                            control,
+                        ));
+                    }
+                    None => {
+                        let _ = self.reports.send(ControlRequest::LiveFailed {
+                            node: self.config.name.clone(),
+                            task,
+                            epoch,
+                            reason: "the task is not running here".into(),
+                        });
+                    }
+                }
+            }
+            WorkerCommand::Expect {
+                task,
+                epoch,
+                spec,
+                options,
+            } => {
+                let bundle = spec.bundle;
+                self.expected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        task,
+                        Expected {
+                            epoch,
+                            spec,
+                            options,
+                        },
+                    );
+                self.expected_changed.notify_waiters();
+                // Have the module ready by the time the source offers it.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.module(&bundle).await {
+                        tracing::warn!(%task, error = %format!("{e:#}"), "could not prepare an expected task's module");
+                    }
+                });
+            }
+            WorkerCommand::Resume { task, epoch } => {
+                self.forget_incoming(task, epoch);
+                if let Some(r) = self.lock_running().get(&task).filter(|r| r.epoch == epoch) {
+                    r.control.decide(true);
+                    r.control.request_live(exec::LIVE_END);
                 }
             }
             WorkerCommand::Prefetch { task, seq } => {
@@ -426,7 +567,23 @@ impl Worker {
                 return;
             }
         };
-        let job = Job {
+        let mut job = self.job(task, epoch, spec, options, module, control);
+        job.resume_fetched = resume.as_ref().map_or(0, |r| r.2);
+        job.resume = resume.map(|(m, c, _)| (m, c));
+        self.spawn_job(task, epoch, job);
+    }
+
+    /// A task's job on this worker, to start fresh unless told otherwise.
+    fn job(
+        &self,
+        task: TaskId,
+        epoch: u64,
+        spec: TaskSpec,
+        options: TaskOptions,
+        module: Arc<PreparedModule>,
+        control: Arc<TaskControl>,
+    ) -> Job {
+        Job {
             node: self.config.name.clone(),
             task,
             epoch,
@@ -434,8 +591,9 @@ impl Worker {
             options,
             module,
             runtime: self.runtime.clone(),
-            resume_fetched: resume.as_ref().map_or(0, |r| r.2),
-            resume: resume.map(|(m, c, _)| (m, c)),
+            resume_fetched: 0,
+            resume: None,
+            arrived: None,
             checkpoint_every: self.config.checkpoint_every,
             yield_fuel: self.config.yield_fuel,
             memory_limit: self.config.memory_limit,
@@ -444,7 +602,11 @@ impl Worker {
             cache: self.cache.clone(),
             reports: self.reports.clone(),
             uploads: self.uploads.clone(),
-        };
+        }
+    }
+
+    /// Run `job` on a guest thread of its own.
+    fn spawn_job(self: &Arc<Self>, task: TaskId, epoch: u64, job: Job) {
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("wmig-{task}"))
@@ -455,6 +617,91 @@ impl Worker {
             });
         if let Err(e) = spawned {
             tracing::error!(%task, error = %e, "could not start a task thread");
+        }
+    }
+
+    /// The coordinator's announcement of a live migration of `task` from
+    /// the source's `epoch`, waiting up to `timeout` for it.
+    async fn wait_expected(
+        &self,
+        task: TaskId,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Option<(TaskSpec, TaskOptions)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.expected_changed.notified();
+            if let Some(e) = self
+                .expected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&task)
+                .filter(|e| e.epoch == epoch)
+            {
+                return Some((e.spec.clone(), e.options.clone()));
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// A task arrived live: hold it until the coordinator's `Run`.
+    fn arrive(&self, task: TaskId, epoch: u64, job: Job) {
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task);
+        self.arrived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task, (epoch, Box::new(job)));
+    }
+
+    /// The arrived task `Run` at `epoch` should start, if any. One that
+    /// arrived from an epoch other than the one just before is stale.
+    fn take_arrived(&self, task: TaskId, epoch: u64) -> Option<Box<Job>> {
+        let (from_epoch, job) = self
+            .arrived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task)?;
+        if from_epoch + 1 == epoch {
+            Some(job)
+        } else {
+            tracing::warn!(%task, from_epoch, epoch, "dropping a live arrival for another epoch");
+            None
+        }
+    }
+
+    fn run_arrived(self: &Arc<Self>, task: TaskId, epoch: u64, job: Box<Job>) {
+        {
+            let mut running = self.lock_running();
+            if let Some(r) = running.get(&task) {
+                r.control.request_drop();
+            }
+            running.insert(
+                task,
+                Running {
+                    epoch,
+                    control: job.control.clone(),
+                },
+            );
+        }
+        self.spawn_job(task, epoch, *job);
+    }
+
+    /// Forget what arrived or was announced for a live migration of `task`
+    /// from `epoch` (abandoned).
+    fn forget_incoming(&self, task: TaskId, epoch: u64) {
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        if expected.get(&task).is_some_and(|e| e.epoch == epoch) {
+            expected.remove(&task);
+        }
+        drop(expected);
+        let mut arrived = self.arrived.lock().unwrap_or_else(|p| p.into_inner());
+        if arrived.get(&task).is_some_and(|(e, _)| *e == epoch) {
+            arrived.remove(&task);
         }
     }
 

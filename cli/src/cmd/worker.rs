@@ -10,7 +10,7 @@ use anyhow::Context;
 use wmig_host::{Runtime, RuntimeConfig};
 use wmig_net::ClusterDir;
 use wmig_proto::NodeId;
-use wmig_worker::WorkerConfig;
+use wmig_worker::{Listen, WorkerConfig};
 
 use crate::cmd::control::{parse_key_value, resolve, shutdown_signal, ControlTarget};
 use crate::cmd::registry::{parse_duration, runtime};
@@ -43,8 +43,23 @@ pub struct WorkerCommand {
     /// an out-of-memory reason and the worker carries on.
     #[arg(long, default_value = "1G", value_parser = crate::cmd::run::parse_size)]
     max_memory_size: usize,
+    /// Where to accept live migrations from other workers: `auto` (the
+    /// address this host reaches the coordinator from, a free port), an
+    /// IP:PORT, or `off` (migrations then travel through the registry).
+    #[arg(long, default_value = "auto", value_parser = parse_listen)]
+    listen: Listen,
     #[command(flatten)]
     target: ControlTarget,
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s {
+        "auto" => Ok(Listen::Auto),
+        "off" => Ok(Listen::Off),
+        addr => addr.parse().map(Listen::At).map_err(|_| {
+            format!("`{addr}` is not `auto`, `off` or an IP:PORT address (e.g. 10.0.0.5:7400)")
+        }),
+    }
 }
 
 impl WorkerCommand {
@@ -87,7 +102,7 @@ impl WorkerCommand {
             registry,
             slots: self.slots.max(1),
             labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-            addr: String::new(),
+            listen: self.listen,
             cache_dir,
             checkpoint_every: self.checkpoint_every,
             yield_fuel: self.yield_fuel.max(1),

@@ -1,0 +1,345 @@
+//! Live migration between workers (`wmig_proto::wire::live`): the source
+//! streams rounds of written pages straight to the target while the task
+//! runs, then pauses it once and sends the rest; the target has built the
+//! instance from the rounds by then, so the pause carries only what the
+//! last round missed.
+//!
+//! The target accepts a task only after the coordinator announced it
+//! (`Expect`), and reports `LiveReady` once the whole state is applied; the
+//! coordinator then logs the move and sends it an ordinary `Run`, which
+//! starts the instance it holds. The source waits paused, after its final
+//! message, for the coordinator's `Drop` (moved) or `Resume` (abandoned).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use wmig_coordinator::wire::ControlRequest;
+use wmig_host::Incoming;
+use wmig_net::stream::{read_frame, read_payload, write_frame};
+use wmig_net::EndpointConfig;
+use wmig_proto::frame::MAX_FRAME_LEN;
+use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN};
+use wmig_proto::{NodeId, TaskId};
+
+use crate::exec::{LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND};
+use crate::Worker;
+
+/// Pre-copy rounds at most, before the final pause whatever the dirty rate.
+const MAX_ROUNDS: u32 = 30;
+/// A round this small is the last before the pause (1 MiB of pages).
+const FINAL_PAGES: u64 = 256;
+/// How long a task may take to reach a pause for one step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the target waits for the coordinator's `Expect` of a task a
+/// source offers.
+const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The endpoint settings of the live protocol: the stream windows hold a
+/// whole round in flight on a fast link.
+pub(crate) fn endpoint_config() -> EndpointConfig {
+    let mut c = EndpointConfig::new(LIVE_ALPN);
+    c.max_streams = 16;
+    c.stream_window = 64 << 20;
+    c.connection_window = 128 << 20;
+    c
+}
+
+// --- source ----------------------------------------------------------------
+
+/// Move `task` to `to` at `addr`. Runs beside the task thread, which hands
+/// it rounds at pauses.
+pub(crate) async fn send(
+    worker: Arc<Worker>,
+    task: TaskId,
+    epoch: u64,
+    to: NodeId,
+    addr: String,
+    precopy: bool,
+    control: Arc<TaskControl>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    *control.live_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    let mut final_sent = false;
+    let result = stream_task(
+        &worker,
+        task,
+        epoch,
+        &to,
+        &addr,
+        precopy,
+        &control,
+        rx,
+        &mut final_sent,
+    )
+    .await;
+    *control.live_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    if let Err(e) = result {
+        let reason = format!("{e:#}");
+        tracing::warn!(%task, %to, reason, "live migration failed");
+        if !final_sent {
+            // Still running here: stop tracking writes.
+            control.request_live(LIVE_END);
+        }
+        // After the final message the task waits, paused, for the
+        // coordinator: the target may hold the state all the same.
+        let _ = worker.reports.send(ControlRequest::LiveFailed {
+            node: worker.config.name.clone(),
+            task,
+            epoch,
+            reason,
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_task(
+    worker: &Worker,
+    task: TaskId,
+    epoch: u64,
+    to: &NodeId,
+    addr: &str,
+    precopy: bool,
+    control: &TaskControl,
+    mut rx: mpsc::UnboundedReceiver<LiveOut>,
+    final_sent: &mut bool,
+) -> anyhow::Result<()> {
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{to} advertises `{addr}`, which is not an address"))?;
+    let module = control
+        .module
+        .get()
+        .cloned()
+        .context("the task has not started here yet; try again in a moment")?;
+    let endpoint = wmig_net::client_endpoint(
+        wmig_net::any_addr_for(addr),
+        &worker.config.creds,
+        &endpoint_config(),
+    )?;
+    let conn = wmig_net::connect(&endpoint, addr, &to.0, Duration::from_secs(5)).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(
+        &mut send,
+        &LiveMessage::Offer {
+            task,
+            from: worker.config.name.clone(),
+            epoch,
+            module: module.module_hash,
+            rewriter: module.rewriter,
+            instrumented: module.instrumented_hash,
+        },
+    )
+    .await?;
+    match read_frame::<LiveReply>(&mut recv, MAX_FRAME_LEN).await? {
+        LiveReply::Accepted => {}
+        LiveReply::Refused(why) => anyhow::bail!("{to} refused the task: {why}"),
+        other => anyhow::bail!("{to} answered the offer with {other:?}"),
+    }
+    let mut step = async |step: u8| -> anyhow::Result<LiveOut> {
+        control.request_live(step);
+        match tokio::time::timeout(STEP_TIMEOUT, rx.recv()).await {
+            Ok(Some(LiveOut::Failed(why))) => anyhow::bail!("{why}"),
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => anyhow::bail!("the task ended during the migration"),
+            Err(_) => anyhow::bail!("the task did not reach a pause within {STEP_TIMEOUT:?}"),
+        }
+    };
+    if precopy {
+        let mut previous = u64::MAX;
+        for round in 0..MAX_ROUNDS {
+            let LiveOut::Round(buf) = step(LIVE_ROUND).await? else {
+                anyhow::bail!("the task answered a round with something else");
+            };
+            write_frame(
+                &mut send,
+                &LiveMessage::Pages {
+                    round,
+                    delta: buf.delta.clone(),
+                },
+            )
+            .await?;
+            send.write_all(&buf.bytes).await?;
+            let pages = buf.pages();
+            tracing::debug!(%task, round, pages, bytes = buf.bytes.len(), "live round sent");
+            // Stop when little is left, or when the task writes as fast as
+            // the link carries (the rounds no longer shrink).
+            if round > 0 && (pages <= FINAL_PAGES || pages * 10 > previous * 9) {
+                break;
+            }
+            previous = pages;
+        }
+    }
+    let LiveOut::Final(fin, paused_at_us) = step(LIVE_FINAL).await? else {
+        anyhow::bail!("the task answered the final step with something else");
+    };
+    *final_sent = true;
+    write_frame(
+        &mut send,
+        &LiveMessage::Final {
+            manifest: Box::new(fin.manifest),
+            memory: fin.memory.delta,
+            stack: fin.stack.delta,
+            paused_at_us,
+        },
+    )
+    .await?;
+    send.write_all(&fin.memory.bytes).await?;
+    send.write_all(&fin.stack.bytes).await?;
+    let _ = send.finish();
+    match read_frame::<LiveReply>(&mut recv, MAX_FRAME_LEN).await? {
+        LiveReply::Ready => Ok(()),
+        LiveReply::Refused(why) => anyhow::bail!("{to} could not apply the final state: {why}"),
+        other => anyhow::bail!("{to} answered the final state with {other:?}"),
+    }
+}
+
+// --- target ----------------------------------------------------------------
+
+/// Accept live migrations until the endpoint closes.
+pub(crate) async fn serve(worker: Arc<Worker>, endpoint: wmig_net::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let Some(conn) = wmig_net::accept(incoming).await else {
+                return;
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let worker = worker.clone();
+                tokio::spawn(async move { receive(worker, send, recv).await });
+            }
+        });
+    }
+}
+
+async fn receive(worker: Arc<Worker>, mut send: wmig_net::SendStream, mut recv: wmig_net::RecvStream) {
+    let offer = match read_frame::<LiveMessage>(&mut recv, MAX_FRAME_LEN).await {
+        Ok(LiveMessage::Offer {
+            task,
+            from,
+            epoch,
+            module,
+            rewriter,
+            instrumented,
+        }) => (task, from, epoch, module, rewriter, instrumented),
+        Ok(_) => {
+            refuse(&mut send, "a live migration starts with an offer").await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable live-migration offer");
+            return;
+        }
+    };
+    let (task, from, epoch, ..) = offer.clone();
+    match take_task(&worker, offer, &mut send, &mut recv).await {
+        Ok(()) => {}
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(%task, %from, reason, "could not take a live migration");
+            worker.forget_incoming(task, epoch);
+            refuse(&mut send, &reason).await;
+            let _ = worker.reports.send(ControlRequest::LiveFailed {
+                node: worker.config.name.clone(),
+                task,
+                epoch,
+                reason,
+            });
+        }
+    }
+}
+
+async fn refuse(send: &mut wmig_net::SendStream, why: &str) {
+    let _ = write_frame(send, &LiveReply::Refused(why.to_owned())).await;
+    let _ = send.finish();
+}
+
+type Offer = (
+    TaskId,
+    NodeId,
+    u64,
+    wmig_proto::Hash,
+    u32,
+    wmig_proto::Hash,
+);
+
+async fn take_task(
+    worker: &Arc<Worker>,
+    (task, from, epoch, module, rewriter, instrumented): Offer,
+    send: &mut wmig_net::SendStream,
+    recv: &mut wmig_net::RecvStream,
+) -> anyhow::Result<()> {
+    let (spec, options) = worker.wait_expected(task, epoch, EXPECT_TIMEOUT).await.with_context(|| {
+        format!(
+            "the coordinator did not announce {task} (epoch {epoch}) here; move tasks with `wmig migrate`"
+        )
+    })?;
+    anyhow::ensure!(
+        spec.bundle == module,
+        "{from} offers {task} with module {module}, but the task runs {}",
+        spec.bundle
+    );
+    let prepared = worker.module_version(&module, rewriter).await?;
+    anyhow::ensure!(
+        prepared.instrumented_hash == instrumented,
+        "{from} instruments the module differently (another wmig build); run the same wmig release on every worker"
+    );
+    // The first resume runs through the rewind bodies: compile them now,
+    // not during the pause.
+    let rw = prepared.clone();
+    tokio::task::spawn_blocking(move || rw.prepare_rewind())
+        .await
+        .context("compiling the rewind module panicked")??;
+    let control = Arc::new(TaskControl::default());
+    let mut job = worker.job(task, epoch + 1, spec, options, prepared.clone(), control);
+    let config = job.task_config(job.wasi_config(0, 0));
+    let mut incoming = Incoming::new(&worker.runtime, &prepared, config)?;
+    write_frame(send, &LiveReply::Accepted).await?;
+    let max_memory = job.memory_limit_bytes();
+    let mut precopy_bytes = 0u64;
+    loop {
+        match read_frame::<LiveMessage>(recv, MAX_FRAME_LEN).await? {
+            LiveMessage::Pages { delta, .. } => {
+                delta.validate(max_memory).map_err(anyhow::Error::msg)?;
+                let bytes = read_payload(recv, delta.payload_len() as usize).await?;
+                incoming.apply(&delta, &bytes)?;
+                precopy_bytes += bytes.len() as u64;
+            }
+            LiveMessage::Final {
+                manifest,
+                memory,
+                stack,
+                paused_at_us,
+            } => {
+                memory.validate(max_memory).map_err(anyhow::Error::msg)?;
+                stack.validate(max_memory).map_err(anyhow::Error::msg)?;
+                let memory_bytes = read_payload(recv, memory.payload_len() as usize).await?;
+                let stack_bytes = read_payload(recv, stack.payload_len() as usize).await?;
+                let wasi = job.wasi_config(manifest.wasi.stdout_offset, manifest.wasi.stderr_offset);
+                let t = incoming.finish(
+                    wasi,
+                    &manifest,
+                    (&memory, &memory_bytes),
+                    (&stack, &stack_bytes),
+                )?;
+                let delta_bytes = (memory_bytes.len() + stack_bytes.len()) as u64;
+                job.arrived = Some((t, manifest.seq));
+                worker.arrive(task, epoch, job);
+                write_frame(send, &LiveReply::Ready).await?;
+                let _ = send.finish();
+                let _ = worker.reports.send(ControlRequest::LiveReady {
+                    node: worker.config.name.clone(),
+                    task,
+                    epoch,
+                    paused_at_us,
+                    precopy_bytes,
+                    delta_bytes,
+                });
+                return Ok(());
+            }
+            LiveMessage::Offer { .. } => anyhow::bail!("a second offer on one migration"),
+        }
+    }
+}
