@@ -19,7 +19,9 @@ pub mod stream;
 
 pub use certs::{ClusterCa, Credentials, Identity, OPERATOR};
 pub use cluster::{ClusterConfig, ClusterDir, DEFAULT_CLUSTER_DIR, REGISTRY_NODE};
-pub use endpoint::{accept, any_addr_for, client_endpoint, connect, server_endpoint, EndpointConfig};
+pub use endpoint::{
+    accept, any_addr_for, client_endpoint, connect, server_endpoint, EndpointConfig,
+};
 pub use error::{ClusterError, NetError};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 

@@ -283,3 +283,58 @@ fn a_task_asleep_in_a_wasi_call_migrates_at_once_and_sleeps_on_for_the_time_left
         "output differs from a local run"
     );
 }
+
+/// A task that keeps rewriting scattered pages moves live, straight from
+/// worker to worker: the pre-copy carries its whole memory, the pause only
+/// the pages written since the last round. A target that does not answer
+/// (frozen) fails the move with an error naming it, and the task runs on
+/// where it was; the output is the same as an unmoved run.
+#[test]
+fn a_task_that_keeps_writing_moves_live_and_a_frozen_target_leaves_it_running() {
+    let up = Up::start(3);
+    // 16 MiB, 60,000 scattered page writes at ~5,000 per second.
+    let args = ["16", "60000", "0", "5000"];
+    let id = up.submit(artifacts::HOLDMEM, &["--on", "worker-1"], &args);
+    wait_until("holdmem fills its memory", Duration::from_secs(60), || {
+        task(&up, &id)["stdout_bytes"].as_u64() > Some(0)
+    });
+    let report = up.json(&["migrate", &id, "worker-2", "--json"]);
+    assert_eq!(report["to"], "worker-2", "{report}");
+    let before = report["precopy_bytes"].as_u64().expect("precopy bytes");
+    let after = report["delta_bytes"].as_u64().expect("delta bytes");
+    assert!(
+        before >= 16 << 20,
+        "the pre-copy sends the whole 16 MiB before the pause: {report}"
+    );
+    assert!(
+        after < before / 2,
+        "the pause carries only the pages written since the last round: {report}"
+    );
+    assert_eq!(task(&up, &id)["owner"], "worker-2");
+
+    let frozen = pid_of(&up, "worker-3").to_string();
+    let signal = |sig: &str| {
+        assert!(run(std::process::Command::new("kill").args([sig, &frozen]))
+            .status
+            .success());
+    };
+    signal("-STOP");
+    let o = run(&mut up.cmd(&["migrate", &id, "worker-3"]));
+    signal("-KILL");
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a frozen target cannot take the task"
+    );
+    assert!(
+        stderr(&o).contains("worker-3"),
+        "the error names the target: {}",
+        stderr(&o)
+    );
+    assert_eq!(
+        task(&up, &id)["owner"],
+        "worker-2",
+        "the task stays where it was"
+    );
+    assert_same_as_local(&up, &id, artifacts::HOLDMEM, &args);
+}

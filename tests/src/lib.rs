@@ -16,7 +16,7 @@
 //! | `sdk_demo`  | `[N=300000]`                                          | imports `wmig.*`; see [`inputs::WMIG_STUB_WAT`] |
 //! | `exit_code` | `[CODE=3]`                                            | exits with CODE halfway |
 //! | `args_env`  | `[--cat PATH] [ARGS...]`                              | prints args, `TASK_*` env vars, PATH |
-//! | `holdmem`   | `[MIB=64] [ROUNDS=20000] [SLEEP_S=0]`                 | MIB live, ≤ 1 MiB rewritten after the fill (after sleeping SLEEP_S s) |
+//! | `holdmem`   | `[MIB=64] [ROUNDS=20000] [SLEEP_S=0] [RATE=0]`        | MIB live; ≤ 1 MiB rewritten after the fill, or RATE scattered page writes per second |
 //!
 //! All tasks are deterministic: the same arguments, environment and input files
 //! give byte-identical stdout (and output files), however often the run is paused.

@@ -111,7 +111,12 @@ impl TaskControl {
     /// Answer a task that waits paused at the end of a live migration;
     /// false if none waits.
     pub fn decide(&self, carry_on: bool) -> bool {
-        match self.decision.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        match self
+            .decision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             Some(tx) => tx.send(carry_on).is_ok(),
             None => false,
         }
@@ -530,7 +535,11 @@ impl Job {
         }
         *seq = next;
         let (tx, rx) = std::sync::mpsc::channel();
-        *self.control.decision.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        *self
+            .control
+            .decision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tx);
         if self.control.drop.load(Ordering::SeqCst) {
             return true;
         }

@@ -136,7 +136,10 @@ pub async fn run(
     })
     .transpose()?;
     let addr = match &live_endpoint {
-        Some(ep) => ep.local_addr().context("the live endpoint's address")?.to_string(),
+        Some(ep) => ep
+            .local_addr()
+            .context("the live endpoint's address")?
+            .to_string(),
         None => String::new(),
     };
     let (report_tx, report_rx) = mpsc::unbounded_channel();

@@ -214,7 +214,11 @@ pub(crate) async fn serve(worker: Arc<Worker>, endpoint: wmig_net::Endpoint) {
     }
 }
 
-async fn receive(worker: Arc<Worker>, mut send: wmig_net::SendStream, mut recv: wmig_net::RecvStream) {
+async fn receive(
+    worker: Arc<Worker>,
+    mut send: wmig_net::SendStream,
+    mut recv: wmig_net::RecvStream,
+) {
     let offer = match read_frame::<LiveMessage>(&mut recv, MAX_FRAME_LEN).await {
         Ok(LiveMessage::Offer {
             task,
@@ -256,14 +260,7 @@ async fn refuse(send: &mut wmig_net::SendStream, why: &str) {
     let _ = send.finish();
 }
 
-type Offer = (
-    TaskId,
-    NodeId,
-    u64,
-    wmig_proto::Hash,
-    u32,
-    wmig_proto::Hash,
-);
+type Offer = (TaskId, NodeId, u64, wmig_proto::Hash, u32, wmig_proto::Hash);
 
 async fn take_task(
     worker: &Arc<Worker>,
@@ -317,7 +314,8 @@ async fn take_task(
                 stack.validate(max_memory).map_err(anyhow::Error::msg)?;
                 let memory_bytes = read_payload(recv, memory.payload_len() as usize).await?;
                 let stack_bytes = read_payload(recv, stack.payload_len() as usize).await?;
-                let wasi = job.wasi_config(manifest.wasi.stdout_offset, manifest.wasi.stderr_offset);
+                let wasi =
+                    job.wasi_config(manifest.wasi.stdout_offset, manifest.wasi.stderr_offset);
                 let t = incoming.finish(
                     wasi,
                     &manifest,

@@ -401,7 +401,9 @@ pub(super) fn live_failed(core: &mut Core, node: &NodeId, task: TaskId, epoch: u
         abort(
             core,
             task,
-            format!("the live migration of {task} failed on {node}: {why}; it carries on where it was"),
+            format!(
+                "the live migration of {task} failed on {node}: {why}; it carries on where it was"
+            ),
         );
     }
 }

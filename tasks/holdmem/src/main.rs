@@ -1,13 +1,17 @@
-//! `holdmem [MIB=64] [ROUNDS=20000] [SLEEP_S=0]`: fills MIB mebibytes with
-//! pseudo-random bytes (so no chunk is all zeros), sleeps SLEEP_S seconds in
-//! one `thread::sleep` (a task blocked in `poll_oneoff` while holding
-//! memory), then for ROUNDS rounds reads one 64 KiB
-//! block into a checksum and writes one byte into one of the first 16
-//! blocks; a line per tenth.
+//! `holdmem [MIB=64] [ROUNDS=20000] [SLEEP_S=0] [RATE=0]`: fills MIB
+//! mebibytes with pseudo-random bytes (so no chunk is all zeros), sleeps
+//! SLEEP_S seconds in one `thread::sleep` (a task blocked in `poll_oneoff`
+//! while holding memory), then:
 //!
-//! The migration benchmark's workload: a large live memory of which at most
-//! 1 MiB (16 blocks of 64 KiB) ever changes after the fill, however long
-//! the pre-copy takes.
+//! - RATE = 0: for ROUNDS rounds reads one 64 KiB block into a checksum and
+//!   writes one byte into one of the first 16 blocks. At most 1 MiB ever
+//!   changes after the fill, however long a pre-copy takes.
+//! - RATE > 0: ROUNDS times rewrites 8 bytes of a random 4 KiB page
+//!   anywhere in the MIB, about RATE pages per second (it sleeps 1 ms when
+//!   ahead): a store under load, which keeps dirtying memory while it is
+//!   copied. The output does not depend on the timing.
+//!
+//! A line per tenth either way.
 
 const MIB: usize = 1 << 20;
 const TOUCH: usize = 64 * 1024;
@@ -30,6 +34,11 @@ fn main() {
     if sleep_s > 0 {
         std::thread::sleep(std::time::Duration::from_secs(sleep_s));
     }
+    let rate: u64 = arg(4, 0);
+    if rate > 0 {
+        scatter(&mut data, rounds, rate, x);
+        return;
+    }
     let mut sum: u64 = 0;
     let tenth = (rounds / 10).max(1);
     let blocks = (mib * MIB / TOUCH) as u64;
@@ -48,6 +57,33 @@ fn main() {
         }
     }
     println!("holdmem done mib={mib} rounds={rounds} sum={sum:016x}");
+}
+
+/// ROUNDS scattered page writes at about RATE per second.
+fn scatter(data: &mut [u8], rounds: u64, rate: u64, mut x: u64) {
+    const PAGE: usize = 4096;
+    let pages = (data.len() / PAGE) as u64;
+    let started = std::time::Instant::now();
+    let mut sum: u64 = 0;
+    let tenth = (rounds / 10).max(1);
+    for round in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = (x % pages) as usize * PAGE + ((x >> 40) as usize % (PAGE / 8)) * 8;
+        let old = u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or([0; 8]));
+        sum = sum.wrapping_mul(31).wrapping_add(old);
+        data[at..at + 8].copy_from_slice(&(x | 1).to_le_bytes());
+        if round % 64 == 63 {
+            while round * 1_000_000 / rate > started.elapsed().as_micros() as u64 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        if (round + 1) % tenth == 0 {
+            println!("holdmem round {} sum={sum:016x}", round + 1);
+        }
+    }
+    println!("holdmem done mib={} rounds={rounds} rate={rate} sum={sum:016x}", data.len() >> 20);
 }
 
 fn arg<T: std::str::FromStr>(n: usize, default: T) -> T {
