@@ -38,10 +38,13 @@ impl PageBuf {
 
     /// Fill from `pages` (ascending indices) of `memory`: neighbours merge
     /// into runs, all-zero pages travel as zero runs without bytes.
-    fn fill(&mut self, memory: &[u8], pages: impl IntoIterator<Item = u32>) {
+    fn fill(&mut self, memory: &[u8], pages: impl ExactSizeIterator<Item = u32>) {
         self.delta.memory_len = memory.len() as u64;
         self.delta.runs.clear();
         self.bytes.clear();
+        // One allocation, not a doubling series of copies (a round can be
+        // all of memory).
+        self.bytes.reserve(pages.len() * PAGE_SIZE);
         for p in pages {
             let at = p as usize * PAGE_SIZE;
             let Some(page) = memory.get(at..at + PAGE_SIZE) else {

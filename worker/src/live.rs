@@ -44,7 +44,16 @@ pub(crate) fn endpoint_config() -> EndpointConfig {
     c.max_streams = 16;
     c.stream_window = 64 << 20;
     c.connection_window = 128 << 20;
+    // Fewer, larger datagrams: a round is megabytes, and per-packet costs
+    // (syscalls, crypto setup) bound loopback and LAN transfers.
+    c.max_udp_payload = 4096;
     c
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 // --- source ----------------------------------------------------------------
@@ -162,6 +171,11 @@ async fn stream_task(
             )
             .await?;
             send.write_all(&buf.bytes).await?;
+            match read_frame::<LiveReply>(&mut recv, MAX_FRAME_LEN).await? {
+                LiveReply::Applied(n) if n == round => {}
+                LiveReply::Refused(why) => anyhow::bail!("{to} refused round {round}: {why}"),
+                other => anyhow::bail!("{to} answered round {round} with {other:?}"),
+            }
             let pages = buf.pages();
             tracing::debug!(%task, round, pages, bytes = buf.bytes.len(), "live round sent");
             // Stop when little is left, or when the task writes as fast as
@@ -176,6 +190,7 @@ async fn stream_task(
         anyhow::bail!("the task answered the final step with something else");
     };
     *final_sent = true;
+    tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), pages = fin.memory.pages(), "live final captured");
     write_frame(
         &mut send,
         &LiveMessage::Final {
@@ -189,8 +204,12 @@ async fn stream_task(
     send.write_all(&fin.memory.bytes).await?;
     send.write_all(&fin.stack.bytes).await?;
     let _ = send.finish();
+    tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final sent");
     match read_frame::<LiveReply>(&mut recv, MAX_FRAME_LEN).await? {
-        LiveReply::Ready => Ok(()),
+        LiveReply::Ready => {
+            tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "target ready");
+            Ok(())
+        }
         LiveReply::Refused(why) => anyhow::bail!("{to} could not apply the final state: {why}"),
         other => anyhow::bail!("{to} answered the final state with {other:?}"),
     }
@@ -298,11 +317,12 @@ async fn take_task(
     let mut precopy_bytes = 0u64;
     loop {
         match read_frame::<LiveMessage>(recv, MAX_FRAME_LEN).await? {
-            LiveMessage::Pages { delta, .. } => {
+            LiveMessage::Pages { round, delta } => {
                 delta.validate(max_memory).map_err(anyhow::Error::msg)?;
                 let bytes = read_payload(recv, delta.payload_len() as usize).await?;
                 incoming.apply(&delta, &bytes)?;
                 precopy_bytes += bytes.len() as u64;
+                write_frame(send, &LiveReply::Applied(round)).await?;
             }
             LiveMessage::Final {
                 manifest,
@@ -323,6 +343,7 @@ async fn take_task(
                     (&stack, &stack_bytes),
                 )?;
                 let delta_bytes = (memory_bytes.len() + stack_bytes.len()) as u64;
+                tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final applied");
                 job.arrived = Some((t, manifest.seq));
                 worker.arrive(task, epoch, job);
                 write_frame(send, &LiveReply::Ready).await?;

@@ -5,7 +5,8 @@
 //! ```text
 //! source ──Offer──────────────▶ target   module ready? instance built
 //! source ◀─Accepted─────────── target
-//! source ──Pages (round 0…n)──▶ target   written into the waiting instance
+//! source ──Pages (round k)────▶ target   written into the waiting instance
+//! source ◀─Applied(k)───────── target   (then round k + 1 is taken)
 //! source ──Final──────────────▶ target   last dirty pages, stack, globals, WASI
 //! source ◀─Ready────────────── target   (the target tells the coordinator too)
 //! ```
@@ -117,6 +118,10 @@ pub enum LiveMessage {
 pub enum LiveReply {
     /// The instance is built; send pages.
     Accepted,
+    /// Round `n` is written into the instance. The source requests the
+    /// next round only then, so rounds pace with the whole path (link and
+    /// target), and the final message never queues behind earlier rounds.
+    Applied(u32),
     /// The final state is applied; the target waits for the coordinator.
     Ready,
     /// The target cannot take the task (names why and what to do).
