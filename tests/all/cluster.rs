@@ -16,7 +16,7 @@ use wmig_tests::artifacts;
 use crate::support::{run, stderr, stdout, wmig};
 
 /// Offline timeout the test clusters run with.
-const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const OFFLINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running `wmig up`; it and its children are killed on drop.
 pub struct Up {
@@ -35,10 +35,17 @@ impl Up {
 
     /// `wmig up --workers N EXTRA...`.
     pub fn start_with(workers: u32, extra: &[&str]) -> Up {
+        Up::start_env(workers, extra, &[])
+    }
+
+    /// `wmig up --workers N EXTRA...` with extra environment (inherited by
+    /// its nodes).
+    pub fn start_env(workers: u32, extra: &[&str], env: &[(&str, &str)]) -> Up {
         let tmp = TempDir::new().expect("tempdir");
         let dir = tmp.path().join("cluster");
         let mut child = wmig()
             .env("WMIG_CLUSTER", &dir)
+            .envs(env.iter().copied())
             .args(["up", "--workers", &workers.to_string()])
             .args(extra)
             .stdout(Stdio::piped())

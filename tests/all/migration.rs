@@ -89,9 +89,16 @@ fn a_task_migrated_ten_times_round_robin_matches_a_local_run() {
     assert_same_as_local(&up, &id, artifacts::COUNTER, &[LONG]);
 }
 
+/// On the registry path (workers started with `--listen off`): every other
+/// migration test moves tasks straight between workers.
 #[test]
 fn drain_moves_every_task_and_bad_migrations_are_refused() {
-    let up = Up::start(3);
+    let timeout = format!("{}ms", crate::cluster::OFFLINE_TIMEOUT.as_millis());
+    let up = Up::start_env(
+        3,
+        &["--offline-timeout", &timeout],
+        &[("WMIG_WORKER_LISTEN", "off")],
+    );
     let a = up.submit(artifacts::COUNTER, &["--on", "worker-1"], &[LONG]);
     let b = up.submit(artifacts::SIEVE, &["--on", "worker-1"], &["60000000"]);
     for id in [&a, &b] {

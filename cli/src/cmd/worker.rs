@@ -46,7 +46,7 @@ pub struct WorkerCommand {
     /// Where to accept live migrations from other workers: `auto` (the
     /// address this host reaches the coordinator from, a free port), an
     /// IP:PORT, or `off` (migrations then travel through the registry).
-    #[arg(long, default_value = "auto", value_parser = parse_listen)]
+    #[arg(long, default_value = "auto", env = "WMIG_WORKER_LISTEN", value_parser = parse_listen)]
     listen: Listen,
     #[command(flatten)]
     target: ControlTarget,
