@@ -125,13 +125,22 @@ impl Task {
         Ok(())
     }
 
-    /// At the final pause: the last written pages, the saved frames and the
-    /// rest of the state. Tracking ends; the task stays paused and intact
-    /// (it carries on here if the move fails).
+    /// At the final pause: the pages written since the last round (all of
+    /// memory if there were no rounds: a cold move), the saved frames and
+    /// the rest of the state. Tracking ends; the task stays paused and
+    /// intact (it carries on here if the move fails).
     pub fn live_final(&mut self, meta: CaptureMeta) -> Result<LiveFinal, HostError> {
+        if !self.is_paused() {
+            return Err(HostError::NotPaused);
+        }
         let mut memory = PageBuf::default();
-        self.live_round(&mut memory)?;
-        self.live = None;
+        if self.live.is_some() {
+            self.live_round(&mut memory)?;
+            self.live = None;
+        } else {
+            let data = self.memory.data(&self.store);
+            memory.fill(data, 0..(data.len() / PAGE_SIZE) as u32);
+        }
         let hooks = self.hooks()?;
         let mut stack = PageBuf::default();
         let data = hooks.stack.data(&self.store);

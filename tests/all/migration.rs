@@ -293,7 +293,8 @@ fn a_task_asleep_in_a_wasi_call_migrates_at_once_and_sleeps_on_for_the_time_left
 
 /// A task that keeps rewriting scattered pages moves live, straight from
 /// worker to worker: the pre-copy carries its whole memory, the pause only
-/// the pages written since the last round. A target that does not answer
+/// the pages written since the last round; a cold move carries it all in
+/// the pause. A target that does not answer
 /// (frozen) fails the move with an error naming it, and the task runs on
 /// where it was; the output is the same as an unmoved run.
 #[test]
@@ -318,6 +319,12 @@ fn a_task_that_keeps_writing_moves_live_and_a_frozen_target_leaves_it_running() 
         "the pause carries only the pages written since the last round: {report}"
     );
     assert_eq!(task(&up, &id)["owner"], "worker-2");
+    let cold = up.json(&["migrate", &id, "worker-1", "--no-precopy", "--json"]);
+    assert_eq!(cold["precopy_bytes"], 0, "{cold}");
+    assert!(
+        cold["delta_bytes"].as_u64() >= Some(16 << 20),
+        "a cold move carries all of memory in the pause (in pieces): {cold}"
+    );
 
     let frozen = pid_of(&up, "worker-3").to_string();
     let signal = |sig: &str| {
@@ -340,7 +347,7 @@ fn a_task_that_keeps_writing_moves_live_and_a_frozen_target_leaves_it_running() 
     );
     assert_eq!(
         task(&up, &id)["owner"],
-        "worker-2",
+        "worker-1",
         "the task stays where it was"
     );
     assert_same_as_local(&up, &id, artifacts::HOLDMEM, &args);

@@ -508,31 +508,19 @@ impl Job {
         }
         // The final step: everything not sent yet, then wait, paused, for
         // the coordinator to say where the task lives on.
-        let mut all = None;
-        if !task.live_active() {
-            let mut buf = PageBuf::default();
-            if let Err(e) = task.live_begin(&mut buf) {
-                let _ = out.send(LiveOut::Failed(format!("capturing memory pages: {e}")));
-                return false;
-            }
-            all = Some(buf);
-        }
         let next = wmig_proto::checkpoint::next_seq(*seq, self.epoch);
         let fin = task.live_final(CaptureMeta {
             task: Some(self.task),
             seq: next,
             epoch: self.epoch,
         });
-        let mut fin = match fin {
+        let fin = match fin {
             Ok(f) => f,
             Err(e) => {
                 let _ = out.send(LiveOut::Failed(format!("capturing the final state: {e}")));
                 return false;
             }
         };
-        if let Some(all) = all {
-            fin.memory = all;
-        }
         *seq = next;
         let (tx, rx) = std::sync::mpsc::channel();
         *self

@@ -21,7 +21,7 @@ use wmig_host::Incoming;
 use wmig_net::stream::{read_frame, read_payload, write_frame};
 use wmig_net::EndpointConfig;
 use wmig_proto::frame::MAX_FRAME_LEN;
-use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN};
+use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN, PAGE_SIZE};
 use wmig_proto::{NodeId, TaskId};
 
 use crate::exec::{LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND};
@@ -31,6 +31,10 @@ use crate::Worker;
 const MAX_ROUNDS: u32 = 30;
 /// A round this small is the last before the pause (1 MiB of pages).
 const FINAL_PAGES: u64 = 256;
+/// A final round larger than this travels in pieces of this size.
+const FINAL_PIECE_BYTES: u64 = 4 << 20;
+/// Round numbers of the final round's pieces start here.
+const FINAL_ROUNDS: u32 = 1 << 20;
 /// How long a task may take to reach a pause for one step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the target waits for the coordinator's `Expect` of a task a
@@ -167,6 +171,7 @@ async fn stream_task(
                 &LiveMessage::Pages {
                     round,
                     delta: buf.delta.clone(),
+                    paused: false,
                 },
             )
             .await?;
@@ -191,21 +196,47 @@ async fn stream_task(
     };
     *final_sent = true;
     tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), pages = fin.memory.pages(), "live final captured");
+    // A large final round (a cold move) goes in pieces the target applies
+    // while the next ones are on the wire; their acks are read below.
+    let mut memory = fin.memory.delta;
+    let mut pieces = 0u32;
+    if memory.payload_len() > FINAL_PIECE_BYTES {
+        for (piece, range) in memory.split((FINAL_PIECE_BYTES / PAGE_SIZE as u64) as u32) {
+            write_frame(
+                &mut send,
+                &LiveMessage::Pages {
+                    round: FINAL_ROUNDS + pieces,
+                    delta: piece,
+                    paused: true,
+                },
+            )
+            .await?;
+            send.write_all(&fin.memory.bytes[range]).await?;
+            pieces += 1;
+        }
+        memory.runs.clear();
+    }
     write_frame(
         &mut send,
         &LiveMessage::Final {
             manifest: Box::new(fin.manifest),
-            memory: fin.memory.delta,
+            memory,
             stack: fin.stack.delta,
             paused_at_us,
         },
     )
     .await?;
-    send.write_all(&fin.memory.bytes).await?;
+    if pieces == 0 {
+        send.write_all(&fin.memory.bytes).await?;
+    }
     send.write_all(&fin.stack.bytes).await?;
     let _ = send.finish();
     tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final sent");
-    match read_frame::<LiveReply>(&mut recv, MAX_FRAME_LEN).await? {
+    let mut reply = read_frame::<LiveReply>(&mut recv, MAX_FRAME_LEN).await?;
+    while matches!(reply, LiveReply::Applied(n) if n >= FINAL_ROUNDS) {
+        reply = read_frame::<LiveReply>(&mut recv, MAX_FRAME_LEN).await?;
+    }
+    match reply {
         LiveReply::Ready => {
             tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "target ready");
             Ok(())
@@ -314,14 +345,22 @@ async fn take_task(
     let mut incoming = Incoming::new(&worker.runtime, &prepared, config)?;
     write_frame(send, &LiveReply::Accepted).await?;
     let max_memory = job.memory_limit_bytes();
-    let mut precopy_bytes = 0u64;
+    let (mut precopy_bytes, mut paused_bytes) = (0u64, 0u64);
     loop {
         match read_frame::<LiveMessage>(recv, MAX_FRAME_LEN).await? {
-            LiveMessage::Pages { round, delta } => {
+            LiveMessage::Pages {
+                round,
+                delta,
+                paused,
+            } => {
                 delta.validate(max_memory).map_err(anyhow::Error::msg)?;
                 let bytes = read_payload(recv, delta.payload_len() as usize).await?;
                 incoming.apply(&delta, &bytes)?;
-                precopy_bytes += bytes.len() as u64;
+                if paused {
+                    paused_bytes += bytes.len() as u64;
+                } else {
+                    precopy_bytes += bytes.len() as u64;
+                }
                 write_frame(send, &LiveReply::Applied(round)).await?;
             }
             LiveMessage::Final {
@@ -342,7 +381,7 @@ async fn take_task(
                     (&memory, &memory_bytes),
                     (&stack, &stack_bytes),
                 )?;
-                let delta_bytes = (memory_bytes.len() + stack_bytes.len()) as u64;
+                let delta_bytes = paused_bytes + (memory_bytes.len() + stack_bytes.len()) as u64;
                 tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final applied");
                 job.arrived = Some((t, manifest.seq));
                 worker.arrive(task, epoch, job);
