@@ -145,8 +145,9 @@ async fn migration_table(
         for (mode, to, precopy, goal) in runs {
             let r = client.migrate(t, to, precopy).await?;
             rows.push(format!(
-                "| {mib} MiB | {mode} | {:.1} | {:.1} | {} / {} | {goal} |",
+                "| {mib} MiB | {mode} | {:.1} | {} | {:.1} | {} / {} | {goal} |",
                 r.downtime_ms,
+                split(&r),
                 r.total_ms,
                 human(r.precopy_bytes),
                 human(r.delta_bytes + r.resume_bytes)
@@ -170,8 +171,9 @@ async fn migration_table(
         .migrate(t, wmig_proto::NodeId("worker-2".into()), true)
         .await?;
     rows.push(format!(
-        "| 16 MiB | asleep in `poll_oneoff`, pre-copy | {:.1} | {:.1} | {} / {} | ≤ 100 ms |",
+        "| 16 MiB | asleep in `poll_oneoff`, pre-copy | {:.1} | {} | {:.1} | {} / {} | ≤ 100 ms |",
         r.downtime_ms,
+        split(&r),
         r.total_ms,
         human(r.precopy_bytes),
         human(r.delta_bytes + r.resume_bytes)
@@ -180,6 +182,19 @@ async fn migration_table(
         .call(&ControlRequest::Cancel { task: t }, "Cancel")
         .await?;
     Ok(rows)
+}
+
+/// The downtime's steps: ms after the pause at which capture, transfer,
+/// apply, placement and the first instruction were done.
+fn split(r: &wmig_coordinator::wire::MigrationReport) -> String {
+    if r.phases_ms.is_empty() {
+        return "–".into();
+    }
+    r.phases_ms
+        .iter()
+        .map(|(_, ms)| format!("{ms:.1}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// Page writes per second of the migration workload: ~270 MB/s of 4 KiB
@@ -442,8 +457,8 @@ fn main() -> anyhow::Result<()> {
         }
 
         if std::env::var("WMIG_BENCH_ONLY").as_deref() == Ok("migration") {
-            println!("| live memory | mode | downtime (ms) | total (ms) | moved before / after the pause | goal |");
-            println!("|---:|---|---:|---:|---:|---:|");
+            println!("| live memory | mode | downtime (ms) | captured / transferred / applied / placed / running (ms after the pause) | total (ms) | moved before / after the pause | goal |");
+            println!("|---:|---|---:|---|---:|---:|---:|");
             for row in migration_table(&client, &registry).await? {
                 println!("{row}");
             }
@@ -512,8 +527,8 @@ fn main() -> anyhow::Result<()> {
         }
         println!();
         println!("Migration (holdmem rewriting {SCATTER_RATE} random 4 KiB pages per second; downtime = pause on the source → first instruction on the target)");
-        println!("| live memory | mode | downtime (ms) | total (ms) | moved before / after the pause | goal |");
-        println!("|---:|---|---:|---:|---:|---:|");
+        println!("| live memory | mode | downtime (ms) | captured / transferred / applied / placed / running (ms after the pause) | total (ms) | moved before / after the pause | goal |");
+        println!("|---:|---|---:|---|---:|---:|---:|");
         for row in &migrations {
             println!("{row}");
         }

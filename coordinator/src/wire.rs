@@ -192,6 +192,11 @@ pub enum ControlRequest {
         task: TaskId,
         epoch: u64,
         paused_at_us: u64,
+        /// µs from the pause until the source had captured the final state.
+        captured_us: u64,
+        /// Unix µs at which the target had received, then applied, it all.
+        received_at_us: u64,
+        applied_at_us: u64,
         /// Page bytes received before the pause.
         precopy_bytes: u64,
         /// Page bytes received after it.
@@ -292,6 +297,10 @@ pub struct MigrationReport {
     pub resume_bytes: u64,
     /// Unix ms the migration ended (the target's first instruction).
     pub at_ms: u64,
+    /// Where the downtime went (live path): the milliseconds after the pause
+    /// at which each step ended — `captured` (source), `transferred` and
+    /// `applied` (target), `placed` (logged), `running` (first instruction).
+    pub phases_ms: Vec<(String, f64)>,
 }
 
 /// A task as operators see it.

@@ -318,6 +318,17 @@ fn a_task_that_keeps_writing_moves_live_and_a_frozen_target_leaves_it_running() 
         after < before / 2,
         "the pause carries only the pages written since the last round: {report}"
     );
+    let phases: Vec<&str> = report["phases_ms"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert_eq!(
+        phases,
+        ["captured", "transferred", "applied", "placed", "running"],
+        "the report says where the downtime went: {report}"
+    );
     assert_eq!(task(&up, &id)["owner"], "worker-2");
     let cold = up.json(&["migrate", &id, "worker-1", "--no-precopy", "--json"]);
     assert_eq!(cold["precopy_bytes"], 0, "{cold}");

@@ -195,6 +195,7 @@ async fn stream_task(
         anyhow::bail!("the task answered the final step with something else");
     };
     *final_sent = true;
+    let captured_us = unix_us().saturating_sub(paused_at_us);
     tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), pages = fin.memory.pages(), "live final captured");
     // A large final round (a cold move) goes in pieces the target applies
     // while the next ones are on the wire; their acks are read below.
@@ -223,6 +224,7 @@ async fn stream_task(
             memory,
             stack: fin.stack.delta,
             paused_at_us,
+            captured_us,
         },
     )
     .await?;
@@ -368,11 +370,13 @@ async fn take_task(
                 memory,
                 stack,
                 paused_at_us,
+                captured_us,
             } => {
                 memory.validate(max_memory).map_err(anyhow::Error::msg)?;
                 stack.validate(max_memory).map_err(anyhow::Error::msg)?;
                 let memory_bytes = read_payload(recv, memory.payload_len() as usize).await?;
                 let stack_bytes = read_payload(recv, stack.payload_len() as usize).await?;
+                let received_at_us = unix_us();
                 let wasi =
                     job.wasi_config(manifest.wasi.stdout_offset, manifest.wasi.stderr_offset);
                 let t = incoming.finish(
@@ -383,6 +387,7 @@ async fn take_task(
                 )?;
                 let delta_bytes = paused_bytes + (memory_bytes.len() + stack_bytes.len()) as u64;
                 tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final applied");
+                let applied_at_us = unix_us();
                 job.arrived = Some((t, manifest.seq));
                 worker.arrive(task, epoch, job);
                 write_frame(send, &LiveReply::Ready).await?;
@@ -392,6 +397,9 @@ async fn take_task(
                     task,
                     epoch,
                     paused_at_us,
+                    captured_us,
+                    received_at_us,
+                    applied_at_us,
                     precopy_bytes,
                     delta_bytes,
                 });

@@ -437,16 +437,23 @@ impl MigrateCommand {
             println!("{}", wmig_coordinator::server::api::migration_json(&r));
         } else {
             println!(
-                "migrated {} from {} to {}: downtime {:.1} ms, total {:.1} ms; pre-copied {}, after the pause {} stored + {} fetched",
+                "migrated {} from {} to {}: downtime {:.1} ms, total {:.1} ms; moved {} before the pause, {} after it",
                 r.task,
                 r.from,
                 r.to,
                 r.downtime_ms,
                 r.total_ms,
                 crate::cmd::registry::human(r.precopy_bytes),
-                crate::cmd::registry::human(r.delta_bytes),
-                crate::cmd::registry::human(r.resume_bytes),
+                crate::cmd::registry::human(r.delta_bytes + r.resume_bytes),
             );
+            if !r.phases_ms.is_empty() {
+                let steps: Vec<String> = r
+                    .phases_ms
+                    .iter()
+                    .map(|(phase, ms)| format!("{phase} {ms:.1}"))
+                    .collect();
+                println!("  ms after the pause: {}", steps.join(", "));
+            }
         }
         Ok(0)
     }

@@ -321,6 +321,7 @@ pub fn migration_json(r: &MigrationReport) -> Value {
         "resume_bytes": r.resume_bytes,
         "bytes_moved": r.precopy_bytes + r.delta_bytes + r.resume_bytes,
         "at_ms": r.at_ms,
+        "phases_ms": r.phases_ms.iter().map(|(phase, ms)| json!({ "phase": phase, "ms": ms })).collect::<Vec<_>>(),
     })
 }
 

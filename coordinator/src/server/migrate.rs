@@ -85,6 +85,8 @@ pub(super) struct Migration {
     paused_at_us: u64,
     /// Moved over the live protocol (the target checkpoints when it starts).
     live: bool,
+    /// Where the downtime went, so far (live path).
+    phases: Vec<(String, f64)>,
     waiters: Vec<oneshot::Sender<Result<MigrationReport, RemoteError>>>,
 }
 
@@ -156,6 +158,7 @@ pub(super) fn start(
             delta_bytes: 0,
             paused_at_us: 0,
             live: false,
+            phases: Vec::new(),
             waiters: vec![tx],
         },
     );
@@ -295,16 +298,22 @@ pub(super) fn started(
         return None;
     }
     let m = core.migrations.remove(&task)?;
+    let downtime_ms = at_us.saturating_sub(m.paused_at_us) as f64 / 1000.0;
+    let mut phases = m.phases.clone();
+    if !phases.is_empty() {
+        phases.push(("running".to_owned(), downtime_ms));
+    }
     let report = MigrationReport {
         task,
         from: m.from.clone(),
         to: m.to.clone(),
-        downtime_ms: at_us.saturating_sub(m.paused_at_us) as f64 / 1000.0,
+        downtime_ms,
         total_ms: m.began.elapsed().as_secs_f64() * 1000.0,
         precopy_bytes: m.precopy_bytes,
         delta_bytes: m.delta_bytes,
         resume_bytes: fetched,
         at_ms: at_us / 1000,
+        phases_ms: phases,
     };
     tracing::info!(
         %task, from = %m.from, to = %m.to,
@@ -356,8 +365,8 @@ pub(super) fn live_placed(
     core: &mut Core,
     task: TaskId,
     paused_at_us: u64,
-    precopy_bytes: u64,
-    delta_bytes: u64,
+    (precopy_bytes, delta_bytes): (u64, u64),
+    phases: Vec<(String, f64)>,
 ) {
     if let Some(m) = core.migrations.get_mut(&task) {
         m.stage = Stage::Resuming;
@@ -365,6 +374,7 @@ pub(super) fn live_placed(
         m.precopy_bytes = precopy_bytes;
         m.delta_bytes = delta_bytes;
         m.live = true;
+        m.phases = phases;
     }
 }
 

@@ -514,6 +514,12 @@ fn effects(core: &mut Core, event: &Event) {
     }
 }
 
+fn unix_us_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn send_command(core: &mut Core, worker: &NodeId, cmd: WorkerCommand) {
     match core.attached.get(worker) {
         Some((_, tx)) => {
@@ -820,6 +826,9 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             task,
             epoch,
             paused_at_us,
+            captured_us,
+            received_at_us,
+            applied_at_us,
             precopy_bytes,
             delta_bytes,
         } => {
@@ -837,7 +846,20 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                 );
                 return Err(e);
             }
-            migrate::live_placed(&mut core, task, paused_at_us, precopy_bytes, delta_bytes);
+            let since_pause = |at_us: u64| at_us.saturating_sub(paused_at_us) as f64 / 1000.0;
+            let phases = vec![
+                ("captured".to_owned(), captured_us as f64 / 1000.0),
+                ("transferred".to_owned(), since_pause(received_at_us)),
+                ("applied".to_owned(), since_pause(applied_at_us)),
+                ("placed".to_owned(), since_pause(unix_us_now())),
+            ];
+            migrate::live_placed(
+                &mut core,
+                task,
+                paused_at_us,
+                (precopy_bytes, delta_bytes),
+                phases,
+            );
             send_command(&mut core, &from, WorkerCommand::Drop { task, epoch });
             R::Ok
         }

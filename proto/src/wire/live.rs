@@ -165,6 +165,8 @@ pub enum LiveMessage {
         stack: PageDelta,
         /// Unix µs at which the source paused.
         paused_at_us: u64,
+        /// µs from the pause until this state was captured.
+        captured_us: u64,
     },
 }
 
