@@ -129,7 +129,7 @@ impl Up {
     }
 
     /// The pid `wmig up` reported for a role (`registry`, `coordinator`).
-    fn pid_of(&self, role: &str) -> u32 {
+    pub(crate) fn pid_of(&self, role: &str) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Ok(line) = self
             .log
@@ -328,7 +328,7 @@ fn bad_requests_are_clear_errors() {
     assert!(!o.status.success(), "a foreign certificate was accepted");
 }
 
-fn cluster_addr(dir: &Path) -> String {
+pub(crate) fn cluster_addr(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("config.toml")).expect("config.toml");
     let line = text
         .lines()

@@ -363,3 +363,129 @@ fn a_task_that_keeps_writing_moves_live_and_a_frozen_target_leaves_it_running() 
     );
     assert_same_as_local(&up, &id, artifacts::HOLDMEM, &args);
 }
+
+/// A cluster whose workers stall at a live-migration fault point
+/// (`WMIG_FAULT`, see `worker/src/live.rs`).
+fn up_with_fault(workers: u32, fault: &str) -> Up {
+    let timeout = format!("{}ms", crate::cluster::OFFLINE_TIMEOUT.as_millis());
+    Up::start_env(
+        workers,
+        &["--offline-timeout", &timeout],
+        &[("WMIG_FAULT", fault)],
+    )
+}
+
+/// Start `wmig migrate ID TO` in the background and wait until `stalled`
+/// (a worker) has reached its fault point.
+fn migrate_until_stalled(up: &Up, id: &str, to: &str, stalled: &str) -> Child {
+    let child = up
+        .cmd(&["migrate", id, to])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wmig migrate");
+    let log = up.dir.join("logs").join(format!("{stalled}.log"));
+    wait_until(
+        &format!("{stalled} stalls at its fault point"),
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("fault injection: stalling")),
+    );
+    child
+}
+
+/// 16 MiB, 40,000 scattered page writes at ~5,000 per second (~8 s).
+const WRITER: [&str; 4] = ["16", "40000", "0", "5000"];
+
+fn submit_writer(up: &Up) -> String {
+    let id = up.submit(artifacts::HOLDMEM, &["--on", "worker-1"], &WRITER);
+    wait_until("holdmem fills its memory", Duration::from_secs(60), || {
+        task(up, &id)["stdout_bytes"].as_u64() > Some(0)
+    });
+    id
+}
+
+/// The target dies (SIGKILL) in the middle of the pre-copy: the move fails
+/// with an error naming it, the task runs on at the source, unharmed.
+#[test]
+fn a_target_killed_mid_transfer_leaves_the_task_running_at_the_source() {
+    let up = up_with_fault(3, "live-target-after-round");
+    let id = submit_writer(&up);
+    let migrate = migrate_until_stalled(&up, &id, "worker-2", "worker-2");
+    kill9(pid_of(&up, "worker-2"));
+    let o = migrate.wait_with_output().expect("wmig migrate");
+    assert!(!o.status.success(), "the move cannot succeed");
+    assert!(stderr(&o).contains("worker-2"), "{}", stderr(&o));
+    assert_eq!(task(&up, &id)["owner"], "worker-1");
+    assert_eq!(task(&up, &id)["epoch"], 1, "ownership never changed");
+    assert_same_as_local(&up, &id, artifacts::HOLDMEM, &WRITER);
+}
+
+/// The source dies (SIGKILL) after pausing for good, before the target has
+/// the final state: the move fails, the task is recovered from its last
+/// checkpoint on another worker, and its output is still that of an
+/// unmoved run: nothing lost, nothing twice.
+#[test]
+fn a_source_killed_after_the_pause_is_recovered_with_nothing_lost() {
+    let up = up_with_fault(3, "live-source-after-pause");
+    let id = submit_writer(&up);
+    let migrate = migrate_until_stalled(&up, &id, "worker-2", "worker-1");
+    kill9(pid_of(&up, "worker-1"));
+    let o = migrate.wait_with_output().expect("wmig migrate");
+    assert!(!o.status.success(), "the move cannot succeed");
+    assert!(stderr(&o).contains("worker-1"), "{}", stderr(&o));
+    wait_until("the task is recovered", Duration::from_secs(30), || {
+        let t = task(&up, &id);
+        t["owner"] != "worker-1" && t["state"] == "running"
+    });
+    assert_same_as_local(&up, &id, artifacts::HOLDMEM, &WRITER);
+}
+
+/// The coordinator dies (SIGKILL) while the source is paused for good and
+/// the move is undecided. Restarted, it knows nothing of the migration:
+/// the source carries on with the task (its replayed `Run`), the target's
+/// `LiveReady` is refused and it forgets what arrived; one owner, the same
+/// output.
+#[test]
+fn a_coordinator_killed_mid_migration_leaves_one_owner() {
+    let up = up_with_fault(3, "live-source-after-pause:5");
+    let id = submit_writer(&up);
+    let addr = crate::cluster::cluster_addr(&up.dir);
+    let migrate = migrate_until_stalled(&up, &id, "worker-2", "worker-1");
+    kill9(u64::from(up.pid_of("coordinator")));
+    let o = migrate.wait_with_output().expect("wmig migrate");
+    assert!(
+        !o.status.success(),
+        "the operator learns the move did not finish"
+    );
+    let mut restarted = up
+        .cmd(&[
+            "coordinator",
+            "--listen",
+            &addr,
+            "--http",
+            "off",
+            "--offline-timeout",
+        ])
+        .arg(format!("{}ms", crate::cluster::OFFLINE_TIMEOUT.as_millis()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart the coordinator");
+    wait_until("coordinator answers", Duration::from_secs(20), || {
+        run(&mut up.cmd(&["ps"])).status.success()
+    });
+    let target_log = up.dir.join("logs").join("worker-2.log");
+    wait_until(
+        "the target's LiveReady is refused",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&target_log)
+                .is_ok_and(|l| l.contains("coordinator refused a report"))
+        },
+    );
+    assert_eq!(task(&up, &id)["owner"], "worker-1");
+    assert_eq!(task(&up, &id)["epoch"], 1, "ownership never changed");
+    assert_same_as_local(&up, &id, artifacts::HOLDMEM, &WRITER);
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+}

@@ -54,6 +54,9 @@ pub struct TaskControl {
     /// decision on a live migration: `true` carries on here, `false`
     /// forgets the task (it runs on the target).
     pub decision: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
+    /// Wakes the live sender when the coordinator abandons the migration,
+    /// so it does not wait on a peer that is gone.
+    pub live_abort: tokio::sync::Notify,
     /// The module the task runs, once it runs (the live sender names it).
     pub module: std::sync::OnceLock<Arc<PreparedModule>>,
 }

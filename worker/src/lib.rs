@@ -178,6 +178,7 @@ pub async fn run(
         background.spawn(async move {
             while let Some((task, epoch)) = fenced_rx.recv().await {
                 w.drop_task(task, epoch);
+                w.forget_incoming(task, epoch);
             }
         });
     }
@@ -473,6 +474,7 @@ impl Worker {
                 self.forget_incoming(task, epoch);
                 if let Some(r) = self.lock_running().get(&task).filter(|r| r.epoch == epoch) {
                     r.control.decide(true);
+                    r.control.live_abort.notify_waiters();
                     r.control.request_live(exec::LIVE_END);
                 }
             }

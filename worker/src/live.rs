@@ -54,6 +54,28 @@ pub(crate) fn endpoint_config() -> EndpointConfig {
     c
 }
 
+/// Fault injection for the end-to-end tests: `WMIG_FAULT=POINT[:SECS]`
+/// makes this worker stall at POINT of a live migration (for SECS seconds,
+/// default an hour) so that a test can kill a process at that exact stage.
+/// Points: `live-target-after-round` (the target, round 0 applied, not yet
+/// acknowledged) and `live-source-after-pause` (the source, paused for
+/// good, final state not yet sent).
+async fn fault(point: &str) {
+    static FAULT: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    let fault = FAULT.get_or_init(|| {
+        let spec = std::env::var("WMIG_FAULT").ok()?;
+        let (name, secs) = match spec.split_once(':') {
+            Some((n, s)) => (n.to_owned(), s.parse().unwrap_or(3600)),
+            None => (spec, 3600),
+        };
+        Some((name, secs))
+    });
+    if let Some((name, secs)) = fault.as_ref().filter(|(n, _)| n == point) {
+        tracing::warn!(point = %name, secs, "fault injection: stalling");
+        tokio::time::sleep(Duration::from_secs(*secs)).await;
+    }
+}
+
 fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -76,18 +98,20 @@ pub(crate) async fn send(
     let (tx, rx) = mpsc::unbounded_channel();
     *control.live_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     let mut final_sent = false;
-    let result = stream_task(
-        &worker,
-        task,
-        epoch,
-        &to,
-        &addr,
-        precopy,
-        &control,
-        rx,
-        &mut final_sent,
-    )
-    .await;
+    let result = tokio::select! {
+        r = stream_task(
+            &worker,
+            task,
+            epoch,
+            &to,
+            &addr,
+            precopy,
+            &control,
+            rx,
+            &mut final_sent,
+        ) => r,
+        () = control.live_abort.notified() => Err(anyhow::anyhow!("the coordinator abandoned the migration")),
+    };
     *control.live_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
     if let Err(e) = result {
         let reason = format!("{e:#}");
@@ -195,6 +219,7 @@ async fn stream_task(
         anyhow::bail!("the task answered the final step with something else");
     };
     *final_sent = true;
+    fault("live-source-after-pause").await;
     let captured_us = unix_us().saturating_sub(paused_at_us);
     tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), pages = fin.memory.pages(), "live final captured");
     // A large final round (a cold move) goes in pieces the target applies
@@ -362,6 +387,9 @@ async fn take_task(
                     paused_bytes += bytes.len() as u64;
                 } else {
                     precopy_bytes += bytes.len() as u64;
+                    if round == 0 {
+                        fault("live-target-after-round").await;
+                    }
                 }
                 write_frame(send, &LiveReply::Applied(round)).await?;
             }

@@ -79,7 +79,10 @@ pub(crate) async fn reporter(
 
 fn task_epoch(req: &ControlRequest) -> Option<(TaskId, u64)> {
     match req {
+        // A refused `LiveReady` (the migration was abandoned meanwhile):
+        // the target forgets what arrived.
         ControlRequest::Started { task, epoch, .. }
+        | ControlRequest::LiveReady { task, epoch, .. }
         | ControlRequest::Checkpointed { task, epoch, .. }
         | ControlRequest::Finished { task, epoch, .. } => Some((*task, *epoch)),
         ControlRequest::Output {
