@@ -99,6 +99,7 @@ fn drain_moves_every_task_and_bad_migrations_are_refused() {
         &["--offline-timeout", &timeout],
         &[("WMIG_WORKER_LISTEN", "off")],
     );
+    assert_eq!(up.node("worker-1")["addr"], "", "no live endpoint");
     let a = up.submit(artifacts::COUNTER, &["--on", "worker-1"], &[LONG]);
     let b = up.submit(artifacts::SIEVE, &["--on", "worker-1"], &["60000000"]);
     for id in [&a, &b] {
@@ -300,6 +301,14 @@ fn a_task_asleep_in_a_wasi_call_migrates_at_once_and_sleeps_on_for_the_time_left
 #[test]
 fn a_task_that_keeps_writing_moves_live_and_a_frozen_target_leaves_it_running() {
     let up = Up::start(3);
+    let addr = up.node("worker-2")["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "workers serve live migrations where they reach the coordinator from: {addr:?}"
+    );
     // 16 MiB, 60,000 scattered page writes at ~5,000 per second.
     let args = ["16", "60000", "0", "5000"];
     let id = up.submit(artifacts::HOLDMEM, &["--on", "worker-1"], &args);
@@ -488,4 +497,33 @@ fn a_coordinator_killed_mid_migration_leaves_one_owner() {
     assert_same_as_local(&up, &id, artifacts::HOLDMEM, &WRITER);
     let _ = restarted.kill();
     let _ = restarted.wait();
+}
+
+/// Draining a worker whose tasks are all asleep in one long call moves
+/// them at once (it does not wait for them to wake up), and each sleeps on
+/// elsewhere for the time it had left.
+#[test]
+fn draining_a_worker_whose_tasks_all_sleep_moves_them_at_once() {
+    let up = Up::start(2);
+    let args = ["4", "1000", "8"];
+    let ids: Vec<String> = (0..2)
+        .map(|_| up.submit(artifacts::HOLDMEM, &["--on", "worker-1"], &args))
+        .collect();
+    for id in &ids {
+        wait_until("holdmem is asleep", Duration::from_secs(60), || {
+            task(&up, id)["stdout_bytes"].as_u64() > Some(0)
+        });
+    }
+    let started = std::time::Instant::now();
+    let o = run(&mut up.cmd(&["drain", "worker-1"]));
+    let took = started.elapsed();
+    assert!(o.status.success(), "drain: {}", stderr(&o));
+    assert!(
+        took < Duration::from_secs(5),
+        "draining two sleeping tasks took {took:?}; it should not wait for their 8 s sleeps"
+    );
+    for id in &ids {
+        assert_eq!(task(&up, id)["owner"], "worker-2");
+        assert_same_as_local(&up, id, artifacts::HOLDMEM, &args);
+    }
 }

@@ -33,7 +33,7 @@ impl NodesCommand {
             return Ok(0);
         }
         println!(
-            "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}",
+            "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}  ADDRESS",
             "NAME", "ROLE", "STATE", "TASKS", "LAST HEARTBEAT", "PID"
         );
         for n in &nodes {
@@ -43,13 +43,14 @@ impl NodesCommand {
                 liveness(n.liveness)
             };
             println!(
-                "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}",
+                "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}  {}",
                 n.name.0,
                 n.role.to_string(),
                 state,
                 format!("{}/{}", n.tasks, n.slots),
                 format!("{} ago", ago(n.last_seen_ms)),
-                n.pid
+                n.pid,
+                if n.addr.is_empty() { "-" } else { &n.addr }
             );
         }
         Ok(0)
