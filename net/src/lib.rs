@@ -15,6 +15,7 @@ pub mod certs;
 pub mod cluster;
 pub mod endpoint;
 pub mod error;
+pub mod identity;
 pub mod stream;
 
 pub use certs::{ClusterCa, Credentials, Identity, OPERATOR};
@@ -23,6 +24,7 @@ pub use endpoint::{
     accept, any_addr_for, client_endpoint, connect, server_endpoint, EndpointConfig,
 };
 pub use error::{ClusterError, NetError};
+pub use identity::PeerIdentity;
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
 #[cfg(test)]

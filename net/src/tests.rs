@@ -173,3 +173,40 @@ async fn streams_beyond_the_limit_wait_for_a_free_slot() {
         "a slot frees up once a stream closes"
     );
 }
+
+#[tokio::test]
+async fn a_server_knows_which_cluster_member_dialed_it() {
+    let ca = ClusterCa::generate().expect("ca");
+    let server = server_endpoint(
+        loopback(),
+        &ca.credentials("registry").expect("server creds"),
+        &config(),
+    )
+    .expect("server endpoint");
+    let addr = server.local_addr().expect("addr");
+    let seen = tokio::spawn(async move {
+        let incoming = server.accept().await.expect("a connection");
+        let conn = accept(incoming).await.expect("handshake");
+        let peer = PeerIdentity::of(&conn);
+        (
+            peer.is("worker-1"),
+            peer.is("worker-2"),
+            peer.is(OPERATOR),
+            peer.name(),
+        )
+    });
+    let client = client_endpoint(
+        loopback(),
+        &ca.credentials("worker-1").expect("client creds"),
+        &config(),
+    )
+    .expect("client endpoint");
+    let conn = connect(&client, addr, "registry", Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let (me, other, operator, name) = seen.await.expect("server task");
+    conn.close(VarInt::from_u32(0), b"done");
+    assert!(me, "the certificate names worker-1");
+    assert!(!other && !operator, "and no one else");
+    assert_eq!(name.as_deref(), Some("worker-1"));
+}

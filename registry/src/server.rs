@@ -122,9 +122,16 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let remote = conn.remote_address();
     let owner = conn.stable_id() as u64;
+    let peer = Arc::new(wmig_net::PeerIdentity::of(&conn));
     tracing::debug!(%remote, owner, "connection open");
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_stream(send, recv, shared.clone(), owner));
+        tokio::spawn(serve_stream(
+            send,
+            recv,
+            shared.clone(),
+            owner,
+            peer.clone(),
+        ));
     }
     let released = shared.registry.release_owner(owner);
     tracing::debug!(%remote, owner, released, "connection closed");
@@ -165,6 +172,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
     owner: u64,
+    peer: Arc<wmig_net::PeerIdentity>,
 ) {
     let cfg = &shared.config;
     let request = timed(
@@ -173,9 +181,12 @@ async fn serve_stream(
     )
     .await;
     let reply = match request {
-        Ok(req) => match dispatch(req, &mut recv, &shared, owner).await {
-            Some(reply) => reply,
-            None => return,
+        Ok(req) => match authorize(&peer, &req) {
+            Err(reply) => reply,
+            Ok(()) => match dispatch(req, &mut recv, &shared, owner).await {
+                Some(reply) => reply,
+                None => return,
+            },
         },
         Err(NetError::Frame(e)) => {
             let code = match e {
@@ -212,6 +223,32 @@ async fn serve_stream(
     if let Err(e) = sent {
         tracing::debug!(error = %e, "could not send the reply");
     }
+}
+
+/// Who may do what here, by the name in the peer's certificate: any
+/// cluster member reads and stores chunks and manifests (workers
+/// checkpoint); only the operator uploads modules or collects garbage (a
+/// worker's certificate must not be able to delete checkpoints).
+fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(), Reply> {
+    let what = match req {
+        RegistryRequest::Gc => "collecting garbage",
+        RegistryRequest::PutBundle { .. } => "uploading a module",
+        _ => return Ok(()),
+    };
+    if peer.is(wmig_net::OPERATOR) {
+        return Ok(());
+    }
+    let who = peer
+        .name()
+        .unwrap_or_else(|| "this certificate's holder".to_owned());
+    tracing::warn!(peer = %who, action = what, "permission denied");
+    Err(Reply::error(
+        ErrorCode::Invalid,
+        format!(
+            "permission denied: {who} is not the operator; {what} needs the cluster directory's `{}` identity (the `wmig` CLI uses it)",
+            wmig_net::OPERATOR
+        ),
+    ))
 }
 
 /// Run `f` on the blocking pool: stores do file IO.

@@ -196,8 +196,17 @@ async fn batched_chunks_manifests_prefix_and_gc() {
         remote_code(client.manifest(TaskId(5), Some(1)).await),
         ErrorCode::NotFound
     );
+    // Only the operator collects: a worker's certificate cannot delete.
+    let refused = client.gc().await.expect_err("a worker may not collect");
+    assert!(
+        refused
+            .to_string()
+            .contains("permission denied: worker-1 is not the operator"),
+        "{refused}"
+    );
+    let operator = server.client(OPERATOR).await;
     // Kept: seq 2 uses 10..110, seq 3 uses 20..120. Everything else goes.
-    let report = client.gc().await.expect("gc");
+    let report = operator.gc().await.expect("gc");
     assert_eq!(report.chunks_removed, 250 - 110, "{report:?}");
     assert_eq!(
         client.has_prefix(&hashes[10..120]).await.expect("kept"),

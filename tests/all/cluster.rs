@@ -515,3 +515,56 @@ fn a_cancelled_task_asleep_in_a_wasi_call_ends_its_thread_and_frees_its_memory()
         .status
         .success());
 }
+
+/// The coordinator holds every request to the name in the sender's
+/// certificate: a worker's certificate cannot heartbeat or take the command
+/// stream of another worker, nor act as the operator; it may still read.
+#[test]
+fn a_worker_certificate_speaks_only_for_itself() {
+    use wmig_coordinator::wire::ControlRequest;
+    use wmig_coordinator::{ControlClient, ControlError};
+    use wmig_proto::{NodeId, TaskId};
+
+    let up = Up::start(2);
+    let addr = cluster_addr(&up.dir).parse().expect("address");
+    let creds = wmig_net::ClusterDir::new(&up.dir)
+        .credentials("worker-1")
+        .expect("worker-1's identity");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let refusals = rt.block_on(async {
+        let c = ControlClient::connect(addr, &creds, Duration::from_secs(5))
+            .await
+            .expect("connect as worker-1");
+        let other = NodeId("worker-2".into());
+        let mut refusals = Vec::new();
+        for req in [
+            ControlRequest::Heartbeat {
+                node: other.clone(),
+                tasks: Vec::new(),
+            },
+            ControlRequest::Attach { node: other },
+            ControlRequest::Cancel { task: TaskId(1) },
+        ] {
+            match c.ask(&req).await {
+                Err(ControlError::Remote(e)) => refusals.push(e.message),
+                other => panic!("{req:?} from worker-1's certificate: {other:?}"),
+            }
+        }
+        c.ask(&ControlRequest::ListNodes)
+            .await
+            .expect("any cluster member may read");
+        refusals
+    });
+    assert!(
+        refusals[0].starts_with("permission denied: worker-1")
+            && refusals[0].contains("speaks for worker-2"),
+        "{refusals:?}"
+    );
+    assert!(refusals[1].contains("speaks for worker-2"), "{refusals:?}");
+    assert!(refusals[2].contains("needs the operator"), "{refusals:?}");
+    // Nothing changed for the real worker-2.
+    assert_eq!(up.node("worker-2")["state"], "online");
+}

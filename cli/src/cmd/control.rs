@@ -62,8 +62,16 @@ impl ControlTarget {
 
     /// Connect as the operator.
     pub async fn connect(&self) -> anyhow::Result<ControlClient> {
+        self.connect_as(OPERATOR).await
+    }
+
+    /// Connect with the identity of node `name` (the coordinator holds a
+    /// node's requests to its own certificate).
+    pub async fn connect_as(&self, name: &str) -> anyhow::Result<ControlClient> {
         let addr = self.addr().await?;
-        let creds = ClusterDir::new(&self.cluster).credentials(OPERATOR)?;
+        let creds = ClusterDir::new(&self.cluster)
+            .credentials(name)
+            .with_context(|| format!("no certificate for `{name}`"))?;
         ControlClient::connect(addr, &creds, Duration::from_secs(5))
             .await
             .with_context(|| {

@@ -42,12 +42,13 @@ pub struct MonitorCommand {
 impl MonitorCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
         runtime()?.block_on(async {
-            let client = self.target.connect().await?;
             let name = NodeId(
                 self.name
                     .clone()
                     .unwrap_or_else(|| format!("monitor-{}", std::process::id())),
             );
+            // A monitor is a node: it registers and heartbeats as itself.
+            let client = self.target.connect_as(&name.0).await?;
             let info = NodeInfo {
                 name: name.clone(),
                 role: Role::Monitor,

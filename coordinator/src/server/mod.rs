@@ -14,6 +14,7 @@
 //! restarted coordinator converge.
 
 pub mod api;
+mod authz;
 pub mod http;
 mod migrate;
 pub mod output;
@@ -591,8 +592,9 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let Some(conn) = wmig_net::accept(incoming).await else {
         return;
     };
+    let peer = Arc::new(wmig_net::PeerIdentity::of(&conn));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_stream(send, recv, shared.clone()));
+        tokio::spawn(serve_stream(send, recv, shared.clone(), peer.clone()));
     }
 }
 
@@ -600,6 +602,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
+    peer: Arc<wmig_net::PeerIdentity>,
 ) {
     let request = timed(
         shared.config.request_timeout,
@@ -607,10 +610,13 @@ async fn serve_stream(
     )
     .await;
     let response = match request {
-        Ok(req) => match dispatch(req, &mut send, &shared).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
+        Ok(req) => match authz::authorize(&peer, &req) {
             Err(e) => ControlResponse::Error(e),
+            Ok(()) => match dispatch(req, &mut send, &shared).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => ControlResponse::Error(e),
+            },
         },
         Err(NetError::Frame(e)) => {
             let code = match e {
