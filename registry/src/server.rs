@@ -182,7 +182,7 @@ async fn serve_stream(
     .await;
     let reply = match request {
         Ok(req) => match authorize(&peer, &req) {
-            Err(reply) => reply,
+            Err(why) => Reply::error(ErrorCode::Invalid, why),
             Ok(()) => match dispatch(req, &mut recv, &shared, owner).await {
                 Some(reply) => reply,
                 None => return,
@@ -229,7 +229,7 @@ async fn serve_stream(
 /// cluster member reads and stores chunks and manifests (workers
 /// checkpoint); only the operator uploads modules or collects garbage (a
 /// worker's certificate must not be able to delete checkpoints).
-fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(), Reply> {
+fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(), String> {
     let what = match req {
         RegistryRequest::Gc => "collecting garbage",
         RegistryRequest::PutBundle { .. } => "uploading a module",
@@ -242,12 +242,9 @@ fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(),
         .name()
         .unwrap_or_else(|| "this certificate's holder".to_owned());
     tracing::warn!(peer = %who, action = what, "permission denied");
-    Err(Reply::error(
-        ErrorCode::Invalid,
-        format!(
-            "permission denied: {who} is not the operator; {what} needs the cluster directory's `{}` identity (the `wmig` CLI uses it)",
-            wmig_net::OPERATOR
-        ),
+    Err(format!(
+        "permission denied: {who} is not the operator; {what} needs the cluster directory's `{}` identity (the `wmig` CLI uses it)",
+        wmig_net::OPERATOR
     ))
 }
 
