@@ -251,6 +251,25 @@ fn exit_codes_failures_and_cancellation_reach_the_operator() {
         assert!(t.to_string().contains(reason), "{t}");
     }
 
+    // A wall-time limit ends a task even while it sleeps in one long call
+    // (no yield point there): within the limit plus the watchdog's grace.
+    let started = Instant::now();
+    let id = up.submit(artifacts::HOLDMEM, &["--timeout", "2s"], &["1", "10", "60"]);
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "60s"]));
+    assert_ne!(o.status.code(), Some(0));
+    let t = up.json(&["inspect", &id, "--json"]);
+    assert_eq!(t["state"], "failed", "{t}");
+    assert!(
+        t.to_string()
+            .contains("wall-time limit of 2000 ms exceeded"),
+        "{t}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a 2 s limit ended a 60 s sleep after {:?}",
+        started.elapsed()
+    );
+
     // A long task, followed live, then cancelled.
     let id = up.submit(artifacts::COUNTER, &[], &["4000000000"]);
     wait_until("counter prints", Duration::from_secs(30), || {

@@ -527,3 +527,42 @@ fn draining_a_worker_whose_tasks_all_sleep_moves_them_at_once() {
         assert_same_as_local(&up, id, artifacts::HOLDMEM, &args);
     }
 }
+
+/// A task asleep in one long call is still checkpointed on schedule (the
+/// worker's watchdog pauses it inside the call), so when its worker is
+/// killed mid-sleep the recovered task sleeps only what was left.
+#[test]
+fn a_sleeping_task_is_checkpointed_on_schedule_and_recovers_mid_sleep() {
+    let up = Up::start_with(3, FAST);
+    // 4 MiB filled, then one 8 s sleep, then a short compute phase.
+    let args = ["4", "1000", "8"];
+    let id = up.submit(artifacts::HOLDMEM, &["--on", "worker-1"], &args);
+    wait_until("holdmem falls asleep", Duration::from_secs(60), || {
+        task(&up, &id)["stdout_bytes"].as_u64() > Some(0)
+    });
+    let asleep = std::time::Instant::now();
+    let seq = |up: &Up| task(up, &id)["checkpoint_seq"].clone();
+    let first = seq(&up);
+    wait_until(
+        "checkpoints while it sleeps",
+        Duration::from_secs(5),
+        || seq(&up) != first,
+    );
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(asleep.elapsed()));
+    kill9(pid_of(&up, "worker-1"));
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
+    assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
+    let total = asleep.elapsed();
+    // Recovered from a checkpoint taken during the sleep: ~8 s of sleep in
+    // all plus the offline timeout, not 4 s + 8 s again.
+    assert!(
+        total >= Duration::from_millis(7500) && total < Duration::from_secs(11),
+        "finished {total:?} after falling asleep, for an 8 s sleep"
+    );
+    assert_ne!(task(&up, &id)["owner"], "worker-1");
+    assert_eq!(
+        up.ok(&["logs", &id]),
+        local_stdout(artifacts::HOLDMEM, &args),
+        "output differs from a local run"
+    );
+}

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +57,12 @@ pub struct TaskControl {
     /// Wakes the live sender when the coordinator abandons the migration,
     /// so it does not wait on a peer that is gone.
     pub live_abort: tokio::sync::Notify,
+    /// Unix µs of the task's next periodic checkpoint (0: not running yet)
+    /// and of its wall-time limit (0: none). A task blocked in a WASI call
+    /// passes no yield point to notice either; the worker's watchdog
+    /// ([`TaskControl::overdue`]) pauses it there instead.
+    pub next_checkpoint_us: AtomicU64,
+    pub wall_due_us: AtomicU64,
     /// The module the task runs, once it runs (the live sender names it).
     pub module: std::sync::OnceLock<Arc<PreparedModule>>,
 }
@@ -103,6 +109,14 @@ impl TaskControl {
     pub fn request_handoff(&self) {
         self.handoff.store(true, Ordering::SeqCst);
         self.request_pause();
+    }
+
+    /// Whether the task is past a checkpoint or its wall limit by more than
+    /// `grace` without having paused: it is blocked in a call.
+    pub fn overdue(&self, now_us: u64, grace_us: u64) -> bool {
+        let due = |at: u64| at != 0 && now_us > at.saturating_add(grace_us);
+        due(self.next_checkpoint_us.load(Ordering::Relaxed))
+            || due(self.wall_due_us.load(Ordering::Relaxed))
     }
 
     /// Ask the task thread for a live-migration step at its next pause.
@@ -364,14 +378,25 @@ impl Job {
             .map_or(self.checkpoint_every, Duration::from_millis);
         let wall = self.options.wall_limit_ms.map(Duration::from_millis);
         let started = Instant::now();
-        let mut next_checkpoint = started + every;
+        let control = self.control.clone();
+        let every_us = every.as_micros() as u64;
+        control
+            .next_checkpoint_us
+            .store(unix_us() + every_us, Ordering::Relaxed);
+        if let Some(w) = wall {
+            control
+                .wall_due_us
+                .store(unix_us() + w.as_micros() as u64, Ordering::Relaxed);
+        }
         config.policy = Some(Box::new(move |_| {
-            let now = Instant::now();
-            if now >= next_checkpoint {
-                next_checkpoint = now + every;
+            let now = unix_us();
+            if now >= control.next_checkpoint_us.load(Ordering::Relaxed) {
+                control
+                    .next_checkpoint_us
+                    .store(now + every_us, Ordering::Relaxed);
                 return true;
             }
-            wall.is_some_and(|w| now >= started + w)
+            wall.is_some_and(|w| started.elapsed() >= w)
         }));
         config
     }
@@ -442,6 +467,15 @@ impl Job {
                     }
                 }
             }
+            // Whatever paused it, this checkpoint restarts the period.
+            let every_us = self
+                .options
+                .checkpoint_every_ms
+                .map_or(self.checkpoint_every, Duration::from_millis)
+                .as_micros() as u64;
+            self.control
+                .next_checkpoint_us
+                .store(unix_us() + every_us, Ordering::Relaxed);
             let handoff = self.control.handoff.swap(false, Ordering::SeqCst);
             self.control.pause.store(false, Ordering::SeqCst);
             self.control.checkpoint.store(false, Ordering::SeqCst);

@@ -162,6 +162,7 @@ pub async fn run(
         config,
     });
     let mut background = tokio::task::JoinSet::new();
+    background.spawn(watchdog(worker.clone()));
     if let Some(ep) = live_endpoint {
         tracing::info!(addr = %worker.addr, "serving live migrations");
         background.spawn(live::serve(worker.clone(), ep));
@@ -192,6 +193,28 @@ pub async fn run(
     }
     background.abort_all();
     Ok(())
+}
+
+/// Pause tasks that are overdue for a checkpoint or past their wall-time
+/// limit without reaching a yield point (asleep or blocked in a WASI call):
+/// a task that sleeps for an hour is still checkpointed on schedule, and
+/// one that blocks past its wall limit still ends.
+async fn watchdog(worker: Arc<Worker>) {
+    const GRACE_US: u64 = 500_000;
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for (task, r) in worker.lock_running().iter() {
+            if r.control.overdue(now, GRACE_US) {
+                tracing::debug!(%task, "overdue at no yield point; pausing it where it waits");
+                r.control.request_checkpoint();
+            }
+        }
+    }
 }
 
 /// The local address this host uses to reach `peer` (port 0): what other
