@@ -27,6 +27,8 @@ enum Command {
     Resume(cmd::resume::ResumeCommand),
     /// Create a cluster: a CA and certificates for the registry and the operator.
     Init(cmd::init::InitCommand),
+    /// Issue identities for other machines (`wmig cert issue NAME --out DIR`).
+    Cert(cmd::cert::CertCommand),
     /// Serve and inspect the registry of bundles and checkpoints.
     Registry(cmd::registry::RegistryCommand),
     /// Upload a wasm module to the registry and print its hash.
@@ -73,6 +75,7 @@ impl Command {
             Command::Run(c) => c.execute(),
             Command::Resume(c) => c.execute(),
             Command::Init(c) => c.execute(),
+            Command::Cert(c) => c.execute(),
             Command::Registry(c) => c.execute(),
             Command::Upload(c) => c.execute(),
             Command::Up(c) => c.execute(),

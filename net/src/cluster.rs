@@ -171,6 +171,27 @@ impl ClusterDir {
         Ok(id)
     }
 
+    /// A cluster directory for another machine at `out`: the CA
+    /// certificate, a new identity for `name`, and this cluster's
+    /// `config.toml` (the addresses) — never the CA key, so that machine can
+    /// act as `name` and nothing else. `out` must not hold a cluster yet.
+    pub fn export_identity(&self, name: &str, out: &Path) -> Result<ClusterDir, ClusterError> {
+        let target = ClusterDir::new(out);
+        if target.is_initialized() {
+            return Err(ClusterError::BadConfig {
+                path: target.ca_cert_path(),
+                reason: "a cluster directory is already there; choose an empty --out".into(),
+            });
+        }
+        let id = self.ca()?.issue(name)?;
+        fs::create_dir_all(out.join("certs")).map_err(ClusterError::io(out))?;
+        let ca_pem = self.read_to_string(&self.ca_cert_path())?;
+        write_atomic(&target.ca_cert_path(), ca_pem.as_bytes(), false)?;
+        target.store_identity(&id)?;
+        target.write_config(&self.config()?)?;
+        Ok(target)
+    }
+
     fn store_identity(&self, id: &Identity) -> Result<(), ClusterError> {
         let both = format!("{}{}", id.cert_pem, id.key_pem);
         fs::create_dir_all(self.root.join("certs")).map_err(ClusterError::io(&self.root))?;

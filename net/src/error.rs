@@ -31,7 +31,8 @@ pub enum ClusterError {
     NotInitialized { dir: PathBuf, missing: PathBuf },
     #[error(
         "no certificate for `{name}` in {dir} and the cluster CA key is not here to issue one; \
-         copy certs/{name}.pem and certs/{name}.key from the machine that ran `wmig init`"
+         on the machine that holds the cluster directory run `wmig cert issue {name} --out DIR` \
+         and use DIR here"
     )]
     NoIdentity { name: String, dir: PathBuf },
     #[error("{path}: {source}")]

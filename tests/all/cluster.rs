@@ -587,3 +587,61 @@ fn a_worker_certificate_speaks_only_for_itself() {
     // Nothing changed for the real worker-2.
     assert_eq!(up.node("worker-2")["state"], "online");
 }
+
+/// `wmig cert issue` gives another machine an identity without the CA key:
+/// a worker started from that directory joins under that name, and the
+/// directory can act as nothing else.
+#[test]
+fn a_worker_joins_from_an_issued_directory_without_the_ca_key() {
+    let up = Up::start(1);
+    let other = up.dir.with_file_name("other-machine");
+    let o = run(up.cmd(&["cert", "issue", "worker-7", "--out"]).arg(&other));
+    assert!(o.status.success(), "cert issue: {}", stderr(&o));
+    for file in ["ca.pem", "certs/worker-7.pem", "config.toml"] {
+        assert!(other.join(file).exists(), "{file} was written");
+    }
+    assert!(!other.join("ca.key").exists(), "the CA key stays home");
+    let again = run(up.cmd(&["cert", "issue", "worker-8", "--out"]).arg(&other));
+    assert!(
+        !again.status.success(),
+        "an existing directory is not overwritten"
+    );
+
+    let mut worker = wmig()
+        .env("WMIG_CLUSTER", &other)
+        .args(["worker", "--name", "worker-7"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start worker-7");
+    wait_until("worker-7 joins", Duration::from_secs(30), || {
+        up.json(&["nodes", "--json"]).as_array().is_some_and(|a| {
+            a.iter()
+                .any(|n| n["name"] == "worker-7" && n["state"] == "online")
+        })
+    });
+    // It can be nobody else: not another worker, not the operator.
+    let o = run(wmig()
+        .env("WMIG_CLUSTER", &other)
+        .args(["worker", "--name", "worker-8"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no certificate for `worker-8`")
+            && stderr(&o).contains("wmig cert issue worker-8"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(wmig().env("WMIG_CLUSTER", &other).arg("ps"));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("`operator`"), "{}", stderr(&o));
+    // And it runs tasks like any worker.
+    let id = up.submit(artifacts::EXIT_CODE, &["--on", "worker-7"], &["4"]);
+    assert_eq!(
+        run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]))
+            .status
+            .code(),
+        Some(4)
+    );
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod cert;
 pub mod control;
 pub mod coordinator;
 pub mod dashboard;
