@@ -269,6 +269,8 @@ pub enum WorkerCommand {
     Expect {
         task: TaskId,
         epoch: u64,
+        /// The source: only its certificate may deliver the task.
+        from: NodeId,
         spec: TaskSpec,
         options: TaskOptions,
     },

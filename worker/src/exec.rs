@@ -253,7 +253,7 @@ pub struct Job {
     pub uploads: mpsc::UnboundedSender<Upload>,
 }
 
-fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

@@ -91,6 +91,8 @@ struct Running {
 struct Expected {
     /// The source's epoch.
     epoch: u64,
+    /// The source, the only node that may deliver it.
+    from: NodeId,
     spec: TaskSpec,
     options: TaskOptions,
 }
@@ -205,9 +207,7 @@ async fn watchdog(worker: Arc<Worker>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let now = exec::unix_us();
         for (task, r) in worker.lock_running().iter() {
             if r.control.overdue(now, GRACE_US) {
                 tracing::debug!(%task, "overdue at no yield point; pausing it where it waits");
@@ -469,6 +469,7 @@ impl Worker {
             WorkerCommand::Expect {
                 task,
                 epoch,
+                from,
                 spec,
                 options,
             } => {
@@ -480,6 +481,7 @@ impl Worker {
                         task,
                         Expected {
                             epoch,
+                            from,
                             spec,
                             options,
                         },
@@ -655,7 +657,7 @@ impl Worker {
         task: TaskId,
         epoch: u64,
         timeout: Duration,
-    ) -> Option<(TaskSpec, TaskOptions)> {
+    ) -> Option<(NodeId, TaskSpec, TaskOptions)> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let changed = self.expected_changed.notified();
@@ -666,7 +668,7 @@ impl Worker {
                 .get(&task)
                 .filter(|e| e.epoch == epoch)
             {
-                return Some((e.spec.clone(), e.options.clone()));
+                return Some((e.from.clone(), e.spec.clone(), e.options.clone()));
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return None;

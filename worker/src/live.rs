@@ -24,7 +24,7 @@ use wmig_proto::frame::MAX_FRAME_LEN;
 use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN, PAGE_SIZE};
 use wmig_proto::{NodeId, TaskId};
 
-use crate::exec::{LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND};
+use crate::exec::{unix_us, LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND};
 use crate::Worker;
 
 /// Pre-copy rounds at most, before the final pause whatever the dirty rate.
@@ -74,12 +74,6 @@ async fn fault(point: &str) {
         tracing::warn!(point = %name, secs, "fault injection: stalling");
         tokio::time::sleep(Duration::from_secs(*secs)).await;
     }
-}
-
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 // --- source ----------------------------------------------------------------
@@ -283,9 +277,11 @@ pub(crate) async fn serve(worker: Arc<Worker>, endpoint: wmig_net::Endpoint) {
             let Some(conn) = wmig_net::accept(incoming).await else {
                 return;
             };
+            let peer = Arc::new(wmig_net::PeerIdentity::of(&conn));
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let worker = worker.clone();
-                tokio::spawn(async move { receive(worker, send, recv).await });
+                let peer = peer.clone();
+                tokio::spawn(async move { receive(worker, peer, send, recv).await });
             }
         });
     }
@@ -293,6 +289,7 @@ pub(crate) async fn serve(worker: Arc<Worker>, endpoint: wmig_net::Endpoint) {
 
 async fn receive(
     worker: Arc<Worker>,
+    peer: Arc<wmig_net::PeerIdentity>,
     mut send: wmig_net::SendStream,
     mut recv: wmig_net::RecvStream,
 ) {
@@ -315,7 +312,7 @@ async fn receive(
         }
     };
     let (task, from, epoch, ..) = offer.clone();
-    match take_task(&worker, offer, &mut send, &mut recv).await {
+    match take_task(&worker, &peer, offer, &mut send, &mut recv).await {
         Ok(()) => {}
         Err(e) => {
             let reason = format!("{e:#}");
@@ -341,15 +338,25 @@ type Offer = (TaskId, NodeId, u64, wmig_proto::Hash, u32, wmig_proto::Hash);
 
 async fn take_task(
     worker: &Arc<Worker>,
+    peer: &wmig_net::PeerIdentity,
     (task, from, epoch, module, rewriter, instrumented): Offer,
     send: &mut wmig_net::SendStream,
     recv: &mut wmig_net::RecvStream,
 ) -> anyhow::Result<()> {
-    let (spec, options) = worker.wait_expected(task, epoch, EXPECT_TIMEOUT).await.with_context(|| {
+    anyhow::ensure!(
+        peer.is(&from.0),
+        "the offer of {task} names {from} as its source, but comes with {}'s certificate",
+        peer.name().unwrap_or_else(|| "another node".into())
+    );
+    let (source, spec, options) = worker.wait_expected(task, epoch, EXPECT_TIMEOUT).await.with_context(|| {
         format!(
             "the coordinator did not announce {task} (epoch {epoch}) here; move tasks with `wmig migrate`"
         )
     })?;
+    anyhow::ensure!(
+        source == from,
+        "{task} is to come from {source}, not from {from}"
+    );
     anyhow::ensure!(
         spec.bundle == module,
         "{from} offers {task} with module {module}, but the task runs {}",

@@ -169,6 +169,7 @@ pub(super) fn start(
             WorkerCommand::Expect {
                 task,
                 epoch: t.epoch,
+                from: from.clone(),
                 spec: t.spec.clone(),
                 options: t.options.clone(),
             },

@@ -159,9 +159,13 @@ pub struct Server {
 }
 
 fn unix_ms() -> u64 {
+    unix_us_now() / 1000
+}
+
+fn unix_us_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Server {
@@ -513,12 +517,6 @@ fn effects(core: &mut Core, event: &Event) {
         }
         _ => {}
     }
-}
-
-fn unix_us_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn send_command(core: &mut Core, worker: &NodeId, cmd: WorkerCommand) {
