@@ -108,6 +108,41 @@ impl Task {
         Ok(kind)
     }
 
+    /// Start a live migration at a pause without copying anything yet (a
+    /// cold move sends memory in pieces with [`Task::live_copy`]).
+    pub fn live_track(&mut self) -> Result<&'static str, HostError> {
+        if !self.is_paused() {
+            return Err(HostError::NotPaused);
+        }
+        let tracker = DirtyTracker::start(self.memory.data(&self.store));
+        let kind = tracker.kind();
+        self.live = Some(LiveSource {
+            tracker,
+            scratch: Vec::new(),
+        });
+        Ok(kind)
+    }
+
+    /// 4 KiB pages of linear memory now.
+    pub fn live_pages(&self) -> u32 {
+        (self.memory.data_size(&self.store) / PAGE_SIZE) as u32
+    }
+
+    /// Copy `pages` of linear memory (whatever their state) into `out`.
+    pub fn live_copy(
+        &mut self,
+        pages: std::ops::Range<u32>,
+        out: &mut PageBuf,
+    ) -> Result<(), HostError> {
+        if !self.is_paused() {
+            return Err(HostError::NotPaused);
+        }
+        let data = self.memory.data(&self.store);
+        let end = pages.end.min((data.len() / PAGE_SIZE) as u32);
+        out.fill(data, pages.start.min(end)..end);
+        Ok(())
+    }
+
     /// At a later pause: the pages written since the previous round.
     pub fn live_round(&mut self, out: &mut PageBuf) -> Result<(), HostError> {
         if !self.is_paused() {
@@ -125,15 +160,19 @@ impl Task {
         Ok(())
     }
 
-    /// At the final pause: the pages written since the last round (all of
-    /// memory if there were no rounds: a cold move), the saved frames and
-    /// the rest of the state. Tracking ends; the task stays paused and
-    /// intact (it carries on here if the move fails).
-    pub fn live_final(&mut self, meta: CaptureMeta) -> Result<LiveFinal, HostError> {
+    /// At the final pause: the pages written since the last round (into
+    /// `memory`, a buffer to reuse; all of memory if no migration was
+    /// started), the saved frames and the rest of the state. Tracking ends;
+    /// the task stays paused and intact (it carries on here if the move
+    /// fails).
+    pub fn live_final(
+        &mut self,
+        meta: CaptureMeta,
+        mut memory: PageBuf,
+    ) -> Result<LiveFinal, HostError> {
         if !self.is_paused() {
             return Err(HostError::NotPaused);
         }
-        let mut memory = PageBuf::default();
         if self.live.is_some() {
             self.live_round(&mut memory)?;
             self.live = None;

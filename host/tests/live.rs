@@ -121,11 +121,14 @@ fn a_task_moved_live_in_rounds_of_written_pages_ends_as_if_never_moved() {
             Outcome::Paused(PauseReason::Policy)
         );
         let fin = src
-            .live_final(CaptureMeta {
-                task: None,
-                seq: 9,
-                epoch: 0,
-            })
+            .live_final(
+                CaptureMeta {
+                    task: None,
+                    seq: 9,
+                    epoch: 0,
+                },
+                PageBuf::default(),
+            )
             .expect("final");
         assert!(fin.manifest.memories.is_empty());
         let mut dst = incoming

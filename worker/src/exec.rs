@@ -50,6 +50,10 @@ pub struct TaskControl {
     pub live_step: AtomicU8,
     /// Where the task thread hands its rounds while a live migration runs.
     pub live_out: Mutex<Option<mpsc::UnboundedSender<LiveOut>>>,
+    /// Round buffers the sender is done with. A round is captured while
+    /// the task is paused; writing into memory already faulted in (not a
+    /// fresh 64 MiB allocation) keeps that pause short.
+    pub spare_bufs: Mutex<Vec<PageBuf>>,
     /// Set while the task waits, paused for good, for the coordinator's
     /// decision on a live migration: `true` carries on here, `false`
     /// forgets the task (it runs on the target).
@@ -73,10 +77,15 @@ pub const LIVE_ROUND: u8 = 1;
 pub const LIVE_FINAL: u8 = 2;
 /// At the next pause, stop tracking writes (the migration was abandoned).
 pub const LIVE_END: u8 = 3;
+/// Pages per piece of a large final round (4 MiB).
+const FINAL_PIECE_PAGES: u32 = 1024;
 
 /// What the task thread hands the live sender.
 pub enum LiveOut {
     Round(PageBuf),
+    /// Part of a large final round (a cold move), captured while the
+    /// previous part is on the wire.
+    Piece(PageBuf),
     Final(Box<LiveFinal>, u64),
     Failed(String),
 }
@@ -512,6 +521,16 @@ impl Job {
         }
     }
 
+    /// A round buffer the sender is done with, or a new one.
+    fn spare_buf(&self) -> PageBuf {
+        self.control
+            .spare_bufs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
     /// One live-migration step at a pause. Returns true when the task has
     /// moved and must be forgotten here.
     fn live_step(&self, task: &mut Task, step: u8, seq: &mut u64, paused_at_us: u64) -> bool {
@@ -526,7 +545,7 @@ impl Job {
             return false;
         };
         if step == LIVE_ROUND {
-            let mut buf = PageBuf::default();
+            let mut buf = self.spare_buf();
             let r = if task.live_active() {
                 task.live_round(&mut buf)
             } else {
@@ -544,13 +563,40 @@ impl Job {
             return false;
         }
         // The final step: everything not sent yet, then wait, paused, for
-        // the coordinator to say where the task lives on.
+        // the coordinator to say where the task lives on. A cold move sends
+        // all of memory now, in pieces, so that copying one overlaps
+        // sending the one before.
+        if !task.live_active() {
+            if let Err(e) = task.live_track() {
+                let _ = out.send(LiveOut::Failed(format!("capturing memory pages: {e}")));
+                return false;
+            }
+            let pages = task.live_pages();
+            let mut start = 0;
+            while start < pages {
+                let end = pages.min(start + FINAL_PIECE_PAGES);
+                let mut buf = self.spare_buf();
+                let sent = task
+                    .live_copy(start..end, &mut buf)
+                    .is_ok_and(|()| out.send(LiveOut::Piece(buf)).is_ok());
+                if !sent {
+                    // The sender gave up (and will not send the final
+                    // state): carry on here.
+                    task.live_end();
+                    return false;
+                }
+                start = end;
+            }
+        }
         let next = wmig_proto::checkpoint::next_seq(*seq, self.epoch);
-        let fin = task.live_final(CaptureMeta {
-            task: Some(self.task),
-            seq: next,
-            epoch: self.epoch,
-        });
+        let fin = task.live_final(
+            CaptureMeta {
+                task: Some(self.task),
+                seq: next,
+                epoch: self.epoch,
+            },
+            self.spare_buf(),
+        );
         let fin = match fin {
             Ok(f) => f,
             Err(e) => {

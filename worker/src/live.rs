@@ -18,10 +18,10 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use wmig_coordinator::wire::ControlRequest;
 use wmig_host::Incoming;
-use wmig_net::stream::{read_frame, read_payload, write_frame};
+use wmig_net::stream::{read_exact, read_frame, read_payload, write_frame};
 use wmig_net::EndpointConfig;
 use wmig_proto::frame::MAX_FRAME_LEN;
-use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN, PAGE_SIZE};
+use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
 use crate::exec::{unix_us, LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND};
@@ -31,8 +31,6 @@ use crate::Worker;
 const MAX_ROUNDS: u32 = 30;
 /// A round this small is the last before the pause (1 MiB of pages).
 const FINAL_PAGES: u64 = 256;
-/// A final round larger than this travels in pieces of this size.
-const FINAL_PIECE_BYTES: u64 = 4 << 20;
 /// Round numbers of the final round's pieces start here.
 const FINAL_ROUNDS: u32 = 1 << 20;
 /// How long a task may take to reach a pause for one step.
@@ -107,6 +105,11 @@ pub(crate) async fn send(
         () = control.live_abort.notified() => Err(anyhow::anyhow!("the coordinator abandoned the migration")),
     };
     *control.live_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    control
+        .spare_bufs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     if let Err(e) = result {
         let reason = format!("{e:#}");
         tracing::warn!(%task, %to, reason, "live migration failed");
@@ -169,8 +172,7 @@ async fn stream_task(
         LiveReply::Refused(why) => anyhow::bail!("{to} refused the task: {why}"),
         other => anyhow::bail!("{to} answered the offer with {other:?}"),
     }
-    let mut step = async |step: u8| -> anyhow::Result<LiveOut> {
-        control.request_live(step);
+    let mut next = async || -> anyhow::Result<LiveOut> {
         match tokio::time::timeout(STEP_TIMEOUT, rx.recv()).await {
             Ok(Some(LiveOut::Failed(why))) => anyhow::bail!("{why}"),
             Ok(Some(out)) => Ok(out),
@@ -181,7 +183,8 @@ async fn stream_task(
     if precopy {
         let mut previous = u64::MAX;
         for round in 0..MAX_ROUNDS {
-            let LiveOut::Round(buf) = step(LIVE_ROUND).await? else {
+            control.request_live(LIVE_ROUND);
+            let LiveOut::Round(buf) = next().await? else {
                 anyhow::bail!("the task answered a round with something else");
             };
             write_frame(
@@ -201,6 +204,11 @@ async fn stream_task(
             }
             let pages = buf.pages();
             tracing::debug!(%task, round, pages, bytes = buf.bytes.len(), "live round sent");
+            control
+                .spare_bufs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(buf);
             // Stop when little is left, or when the task writes as fast as
             // the link carries (the rounds no longer shrink).
             if round > 0 && (pages <= FINAL_PAGES || pages * 10 > previous * 9) {
@@ -209,47 +217,51 @@ async fn stream_task(
             previous = pages;
         }
     }
-    let LiveOut::Final(fin, paused_at_us) = step(LIVE_FINAL).await? else {
-        anyhow::bail!("the task answered the final step with something else");
+    // The final step. A cold move's memory arrives first, in pieces the
+    // target applies while the next are captured and on the wire; their
+    // acks are read below.
+    control.request_live(LIVE_FINAL);
+    let mut pieces = 0u32;
+    let (fin, paused_at_us) = loop {
+        match next().await? {
+            LiveOut::Piece(buf) => {
+                write_frame(
+                    &mut send,
+                    &LiveMessage::Pages {
+                        round: FINAL_ROUNDS + pieces,
+                        delta: buf.delta.clone(),
+                        paused: true,
+                    },
+                )
+                .await?;
+                send.write_all(&buf.bytes).await?;
+                pieces += 1;
+                control
+                    .spare_bufs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(buf);
+            }
+            LiveOut::Final(fin, at) => break (fin, at),
+            _ => anyhow::bail!("the task answered the final step with a round"),
+        }
     };
     *final_sent = true;
     fault("live-source-after-pause").await;
     let captured_us = unix_us().saturating_sub(paused_at_us);
-    tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), pages = fin.memory.pages(), "live final captured");
-    // A large final round (a cold move) goes in pieces the target applies
-    // while the next ones are on the wire; their acks are read below.
-    let mut memory = fin.memory.delta;
-    let mut pieces = 0u32;
-    if memory.payload_len() > FINAL_PIECE_BYTES {
-        for (piece, range) in memory.split((FINAL_PIECE_BYTES / PAGE_SIZE as u64) as u32) {
-            write_frame(
-                &mut send,
-                &LiveMessage::Pages {
-                    round: FINAL_ROUNDS + pieces,
-                    delta: piece,
-                    paused: true,
-                },
-            )
-            .await?;
-            send.write_all(&fin.memory.bytes[range]).await?;
-            pieces += 1;
-        }
-        memory.runs.clear();
-    }
+    tracing::debug!(%task, since_pause_us = captured_us, pieces, pages = fin.memory.pages(), "live final captured");
     write_frame(
         &mut send,
         &LiveMessage::Final {
             manifest: Box::new(fin.manifest),
-            memory,
+            memory: fin.memory.delta,
             stack: fin.stack.delta,
             paused_at_us,
             captured_us,
         },
     )
     .await?;
-    if pieces == 0 {
-        send.write_all(&fin.memory.bytes).await?;
-    }
+    send.write_all(&fin.memory.bytes).await?;
     send.write_all(&fin.stack.bytes).await?;
     let _ = send.finish();
     tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final sent");
@@ -380,6 +392,7 @@ async fn take_task(
     write_frame(send, &LiveReply::Accepted).await?;
     let max_memory = job.memory_limit_bytes();
     let (mut precopy_bytes, mut paused_bytes) = (0u64, 0u64);
+    let mut round_buf = Vec::new();
     loop {
         match read_frame::<LiveMessage>(recv, MAX_FRAME_LEN).await? {
             LiveMessage::Pages {
@@ -388,8 +401,12 @@ async fn take_task(
                 paused,
             } => {
                 delta.validate(max_memory).map_err(anyhow::Error::msg)?;
-                let bytes = read_payload(recv, delta.payload_len() as usize).await?;
-                incoming.apply(&delta, &bytes)?;
+                // One buffer for every round: faulted in once, not per round.
+                let len = delta.payload_len() as usize;
+                round_buf.resize(len, 0);
+                read_exact(recv, &mut round_buf[..len]).await?;
+                let bytes = &round_buf[..len];
+                incoming.apply(&delta, bytes)?;
                 if paused {
                     paused_bytes += bytes.len() as u64;
                 } else {

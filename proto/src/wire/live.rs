@@ -45,55 +45,6 @@ pub struct PageDelta {
 }
 
 impl PageDelta {
-    /// Cut into pieces of at most `max_pages` pages (zero runs count too),
-    /// each with the byte range of its payload in this delta's payload.
-    pub fn split(&self, max_pages: u32) -> Vec<(PageDelta, std::ops::Range<usize>)> {
-        let max_pages = max_pages.max(1);
-        let mut pieces = Vec::new();
-        let mut cur = PageDelta {
-            memory_len: self.memory_len,
-            runs: Vec::new(),
-        };
-        let (mut pages, mut start, mut at) = (0u32, 0usize, 0usize);
-        for r in &self.runs {
-            let (mut first, mut left) = (r.first, r.count);
-            while left > 0 {
-                let take = left.min(max_pages - pages);
-                cur.runs.push(PageRun {
-                    first,
-                    count: take,
-                    zero: r.zero,
-                });
-                if !r.zero {
-                    at += take as usize * PAGE_SIZE;
-                }
-                pages += take;
-                first += take;
-                left -= take;
-                if pages == max_pages {
-                    pieces.push((std::mem::take(&mut cur.runs), start..at));
-                    start = at;
-                    pages = 0;
-                }
-            }
-        }
-        if !cur.runs.is_empty() {
-            pieces.push((cur.runs, start..at));
-        }
-        pieces
-            .into_iter()
-            .map(|(runs, range)| {
-                (
-                    PageDelta {
-                        memory_len: self.memory_len,
-                        runs,
-                    },
-                    range,
-                )
-            })
-            .collect()
-    }
-
     /// Bytes of the non-zero runs, which follow the header on the stream.
     pub fn payload_len(&self) -> u64 {
         self.runs
@@ -189,58 +140,31 @@ pub enum LiveReply {
 mod tests {
     use super::*;
 
-    #[test]
-    fn split_pieces_cover_the_delta_in_order() {
-        let d = PageDelta {
-            memory_len: 64 * PAGE_SIZE as u64,
-            runs: vec![
-                PageRun {
-                    first: 0,
-                    count: 5,
-                    zero: false,
-                },
-                PageRun {
-                    first: 5,
-                    count: 3,
-                    zero: true,
-                },
-                PageRun {
-                    first: 10,
-                    count: 4,
-                    zero: false,
-                },
-            ],
-        };
-        let pieces = d.split(4);
-        let pages: Vec<u32> = pieces
-            .iter()
-            .map(|(p, _)| p.runs.iter().map(|r| r.count).sum())
-            .collect();
-        assert_eq!(pages, [4, 4, 4]);
-        let mut at = 0;
-        for (p, range) in &pieces {
-            assert_eq!(range.start, at);
-            assert_eq!((range.end - range.start) as u64, p.payload_len());
-            at = range.end;
+    fn delta(memory_len: u64, runs: &[(u32, u32, bool)]) -> PageDelta {
+        PageDelta {
+            memory_len,
+            runs: runs
+                .iter()
+                .map(|&(first, count, zero)| PageRun { first, count, zero })
+                .collect(),
         }
-        assert_eq!(at as u64, d.payload_len());
-        let runs: Vec<PageRun> = pieces.into_iter().flat_map(|(p, _)| p.runs).collect();
-        assert_eq!(runs.iter().map(|r| r.count).sum::<u32>(), 12);
-        assert_eq!(
-            runs[0],
-            PageRun {
-                first: 0,
-                count: 4,
-                zero: false
-            }
-        );
-        assert_eq!(
-            runs[1],
-            PageRun {
-                first: 4,
-                count: 1,
-                zero: false
-            }
-        );
+    }
+
+    #[test]
+    fn a_delta_is_checked_before_anything_is_read_or_written() {
+        let page = PAGE_SIZE as u64;
+        let ok = delta(8 * page, &[(0, 2, false), (2, 3, true), (7, 1, false)]);
+        assert_eq!(ok.validate(1 << 20), Ok(()));
+        assert_eq!(ok.payload_len(), 3 * page, "zero runs carry no bytes");
+        let outside = delta(8 * page, &[(6, 3, false)]).validate(1 << 20);
+        assert!(outside.is_err_and(|e| e.contains("outside a memory of 8 pages")));
+        let empty = delta(8 * page, &[(1, 0, false)]).validate(1 << 20);
+        assert!(empty.is_err());
+        let ragged = delta(8 * page + 1, &[]).validate(1 << 20);
+        assert!(ragged.is_err_and(|e| e.contains("not a whole number of pages")));
+        let big = delta(1 << 30, &[]).validate(1 << 20);
+        assert!(big.is_err_and(|e| e.contains("exceeds the limit")));
+        let overflow = delta(8 * page, &[(u32::MAX, u32::MAX, false)]).validate(1 << 20);
+        assert!(overflow.is_err(), "no arithmetic overflow on hostile runs");
     }
 }
