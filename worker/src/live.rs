@@ -47,7 +47,9 @@ pub(crate) fn endpoint_config() -> EndpointConfig {
     c.stream_window = 64 << 20;
     c.connection_window = 128 << 20;
     // Fewer, larger datagrams: a round is megabytes, and per-packet costs
-    // (syscalls, crypto setup) bound loopback and LAN transfers.
+    // (syscalls, crypto setup) bound loopback and LAN transfers. 4 KiB took
+    // a 64 MiB move from 113 to 5 ms; 8 KiB lost packets against 4 MiB
+    // socket buffers (64 MiB cold: 165 → 918 ms).
     c.max_udp_payload = 4096;
     c
 }
