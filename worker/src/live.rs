@@ -31,6 +31,9 @@ use crate::Worker;
 const MAX_ROUNDS: u32 = 30;
 /// A round this small is the last before the pause (1 MiB of pages).
 const FINAL_PAGES: u64 = 256;
+/// Rounds in a row that may fail to shrink below the smallest so far by
+/// 10 % before the task pauses anyway (the dirty rate beats the link).
+const PATIENCE: u32 = 4;
 /// Round numbers of the final round's pieces start here.
 const FINAL_ROUNDS: u32 = 1 << 20;
 /// How long a task may take to reach a pause for one step.
@@ -183,7 +186,7 @@ async fn stream_task(
         }
     };
     if precopy {
-        let mut previous = u64::MAX;
+        let (mut best, mut since_best) = (u64::MAX, 0u32);
         for round in 0..MAX_ROUNDS {
             control.request_live(LIVE_ROUND);
             let LiveOut::Round(buf) = next().await? else {
@@ -212,11 +215,20 @@ async fn stream_task(
                 .unwrap_or_else(|p| p.into_inner())
                 .push(buf);
             // Stop when little is left, or when the task writes as fast as
-            // the link carries (the rounds no longer shrink).
-            if round > 0 && (pages <= FINAL_PAGES || pages * 10 > previous * 9) {
+            // the link carries: rounds no longer shrink. When the two are
+            // close, round sizes wander; a few rounds of patience often
+            // find a small one (each small round makes the next small).
+            if round > 0 && pages <= FINAL_PAGES {
                 break;
             }
-            previous = pages;
+            if pages * 10 < best * 9 {
+                (best, since_best) = (pages, 0);
+            } else {
+                since_best += 1;
+                if since_best >= PATIENCE {
+                    break;
+                }
+            }
         }
     }
     // The final step. A cold move's memory arrives first, in pieces the
