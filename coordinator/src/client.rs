@@ -18,12 +18,20 @@ pub const COORDINATOR_NODE: &str = "coordinator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    // Each prints its cause inline and has no `source`, so an error chain
+    // (`{:#}`) shows it once.
     #[error("coordinator unreachable: {0}")]
-    Net(#[from] NetError),
-    #[error("{0}")]
+    Net(NetError),
+    #[error(transparent)]
     Remote(#[from] RemoteError),
     #[error("the coordinator answered {what} with an unexpected message; are both the same wmig release?")]
     Unexpected { what: &'static str },
+}
+
+impl From<NetError> for ControlError {
+    fn from(e: NetError) -> Self {
+        ControlError::Net(e)
+    }
 }
 
 impl ControlError {
@@ -204,5 +212,25 @@ impl ControlClient {
             ControlResponse::Migrated(r) => Ok(r),
             _ => Err(ControlError::Unexpected { what: "Migrate" }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use wmig_proto::wire::ErrorCode;
+
+    /// An error chain (`{:#}`, what the CLI prints) names each cause once:
+    /// these errors carry their cause inline, not again as a `source`.
+    #[test]
+    fn errors_print_their_cause_once() {
+        let remote = ControlError::from(RemoteError::new(ErrorCode::Conflict, "task t-2 moved"));
+        assert_eq!(remote.to_string(), "task t-2 moved");
+        assert!(remote.source().is_none());
+        let net = ControlError::from(NetError::Timeout(std::time::Duration::from_secs(5)));
+        assert!(net.to_string().starts_with("coordinator unreachable: "));
+        assert!(net.source().is_none());
     }
 }

@@ -614,7 +614,19 @@ impl Job {
         if self.control.drop.load(Ordering::SeqCst) {
             return true;
         }
-        let _ = out.send(LiveOut::Final(Box::new(fin), paused_at_us));
+        if out
+            .send(LiveOut::Final(Box::new(fin), paused_at_us))
+            .is_err()
+        {
+            // The sender is gone before it had the final state: no one else
+            // can hold it, so carry on here without waiting for a decision.
+            self.control
+                .decision
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            return false;
+        }
         drop(out);
         // Only the coordinator decides (through `Drop` or `Resume`); if it
         // is away, the task waits here, paused, until it is back.

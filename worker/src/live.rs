@@ -221,7 +221,7 @@ async fn stream_task(
             if round > 0 && pages <= FINAL_PAGES {
                 break;
             }
-            if pages * 10 < best * 9 {
+            if pages.saturating_mul(10) < best.saturating_mul(9) {
                 (best, since_best) = (pages, 0);
             } else {
                 since_best += 1;
