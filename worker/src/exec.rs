@@ -48,6 +48,8 @@ pub struct TaskControl {
     /// Live migration out: what the task thread does at the next pause
     /// ([`LIVE_ROUND`], [`LIVE_FINAL`], [`LIVE_END`]).
     pub live_step: AtomicU8,
+    /// The task thread is done (ended, failed, dropped or moved).
+    pub ended: AtomicBool,
     /// Where the task thread hands its rounds while a live migration runs.
     pub live_out: Mutex<Option<mpsc::UnboundedSender<LiveOut>>>,
     /// Round buffers the sender is done with. A round is captured while
@@ -319,7 +321,16 @@ impl Job {
         };
         self.control.set_interrupt(task.interrupt());
         let _ = self.control.module.set(task.module().clone());
+        let control = self.control.clone();
         self.drive(task, &mut seq);
+        // The task is over here: a live sender waiting for a round learns
+        // it at once, not after its step timeout.
+        control.ended.store(true, Ordering::SeqCst);
+        control
+            .live_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     fn instantiate(&self) -> Result<(Task, u64), String> {

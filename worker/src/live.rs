@@ -93,7 +93,13 @@ pub(crate) async fn send(
     control: Arc<TaskControl>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    *control.live_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    {
+        let mut out = control.live_out.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock the task thread clears `live_out` with.
+        if !control.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            *out = Some(tx);
+        }
+    }
     let mut final_sent = false;
     let result = tokio::select! {
         r = stream_task(
