@@ -138,10 +138,15 @@ pub async fn run(
     })
     .transpose()?;
     let addr = match &live_endpoint {
-        Some(ep) => ep
-            .local_addr()
-            .context("the live endpoint's address")?
-            .to_string(),
+        Some(ep) => {
+            let mut bound = ep.local_addr().context("the live endpoint's address")?;
+            // Bound to every interface: tell peers the one that reaches
+            // the coordinator.
+            if bound.ip().is_unspecified() {
+                bound.set_ip(local_addr_towards(config.coordinator).ip());
+            }
+            bound.to_string()
+        }
         None => String::new(),
     };
     let (report_tx, report_rx) = mpsc::unbounded_channel();
