@@ -144,14 +144,7 @@ async fn migration_table(
         ];
         for (mode, to, precopy, goal) in runs {
             let r = client.migrate(t, to, precopy).await?;
-            rows.push(format!(
-                "| {mib} MiB | {mode} | {:.1} | {} | {:.1} | {} / {} | {goal} |",
-                r.downtime_ms,
-                split(&r),
-                r.total_ms,
-                human(r.precopy_bytes),
-                human(r.delta_bytes + r.resume_bytes)
-            ));
+            rows.push(row(&format!("{mib} MiB"), mode, &r, goal));
         }
         client
             .call(&ControlRequest::Cancel { task: t }, "Cancel")
@@ -170,18 +163,35 @@ async fn migration_table(
     let r = client
         .migrate(t, wmig_proto::NodeId("worker-2".into()), true)
         .await?;
-    rows.push(format!(
-        "| 16 MiB | asleep in `poll_oneoff`, pre-copy | {:.1} | {} | {:.1} | {} / {} | ≤ 100 ms |",
-        r.downtime_ms,
-        split(&r),
-        r.total_ms,
-        human(r.precopy_bytes),
-        human(r.delta_bytes + r.resume_bytes)
+    rows.push(row(
+        "16 MiB",
+        "asleep in `poll_oneoff`, pre-copy",
+        &r,
+        "≤ 100 ms",
     ));
     client
         .call(&ControlRequest::Cancel { task: t }, "Cancel")
         .await?;
     Ok(rows)
+}
+
+const MIGRATION_HEADER: &str = "| live memory | mode | downtime (ms) | captured / transferred / applied / placed / running (ms after the pause) | total (ms) | moved before / after the pause | goal |\n|---:|---|---:|---|---:|---:|---:|";
+
+/// One line of the migration table.
+fn row(
+    memory: &str,
+    mode: &str,
+    r: &wmig_coordinator::wire::MigrationReport,
+    goal: &str,
+) -> String {
+    format!(
+        "| {memory} | {mode} | {:.1} | {} | {:.1} | {} / {} | {goal} |",
+        r.downtime_ms,
+        split(r),
+        r.total_ms,
+        human(r.precopy_bytes),
+        human(r.delta_bytes + r.resume_bytes)
+    )
 }
 
 /// The downtime's steps: ms after the pause at which capture, transfer,
@@ -457,8 +467,7 @@ fn main() -> anyhow::Result<()> {
         }
 
         if std::env::var("WMIG_BENCH_ONLY").as_deref() == Ok("migration") {
-            println!("| live memory | mode | downtime (ms) | captured / transferred / applied / placed / running (ms after the pause) | total (ms) | moved before / after the pause | goal |");
-            println!("|---:|---|---:|---|---:|---:|---:|");
+            println!("{MIGRATION_HEADER}");
             for row in migration_table(&client, &registry).await? {
                 println!("{row}");
             }
@@ -527,8 +536,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!();
         println!("Migration (holdmem rewriting {SCATTER_RATE} random 4 KiB pages per second; downtime = pause on the source → first instruction on the target)");
-        println!("| live memory | mode | downtime (ms) | captured / transferred / applied / placed / running (ms after the pause) | total (ms) | moved before / after the pause | goal |");
-        println!("|---:|---|---:|---|---:|---:|---:|");
+        println!("{MIGRATION_HEADER}");
         for row in &migrations {
             println!("{row}");
         }

@@ -94,17 +94,8 @@ impl Task {
     /// memory are tracked; `out` gets every page (round 0). Returns the
     /// tracking method (`pagemap` or `compare`).
     pub fn live_begin(&mut self, out: &mut PageBuf) -> Result<&'static str, HostError> {
-        if !self.is_paused() {
-            return Err(HostError::NotPaused);
-        }
-        let data = self.memory.data(&self.store);
-        let tracker = DirtyTracker::start(data);
-        let kind = tracker.kind();
-        out.fill(data, 0..(data.len() / PAGE_SIZE) as u32);
-        self.live = Some(LiveSource {
-            tracker,
-            scratch: Vec::new(),
-        });
+        let kind = self.live_track()?;
+        self.live_copy(0..self.live_pages(), out)?;
         Ok(kind)
     }
 
@@ -211,8 +202,6 @@ pub struct Incoming {
     /// Bytes of memory the fresh instance started with: its data segments
     /// live there, so zero pages in that range must really be zeroed.
     fresh_len: usize,
-    /// Pages applied so far (for reports).
-    pub pages: u64,
 }
 
 impl Incoming {
@@ -235,22 +224,13 @@ impl Incoming {
         })?;
         let task = Task::instantiate(rt, module, placeholder, control)?;
         let fresh_len = task.memory.data_size(&task.store);
-        Ok(Incoming {
-            task,
-            fresh_len,
-            pages: 0,
-        })
-    }
-
-    pub fn module(&self) -> &Arc<PreparedModule> {
-        &self.task.module
+        Ok(Incoming { task, fresh_len })
     }
 
     /// Write one round of linear-memory pages.
     pub fn apply(&mut self, delta: &PageDelta, bytes: &[u8]) -> Result<(), HostError> {
         let memory = self.task.memory;
-        self.pages += write_pages(&mut self.task, memory, self.fresh_len, delta, bytes)?;
-        Ok(())
+        write_pages(&mut self.task, memory, self.fresh_len, delta, bytes)
     }
 
     /// Apply the final state: the last pages, the saved frames, globals and
@@ -280,14 +260,13 @@ impl Incoming {
 }
 
 /// Write `delta` into `memory`, growing it first if the source's grew.
-/// Returns the pages written.
 fn write_pages(
     task: &mut Task,
     memory: Memory,
     fresh_len: usize,
     delta: &PageDelta,
     bytes: &[u8],
-) -> Result<u64, HostError> {
+) -> Result<(), HostError> {
     let limit = task
         .memory_limit
         .map_or(u64::MAX, |l| l as u64)
@@ -313,7 +292,6 @@ fn write_pages(
     }
     let data = memory.data_mut(&mut task.store);
     let mut at = 0usize;
-    let mut pages = 0u64;
     for r in &delta.runs {
         let start = r.first as usize * PAGE_SIZE;
         let len = r.count as usize * PAGE_SIZE;
@@ -330,7 +308,6 @@ fn write_pages(
             dst.copy_from_slice(&bytes[at..at + len]);
             at += len;
         }
-        pages += u64::from(r.count);
     }
-    Ok(pages)
+    Ok(())
 }

@@ -79,6 +79,30 @@ impl Up {
         }
     }
 
+    /// Start a coordinator again on the address the cluster recorded (after
+    /// the test killed it) and wait until it answers.
+    pub fn restart_coordinator(&self) -> Child {
+        let addr = cluster_addr(&self.dir);
+        let child = self
+            .cmd(&[
+                "coordinator",
+                "--listen",
+                &addr,
+                "--http",
+                "off",
+                "--offline-timeout",
+            ])
+            .arg(format!("{}ms", OFFLINE_TIMEOUT.as_millis()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("restart the coordinator");
+        wait_until("coordinator answers", Duration::from_secs(20), || {
+            run(&mut self.cmd(&["ps"])).status.success()
+        });
+        child
+    }
+
     /// `wmig ARGS` against this cluster.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = wmig();
@@ -347,7 +371,7 @@ fn bad_requests_are_clear_errors() {
     assert!(!o.status.success(), "a foreign certificate was accepted");
 }
 
-pub(crate) fn cluster_addr(dir: &Path) -> String {
+fn cluster_addr(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("config.toml")).expect("config.toml");
     let line = text
         .lines()
@@ -409,29 +433,12 @@ fn a_killed_coordinator_restarts_with_its_tasks_and_nodes() {
         );
     }
     let ps_before = up.json(&["ps", "--json"]);
-    let addr = cluster_addr(&up.dir);
     kill9(u64::from(coordinator));
     let o = run(&mut up.cmd(&["ps"]));
     assert!(!o.status.success(), "ps answered with the coordinator dead");
 
     // Restart it on the same address: the workers reconnect by themselves.
-    let mut restarted = up
-        .cmd(&[
-            "coordinator",
-            "--listen",
-            &addr,
-            "--http",
-            "off",
-            "--offline-timeout",
-        ])
-        .arg(format!("{}ms", OFFLINE_TIMEOUT.as_millis()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("restart the coordinator");
-    wait_until("coordinator answers", Duration::from_secs(20), || {
-        run(&mut up.cmd(&["ps"])).status.success()
-    });
+    let mut restarted = up.restart_coordinator();
     let ps_after = up.json(&["ps", "--json"]);
     for (a, b) in ps_before
         .as_array()

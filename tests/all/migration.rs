@@ -458,7 +458,6 @@ fn a_source_killed_after_the_pause_is_recovered_with_nothing_lost() {
 fn a_coordinator_killed_mid_migration_leaves_one_owner() {
     let up = up_with_fault(3, "live-source-after-pause:5");
     let id = submit_writer(&up);
-    let addr = crate::cluster::cluster_addr(&up.dir);
     let migrate = migrate_until_stalled(&up, &id, "worker-2", "worker-1");
     kill9(u64::from(up.pid_of("coordinator")));
     let o = migrate.wait_with_output().expect("wmig migrate");
@@ -466,23 +465,7 @@ fn a_coordinator_killed_mid_migration_leaves_one_owner() {
         !o.status.success(),
         "the operator learns the move did not finish"
     );
-    let mut restarted = up
-        .cmd(&[
-            "coordinator",
-            "--listen",
-            &addr,
-            "--http",
-            "off",
-            "--offline-timeout",
-        ])
-        .arg(format!("{}ms", crate::cluster::OFFLINE_TIMEOUT.as_millis()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("restart the coordinator");
-    wait_until("coordinator answers", Duration::from_secs(20), || {
-        run(&mut up.cmd(&["ps"])).status.success()
-    });
+    let mut restarted = up.restart_coordinator();
     let target_log = up.dir.join("logs").join("worker-2.log");
     wait_until(
         "the target's LiveReady is refused",
