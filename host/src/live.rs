@@ -218,7 +218,7 @@ impl Incoming {
             args: Vec::new(),
             env: Vec::new(),
             preopens: Vec::new(),
-            stdin: Box::new(std::io::empty()),
+            stdin: wmig_wasi::Stdin::empty(),
             stdout: Box::new(wmig_wasi::BufferSink::default()),
             stderr: Box::new(wmig_wasi::BufferSink::default()),
         })?;
@@ -248,11 +248,9 @@ impl Incoming {
         let hooks = self.task.hooks()?;
         let stack_fresh = hooks.stack.data_size(&self.task.store);
         write_pages(&mut self.task, hooks.stack, stack_fresh, stack.0, stack.1)?;
-        let ctx = WasiCtx::restore(wasi, &manifest.wasi)?;
-        if self.task.module.rewriter >= wmig_rewrite::SLEEP_PAUSES_SINCE {
-            ctx.interrupt()
-                .arm_pause(self.task.store.data().ctl.pause_flag.clone());
-        }
+        let mut ctx = WasiCtx::restore(wasi, &manifest.wasi)?;
+        let flag = self.task.store.data().ctl.pause_flag.clone();
+        crate::task::arm_blocking_pauses(&mut ctx, self.task.module.rewriter, &flag);
         self.task.store.data_mut().wasi = ctx;
         self.task.apply_state(manifest)?;
         Ok(self.task)

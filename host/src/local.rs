@@ -50,9 +50,9 @@ impl WasiSpec {
                 })
                 .collect(),
             stdin: if self.inherit_stdin {
-                Box::new(std::io::stdin())
+                wmig_wasi::Stdin::reader(std::io::stdin())
             } else {
-                Box::new(std::io::empty())
+                wmig_wasi::Stdin::empty()
             },
             stdout,
             stderr,

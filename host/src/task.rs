@@ -166,11 +166,45 @@ pub(crate) struct Control {
     pub usage: Option<Arc<LiveUsage>>,
 }
 
+/// Run a WASI call the rewrite can unwind from: resuming into it ends the
+/// rewind first; a pause that ended its wait unwinds from inside it (the
+/// call left its input such that running it again continues the wait).
+fn blocking_call(
+    caller: &mut Caller<'_, HostState>,
+    call: impl FnOnce(&mut Caller<'_, HostState>) -> wasmtime::Result<i32>,
+) -> wasmtime::Result<i32> {
+    if caller.data().ctl.rewinding {
+        // Resuming into the call: the frames are rebuilt up to here.
+        let hooks = caller.data().ctl.hooks.clone();
+        if let Some(hooks) = hooks {
+            caller.data_mut().ctl.rewinding = false;
+            hooks.stop_rewind.call(&mut *caller, ())?;
+        }
+    }
+    let r = call(caller)?;
+    if caller.data_mut().wasi.take_paused_in_call() {
+        caller.data().ctl.pause_flag.store(false, Ordering::SeqCst);
+        begin_unwind(caller, PauseReason::Requested)?;
+    }
+    Ok(r)
+}
+
+/// Let a requested pause end the blocking calls `rewriter` can unwind from.
+pub(crate) fn arm_blocking_pauses(wasi: &mut WasiCtx, rewriter: u32, flag: &Arc<AtomicBool>) {
+    if rewriter >= wmig_rewrite::SLEEP_PAUSES_SINCE {
+        wasi.interrupt().arm_pause(flag.clone());
+    }
+    if rewriter >= wmig_rewrite::READ_PAUSES_SINCE {
+        wasi.allow_read_pauses();
+    }
+}
+
 /// Host functions under `wmig.*`: the injected yield point and the guest SDK.
 pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wmig_wasi::add_to_linker(linker, |s: &mut HostState| &mut s.wasi)?;
     // Rewriter 3 makes `poll_oneoff` a pause point: a task asleep in it can
     // be paused, checkpointed and moved, and sleeps on for the time left.
+    // Rewriter 4 adds `fd_read`: a task waiting for stdin input can move too.
     linker.allow_shadowing(true);
     linker.func_wrap(
         wmig_rewrite::WASI_MODULE,
@@ -181,21 +215,23 @@ pub(crate) fn add_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Re
          n: u32,
          out: u32|
          -> wasmtime::Result<i32> {
-            if caller.data().ctl.rewinding {
-                // Resuming into the sleep: the frames are rebuilt up to this
-                // call, whose subscriptions now hold the deadlines.
-                let hooks = caller.data().ctl.hooks.clone();
-                if let Some(hooks) = hooks {
-                    caller.data_mut().ctl.rewinding = false;
-                    hooks.stop_rewind.call(&mut caller, ())?;
-                }
-            }
-            let r = wmig_wasi::poll_oneoff(&mut caller, |s| &mut s.wasi, subs, events, n, out)?;
-            if caller.data_mut().wasi.take_paused_in_call() {
-                caller.data().ctl.pause_flag.store(false, Ordering::SeqCst);
-                begin_unwind(&mut caller, PauseReason::Requested)?;
-            }
-            Ok(r)
+            blocking_call(&mut caller, |c| {
+                wmig_wasi::poll_oneoff(c, |s| &mut s.wasi, subs, events, n, out)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        wmig_rewrite::WASI_MODULE,
+        wmig_rewrite::READ_IMPORT,
+        |mut caller: Caller<'_, HostState>,
+         fd: u32,
+         iovs: u32,
+         n: u32,
+         out: u32|
+         -> wasmtime::Result<i32> {
+            blocking_call(&mut caller, |c| {
+                wmig_wasi::fd_read(c, |s| &mut s.wasi, fd, iovs, n, out)
+            })
         },
     )?;
     linker.allow_shadowing(false);
@@ -387,7 +423,7 @@ impl Task {
     pub(crate) fn instantiate(
         rt: &Runtime,
         module: &Arc<PreparedModule>,
-        wasi: WasiCtx,
+        mut wasi: WasiCtx,
         cfg: ControlConfig,
     ) -> Result<Task, HostError> {
         let mut limits = StoreLimitsBuilder::new();
@@ -395,11 +431,7 @@ impl Task {
         if let Some(bytes) = cfg.memory_limit {
             limits = limits.memory_size(bytes).trap_on_grow_failure(true);
         }
-        if module.rewriter >= wmig_rewrite::SLEEP_PAUSES_SINCE {
-            // This rewrite can unwind from inside `poll_oneoff`: a requested
-            // pause may end a sleep early.
-            wasi.interrupt().arm_pause(cfg.pause_flag.clone());
-        }
+        arm_blocking_pauses(&mut wasi, module.rewriter, &cfg.pause_flag);
         let state = HostState {
             wasi,
             limits: limits.build(),

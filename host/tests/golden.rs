@@ -4,7 +4,7 @@
 //! Regenerate (only when the format or the rewrite changes on purpose, and
 //! bump `FORMAT_VERSION` / `REWRITER_VERSION` with it):
 //! `WMIG_BLESS=1 cargo test --workspace --test golden`. The files of older
-//! rewriters (1 and 2) are never regenerated: they are what an older wmig wrote.
+//! rewriters (1 to 3) are never regenerated: they are what an older wmig wrote.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +65,19 @@ fn golden_checkpoint_of_rewriter_2_still_decodes_and_resumes() {
         &format!("countdown-v{FORMAT_VERSION}-r2.ckpt"),
         "countdown-r2.after.txt",
         2,
+        false,
+    );
+}
+
+/// A checkpoint taken by rewriter 3 (wmig's own unwind transform, sleeps as
+/// pause points) still resumes, in rewriter 3, after rewriter 4 made stdin
+/// reads pause points too: never regenerated.
+#[test]
+fn golden_checkpoint_of_rewriter_3_still_decodes_and_resumes() {
+    check_golden(
+        &format!("countdown-v{FORMAT_VERSION}-r3.ckpt"),
+        "countdown-r3.after.txt",
+        3,
         false,
     );
 }

@@ -92,6 +92,9 @@ pub fn run_with(
         // Rewriter 3's fallback: a sleep is a pause point there too.
         imports.push(format!("{}.{}", crate::WASI_MODULE, crate::SLEEP_IMPORT));
     }
+    if version >= crate::READ_PAUSES_SINCE {
+        imports.push(format!("{}.{}", crate::WASI_MODULE, crate::READ_IMPORT));
+    }
 
     let mut asyncify = options(levels.asyncify);
     asyncify

@@ -45,10 +45,10 @@ pub use validate::ModuleError;
 
 /// Bump whenever the rewrite's output changes: checkpoints record it and only
 /// restore into the same rewrite, and the cache keys on it.
-pub const REWRITER_VERSION: u32 = 3;
+pub const REWRITER_VERSION: u32 = 4;
 /// Every version this build can still produce, so that a checkpoint taken by
 /// an older wmig resumes in the exact rewrite it was taken in.
-pub const SUPPORTED_REWRITERS: [u32; 3] = [1, 2, 3];
+pub const SUPPORTED_REWRITERS: [u32; 4] = [1, 2, 3, 4];
 
 /// Import module of every host function wmig provides besides WASI.
 pub const HOST_MODULE: &str = "wmig";
@@ -67,11 +67,20 @@ pub const SLEEP_IMPORT: &str = "poll_oneoff";
 /// First rewriter version that unwinds from inside [`SLEEP_IMPORT`].
 pub const SLEEP_PAUSES_SINCE: u32 = 3;
 
+/// The other blocking WASI call that is a pause point, from rewriter
+/// [`READ_PAUSES_SINCE`] on: a task waiting for input on stdin can be paused
+/// and moved (the read consumes nothing then and runs again on resume).
+pub const READ_IMPORT: &str = "fd_read";
+/// First rewriter version that unwinds from inside [`READ_IMPORT`].
+pub const READ_PAUSES_SINCE: u32 = 4;
+
 /// Whether the host may pause inside a call to import `module.name` in
 /// rewriter `version`'s output.
 pub fn is_pause_import(module: &str, name: &str, version: u32) -> bool {
     (module == HOST_MODULE && (name == YIELD_IMPORT || SDK_PAUSE_IMPORTS.contains(&name)))
-        || (version >= SLEEP_PAUSES_SINCE && module == WASI_MODULE && name == SLEEP_IMPORT)
+        || (module == WASI_MODULE
+            && ((version >= SLEEP_PAUSES_SINCE && name == SLEEP_IMPORT)
+                || (version >= READ_PAUSES_SINCE && name == READ_IMPORT)))
 }
 
 /// Guest-SDK imports at which the host may pause (Asyncify must treat them as
@@ -162,7 +171,7 @@ pub fn instrument_version(wasm: &[u8], version: u32) -> Result<Instrumented, Rew
     let mut stats = injected.stats;
     let own = match (version, injected.pausable.as_deref()) {
         (3.., Some(pausable)) => {
-            match unwind::transform(&injected.bytes, pausable)
+            match unwind::transform(&injected.bytes, pausable, version)
                 .and_then(|(bytes, u)| split::split(&bytes).map(|s| (s, u.mutable_globals)))
             {
                 Ok(done) => Some(done),

@@ -91,7 +91,11 @@ type Code = Vec<(Instr, InstrLocId)>;
 type Sig = (Vec<ValType>, Vec<ValType>);
 
 /// Make every function named in `pausable` unwindable and rewindable.
-pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindStats), UnwindError> {
+pub fn transform(
+    wasm: &[u8],
+    pausable: &[String],
+    version: u32,
+) -> Result<(Vec<u8>, UnwindStats), UnwindError> {
     let types_at = stack_types(wasm)?;
     let mut config = walrus::ModuleConfig::new();
     config.generate_producers_section(false);
@@ -125,7 +129,7 @@ pub fn transform(wasm: &[u8], pausable: &[String]) -> Result<(Vec<u8>, UnwindSta
     let pause_imports: HashSet<FunctionId> = module
         .imports
         .iter()
-        .filter(|i| crate::is_pause_import(&i.module, &i.name, 3))
+        .filter(|i| crate::is_pause_import(&i.module, &i.name, version))
         .filter_map(|i| match i.kind {
             walrus::ImportKind::Function(f) => Some(f),
             _ => None,

@@ -16,6 +16,9 @@ use crate::memory::GuestMemory;
 use crate::table::Desc;
 use crate::WasiCtx;
 
+/// A deadline that never comes (a year): for a subscription only input ends.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 const CLOCK_REALTIME: u32 = 0;
 const CLOCK_MONOTONIC: u32 = 1;
 const CLOCK_PROCESS_CPUTIME: u32 = 2;
@@ -241,7 +244,8 @@ impl WasiCtx {
                     let left = Duration::from_nanos(timeout).saturating_sub(start.elapsed());
                     return self.pause_in_poll(mem, &[(subs_ptr, left)]);
                 }
-                crate::Wake::Timeout => {}
+                // A plain sleep waits for nothing but time.
+                crate::Wake::Timeout | crate::Wake::Ready => {}
             }
             write_event(mem, events_ptr, userdata, EVENTTYPE_CLOCK, 1, 0)?;
             return mem.write_u32(nevents_out, 1);
@@ -249,6 +253,10 @@ impl WasiCtx {
 
         // Work out each subscription's readiness: fds now, clocks at a deadline.
         let now = Instant::now();
+        let stdin_pipe = match &self.stdin {
+            crate::Stdin::Pipe(p) => Some(p.clone()),
+            crate::Stdin::Reader(_) => None,
+        };
         let mut deadlines: Vec<Option<Instant>> = Vec::with_capacity(subs.len());
         for &(_, sub) in &subs {
             deadlines.push(match sub {
@@ -267,6 +275,10 @@ impl WasiCtx {
                     _ => return Err(Errno::INVAL),
                 }),
                 Sub::FdRead(fd) => match self.table.get(fd)? {
+                    // A pipe with nothing in it yet: ready when input comes.
+                    Desc::Stdin if stdin_pipe.as_ref().is_some_and(|p| !p.ready()) => {
+                        Some(now + NEVER)
+                    }
                     Desc::Stdin | Desc::File(_) => None,
                     _ => return Err(Errno::BADF),
                 },
@@ -282,7 +294,9 @@ impl WasiCtx {
         } else {
             let earliest = deadlines.iter().flatten().min().copied().unwrap_or(now);
             let wait = earliest.saturating_duration_since(Instant::now());
-            match self.interrupt.sleep(wait) {
+            let input = || stdin_pipe.as_ref().is_some_and(|p| p.ready());
+            let woke = self.interrupt.wait(wait, input, true);
+            match woke {
                 crate::Wake::Stopped => return Ok(()), // the dispatcher traps
                 crate::Wake::Pause => {
                     let woke = Instant::now();
@@ -303,9 +317,23 @@ impl WasiCtx {
                         .collect();
                     return self.pause_in_poll(mem, &left);
                 }
+                crate::Wake::Ready => {
+                    // Input arrived: stdin subscriptions are ready now.
+                    for (d, (_, sub)) in deadlines.iter_mut().zip(&subs) {
+                        if let Sub::FdRead(fd) = sub {
+                            if matches!(self.table.get(*fd)?, Desc::Stdin) {
+                                *d = None;
+                            }
+                        }
+                    }
+                }
                 crate::Wake::Timeout => {}
             }
-            Instant::now().max(earliest)
+            if woke == crate::Wake::Timeout {
+                Instant::now().max(earliest)
+            } else {
+                Instant::now()
+            }
         };
 
         let mut count = 0u32;

@@ -13,7 +13,11 @@ use std::os::unix::fs::FileExt;
 use crate::errno::{Errno, WasiResult};
 use crate::memory::GuestMemory;
 use crate::table::Desc;
-use crate::WasiCtx;
+use crate::{Stdin, Wake, WasiCtx};
+
+/// How long a read of an empty stdin pipe waits before looking again; any
+/// push, pause or stop wakes it sooner.
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 const WHENCE_SET: u32 = 0;
 const WHENCE_CUR: u32 = 1;
@@ -68,7 +72,24 @@ impl WasiCtx {
                 nread
             }
             Desc::Stdin => {
-                let nread = self.stdin.read(buf)?;
+                let nread = match &mut self.stdin {
+                    Stdin::Reader(r) => r.read(buf)?,
+                    Stdin::Pipe(pipe) => loop {
+                        if let Some(n) = pipe.take(buf) {
+                            break n;
+                        }
+                        let p = pipe.clone();
+                        match self.interrupt.wait(HOUR, || p.ready(), self.reads_pause) {
+                            Wake::Stopped => return Ok(()), // the dispatcher traps
+                            Wake::Pause => {
+                                // Nothing taken: the call runs again on resume.
+                                self.paused_in_call = true;
+                                return Ok(());
+                            }
+                            Wake::Ready | Wake::Timeout => {}
+                        }
+                    },
+                };
                 self.stdin_offset += nread as u64;
                 nread
             }

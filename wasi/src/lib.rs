@@ -21,6 +21,7 @@ mod dir;
 mod errno;
 mod fd;
 mod fdstat;
+mod input;
 mod linker;
 mod memory;
 mod path;
@@ -29,12 +30,13 @@ mod snapshot;
 mod stat;
 mod table;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use errno::Errno;
-pub use linker::{add_to_linker, poll_oneoff};
+pub use input::{InputPipe, Stdin};
+pub use linker::{add_to_linker, fd_read, poll_oneoff};
 
 use table::{Desc, DirDesc, FdTable, PreopenDir};
 
@@ -117,7 +119,7 @@ pub struct WasiConfig {
     pub env: Vec<(String, String)>,
     /// Become fds 3, 4, ... in order.
     pub preopens: Vec<Preopen>,
-    pub stdin: Box<dyn Read + Send>,
+    pub stdin: Stdin,
     pub stdout: Box<dyn OutputSink>,
     pub stderr: Box<dyn OutputSink>,
 }
@@ -175,7 +177,7 @@ pub struct WasiCtx {
     /// In original order; `preopen` fields of descriptors index this.
     preopens: Vec<PreopenDir>,
     table: FdTable,
-    stdin: Box<dyn Read + Send>,
+    stdin: Stdin,
     stdout: Box<dyn OutputSink>,
     stderr: Box<dyn OutputSink>,
     stdin_offset: u64,
@@ -186,6 +188,8 @@ pub struct WasiCtx {
     /// `poll_oneoff` returned early because a pause was requested; the host
     /// unwinds from inside the call (see [`WasiCtx::take_paused_in_call`]).
     paused_in_call: bool,
+    /// A read of an empty [`InputPipe`] may end for a pause (rewriter 4).
+    reads_pause: bool,
 }
 
 /// Wakes a task that is blocked in a WASI call.
@@ -216,6 +220,8 @@ pub(crate) enum Wake {
     Timeout,
     Stopped,
     Pause,
+    /// What the waiter waited for happened.
+    Ready,
 }
 
 impl Interrupt {
@@ -249,16 +255,32 @@ impl Interrupt {
 
     /// Sleep for `d` unless stopped or paused first.
     pub(crate) fn sleep(&self, d: std::time::Duration) -> Wake {
+        self.wait(d, || false, true)
+    }
+
+    /// Wait up to `d` for `ready`, unless stopped first, or paused first
+    /// when `pausable`. `ready` is evaluated under the lock that
+    /// [`Interrupt::notify`] takes, so a producer that makes it true and
+    /// then notifies is never missed.
+    pub(crate) fn wait(
+        &self,
+        d: std::time::Duration,
+        ready: impl Fn() -> bool,
+        pausable: bool,
+    ) -> Wake {
+        let paused = || pausable && self.pause_requested();
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self
             .wake
             .wait_timeout_while(guard, d, |_| {
-                !self.is_interrupted() && !self.pause_requested()
+                !self.is_interrupted() && !ready() && !paused()
             })
             .unwrap_or_else(|p| p.into_inner());
         if self.is_interrupted() {
             Wake::Stopped
-        } else if self.pause_requested() {
+        } else if ready() {
+            Wake::Ready
+        } else if paused() {
             Wake::Pause
         } else {
             Wake::Timeout
@@ -298,6 +320,13 @@ impl WasiCtx {
         std::mem::take(&mut self.paused_in_call)
     }
 
+    /// Let a read of an empty stdin pipe end for a pause, like a sleep (the
+    /// host can unwind from inside `fd_read`: rewriter 4). Nothing is
+    /// consumed then, so the read runs again where the task resumes.
+    pub fn allow_read_pauses(&mut self) {
+        self.reads_pause = true;
+    }
+
     /// A fresh context: fds 0-2 are stdio, preopens follow from fd 3.
     pub fn new(config: WasiConfig) -> Result<Self, WasiError> {
         let mut ctx = WasiCtx::empty(
@@ -331,10 +360,14 @@ impl WasiCtx {
     fn empty(
         args: Vec<String>,
         env: Vec<(String, String)>,
-        stdin: Box<dyn Read + Send>,
+        stdin: Stdin,
         stdout: Box<dyn OutputSink>,
         stderr: Box<dyn OutputSink>,
     ) -> Self {
+        let interrupt = Arc::<Interrupt>::default();
+        if let Stdin::Pipe(p) = &stdin {
+            p.attach(interrupt.clone());
+        }
         WasiCtx {
             args,
             env,
@@ -347,8 +380,9 @@ impl WasiCtx {
             stdout_offset: 0,
             stderr_offset: 0,
             clock: clocks::MonotonicClock::starting_at(0),
-            interrupt: Arc::default(),
+            interrupt,
             paused_in_call: false,
+            reads_pause: false,
         }
     }
 
@@ -446,7 +480,7 @@ mod tests {
             args: vec!["prog".into()],
             env: Vec::new(),
             preopens,
-            stdin: Box::new(std::io::empty()),
+            stdin: Stdin::empty(),
             stdout: Box::new(BufferSink::default()),
             stderr: Box::new(BufferSink::default()),
         }

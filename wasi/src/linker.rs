@@ -64,6 +64,19 @@ pub fn poll_oneoff<T: 'static>(
     })
 }
 
+/// `fd_read` as the import runs it, for a host that wraps the import
+/// (rewriter 4 unwinds from inside it while stdin waits for input).
+pub fn fd_read<T: 'static>(
+    caller: &mut Caller<'_, T>,
+    get: fn(&mut T) -> &mut WasiCtx,
+    fd: u32,
+    iovs: u32,
+    n: u32,
+    out: u32,
+) -> wasmtime::Result<i32> {
+    dispatch(caller, get, "fd_read", |c, m| c.fd_read(m, fd, iovs, n, out))
+}
+
 /// Argument types whose invalid values trap (wiggle's "convert" errors).
 mod valid {
     pub const CLOCKID_MAX: u32 = 3;

@@ -373,7 +373,7 @@ impl Job {
                     guest: guest.clone(),
                 })
                 .collect(),
-            stdin: Box::new(std::io::empty()),
+            stdin: wmig_host::wasi::Stdin::empty(),
             stdout: self.sink(Stream::Stdout, out_at),
             stderr: self.sink(Stream::Stderr, err_at),
         }

@@ -126,7 +126,7 @@ pub fn config(
                 guest: (*g).to_owned(),
             })
             .collect(),
-        stdin: Box::new(stdin),
+        stdin: wmig_wasi::Stdin::reader(stdin),
         stdout: Box::new(BufferSink::new(out.clone())),
         stderr: Box::new(BufferSink::new(Arc::new(Mutex::new(Vec::new())))),
     };
