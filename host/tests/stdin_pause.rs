@@ -104,8 +104,14 @@ fn a_task_waiting_for_stdin_pauses_at_once_and_reads_on_after_a_restore() {
         let rt = Runtime::new(RuntimeConfig { cache_dir: None }).expect("runtime");
         let module = rt.load(&wasm).expect("load");
         let second = InputPipe::new();
-        let mut task = Task::restore(&rt, &module, config(&out, &second), &captured.manifest, &chunks)
-            .expect("restore");
+        let mut task = Task::restore(
+            &rt,
+            &module,
+            config(&out, &second),
+            &captured.manifest,
+            &chunks,
+        )
+        .expect("restore");
         let feeder = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             second.push(b"second\n");
@@ -148,5 +154,8 @@ fn a_cancel_ends_a_read_that_waits_for_input() {
     // Not an hour: the wait ends at the cancel. (The bound is loose because
     // a debug build with RUST_BACKTRACE set spends ~150 ms capturing the
     // trap's backtrace.)
-    assert!(took < Duration::from_secs(2), "the read ended {took:?} after the cancel");
+    assert!(
+        took < Duration::from_secs(2),
+        "the read ended {took:?} after the cancel"
+    );
 }

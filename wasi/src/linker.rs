@@ -74,7 +74,9 @@ pub fn fd_read<T: 'static>(
     n: u32,
     out: u32,
 ) -> wasmtime::Result<i32> {
-    dispatch(caller, get, "fd_read", |c, m| c.fd_read(m, fd, iovs, n, out))
+    dispatch(caller, get, "fd_read", |c, m| {
+        c.fd_read(m, fd, iovs, n, out)
+    })
 }
 
 /// Argument types whose invalid values trap (wiggle's "convert" errors).
