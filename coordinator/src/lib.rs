@@ -18,12 +18,17 @@
 //! monitor stream, `/metrics`, and the HTTP API with the dashboard in
 //! [`server::api`]) and [`client`] (what workers, monitors and `wmig` use
 //! to talk to it).
+//!
+//! The messages and the plain records they carry ([`TaskSpec`],
+//! [`TaskState`], [`NodeInfo`], [`Placement`], [`Event`], ...) live in
+//! [`wmig_proto::wire::control`] and the client in the `wmig-client` crate,
+//! so that the worker speaks the protocol without linking this crate's
+//! server; [`wire`], [`client`] and the modules here re-export them under
+//! their old paths.
 
 // Tests may unwrap: a panic there is a test failure with a line number.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod client;
-mod describe;
 pub mod log;
 pub mod membership;
 pub mod placement;
@@ -31,6 +36,9 @@ pub mod server;
 pub mod state;
 pub mod tasks;
 pub mod wire;
+
+/// The control client, from the `wmig-client` crate.
+pub use wmig_client as client;
 
 pub use client::{ControlClient, ControlError, Subscription, COORDINATOR_NODE};
 pub use log::{EventLog, LogError, Replay, TornTail};

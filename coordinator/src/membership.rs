@@ -17,52 +17,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use wmig_proto::NodeId;
 
 use crate::Millis;
 
-/// What a node does in the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
-    /// Runs tasks; has task slots and receives placements.
-    Worker,
-    /// Receives the live stream of events; never runs tasks.
-    Monitor,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Worker => "worker",
-            Role::Monitor => "monitor",
-        })
-    }
-}
-
-/// What a node says about itself when it registers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// Unique among live nodes; also the node's id.
-    pub name: NodeId,
-    pub role: Role,
-    /// How many tasks the node runs at once (0 for monitors).
-    pub slots: u32,
-    /// Free-form `key=value` labels, for placement constraints later.
-    pub labels: BTreeMap<String, String>,
-    /// Where the node accepts QUIC connections.
-    pub addr: String,
-    /// The node's OS process id, shown by `wmig nodes`; with `addr` it tells a
-    /// reconnecting process apart from a second process using the same name.
-    pub pid: u32,
-}
-
-/// Whether the failure detector currently believes a node is alive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Liveness {
-    Online,
-    Offline,
-}
+pub use wmig_proto::wire::control::{Liveness, MembershipEvent, NodeInfo, Role};
 
 /// One member, as the coordinator knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,27 +60,6 @@ impl Default for MembershipConfig {
             offline_timeout: 5_000,
         }
     }
-}
-
-/// A change to the node table; persisted in the event log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MembershipEvent {
-    /// A new name joined.
-    Joined(NodeInfo),
-    /// A known node is online again: after a heartbeat (`info: None`) or a
-    /// re-registration, which may update its address, pid, slots or labels.
-    Recovered {
-        node: NodeId,
-        info: Option<NodeInfo>,
-    },
-    /// The node was silent past the offline timeout.
-    Offline(NodeId),
-    /// The worker takes no new tasks.
-    Drained(NodeId),
-    /// The worker takes new tasks again.
-    Uncordoned(NodeId),
-    /// An operator removed the (offline) node from the table.
-    Removed(NodeId),
 }
 
 /// Why a membership command was refused.

@@ -12,24 +12,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use wmig_proto::NodeId;
 
 use crate::membership::{Liveness, Membership, Node, Role};
 
-/// How to choose among eligible workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Placement {
-    /// Fewest running tasks; ties broken by name.
-    #[default]
-    LeastLoaded,
-    /// The next eligible worker after the last one chosen, in name order.
-    RoundRobin,
-    /// A uniformly random eligible worker (seeded, so reproducible).
-    Random,
-    /// Exactly this worker (`wmig submit --on WORKER`), or an error.
-    Pinned(NodeId),
-}
+pub use wmig_proto::wire::control::Placement;
 
 /// Why no worker could be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

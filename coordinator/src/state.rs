@@ -11,7 +11,6 @@
 //! command to anyone; if the append fails, memory is ahead of the disk and the
 //! only safe move is to stop and replay (the server treats it as fatal).
 
-use serde::{Deserialize, Serialize};
 use wmig_proto::{NodeId, TaskId};
 
 use crate::membership::{
@@ -21,12 +20,7 @@ use crate::placement::{Placement, PlacementError, Placer};
 use crate::tasks::{Outcome, Task, TaskError, TaskEvent, TaskOptions, TaskSpec, TaskTable};
 use crate::Millis;
 
-/// One record of the event log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Event {
-    Node(MembershipEvent),
-    Task(TaskEvent),
-}
+pub use wmig_proto::wire::control::Event;
 
 #[derive(Clone, Debug, Default)]
 pub struct CoordinatorConfig {

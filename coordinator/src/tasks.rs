@@ -16,145 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-use wmig_proto::{Hash, NodeId, TaskId};
+use wmig_proto::{NodeId, TaskId};
 
-/// What to run: everything a worker needs besides its own settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskSpec {
-    /// blake3 of the wasm bundle in the registry.
-    pub bundle: Hash,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-}
-
-/// Settings beyond [`TaskSpec`]. They were added after the v1 log format was
-/// frozen, so they travel in [`TaskEvent::SubmittedWith`]; tasks submitted
-/// with plain [`TaskEvent::Submitted`] have the defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskOptions {
-    /// What the operator submitted (`NAME:TAG`, a file name or a hash), shown
-    /// by `wmig ps`.
-    pub name: String,
-    /// Preopened directories on the worker: (host path, guest path).
-    pub dirs: Vec<(String, String)>,
-    /// Largest linear memory, in bytes.
-    pub memory_limit: Option<u64>,
-    /// Total fuel (yield points passed) before the task fails.
-    pub fuel_limit: Option<u64>,
-    /// Wall-clock time before the task fails, in milliseconds.
-    pub wall_limit_ms: Option<u64>,
-    /// Checkpoint period, in milliseconds (the worker's default when unset).
-    pub checkpoint_every_ms: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskState {
-    Pending,
-    Running,
-    /// Reserved for live migration (not entered yet).
-    Migrating,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl TaskState {
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
-        )
-    }
-
-    /// States in which the task occupies a slot on its owner.
-    pub fn occupies_slot(self) -> bool {
-        matches!(self, TaskState::Running | TaskState::Migrating)
-    }
-}
-
-impl std::fmt::Display for TaskState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TaskState::Pending => "pending",
-            TaskState::Running => "running",
-            TaskState::Migrating => "migrating",
-            TaskState::Completed => "completed",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        })
-    }
-}
-
-/// How a task ended, as reported by its worker.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    Completed {
-        exit_code: i32,
-    },
-    /// A trap, a limit (memory, fuel, wall time) or a host error.
-    Failed {
-        reason: String,
-        exit_code: Option<i32>,
-    },
-}
-
-/// Everything the coordinator knows about one task.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Task {
-    pub id: TaskId,
-    pub spec: TaskSpec,
-    pub options: TaskOptions,
-    /// The worker that runs (or last ran) the task.
-    pub owner: Option<NodeId>,
-    /// Incremented at every placement; fences reports from stale owners.
-    pub epoch: u64,
-    pub state: TaskState,
-    /// Sequence number of the latest checkpoint stored in the registry.
-    pub checkpoint_seq: Option<u64>,
-    pub fuel_used: u64,
-    pub exit_code: Option<i32>,
-    pub failure: Option<String>,
-}
-
-/// A change to the task table; persisted in the event log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskEvent {
-    Submitted {
-        id: TaskId,
-        spec: TaskSpec,
-    },
-    Placed {
-        id: TaskId,
-        worker: NodeId,
-        epoch: u64,
-    },
-    Checkpointed {
-        id: TaskId,
-        seq: u64,
-        fuel_used: u64,
-    },
-    Finished {
-        id: TaskId,
-        outcome: Outcome,
-        fuel_used: u64,
-    },
-    Cancelled {
-        id: TaskId,
-    },
-    /// `Submitted` with [`TaskOptions`]. New variants go at the end: postcard
-    /// numbers variants by position, and v1 logs must keep decoding.
-    SubmittedWith {
-        id: TaskId,
-        spec: TaskSpec,
-        options: TaskOptions,
-    },
-    /// A running task lost its worker and no other could take it: it waits
-    /// as pending and resumes from its last checkpoint when placed.
-    Requeued {
-        id: TaskId,
-    },
-}
+pub use wmig_proto::wire::control::{Outcome, Task, TaskEvent, TaskOptions, TaskSpec, TaskState};
 
 /// Why a task command was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -462,6 +326,8 @@ fn illegal(task: &Task, action: &'static str) -> TaskError {
 
 #[cfg(test)]
 mod tests {
+    use wmig_proto::Hash;
+
     use super::*;
 
     fn spec(n: u8) -> TaskSpec {

@@ -15,14 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use wmig_coordinator::wire::{ControlRequest, OutputChunk, Stream};
-use wmig_coordinator::{Outcome, TaskOptions, TaskSpec};
 use wmig_host::chunks::ChunkSink;
 use wmig_host::wasi::{OutputSink, Preopen, WasiConfig};
 use wmig_host::{
     CaptureMeta, LiveFinal, MemChunks, PageBuf, PreparedModule, Runtime, Task, TaskConfig,
 };
 use wmig_proto::checkpoint::Manifest;
+use wmig_proto::wire::control::{
+    ControlRequest, Outcome, OutputChunk, Stream, TaskOptions, TaskSpec,
+};
 use wmig_proto::{Hash, NodeId, TaskId};
 
 use crate::report::Report;

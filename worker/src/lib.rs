@@ -32,10 +32,13 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use wmig_coordinator::wire::{ControlRequest, ControlResponse, TaskBeat, WorkerCommand};
-use wmig_coordinator::{ControlClient, ControlError, NodeInfo, Role, TaskOptions, TaskSpec};
+use wmig_client::{ControlClient, ControlError};
 use wmig_host::{MemChunks, PreparedModule, Runtime};
 use wmig_net::Credentials;
+use wmig_proto::wire::control::{
+    ControlRequest, ControlResponse, NodeInfo, Outcome, Role, TaskBeat, TaskOptions, TaskSpec,
+    WorkerCommand,
+};
 use wmig_proto::wire::registry::{BundleRef, LeaseStatus};
 use wmig_proto::wire::ErrorCode;
 use wmig_proto::{Hash, NodeId, TaskId};
@@ -592,7 +595,7 @@ impl Worker {
                     node: self.config.name.clone(),
                     task,
                     epoch,
-                    outcome: wmig_coordinator::Outcome::Failed {
+                    outcome: Outcome::Failed {
                         reason: format!("{e:#}"),
                         exit_code: None,
                     },

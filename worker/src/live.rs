@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use wmig_coordinator::wire::ControlRequest;
 use wmig_host::Incoming;
 use wmig_net::stream::{read_exact, read_frame, read_payload, write_frame};
 use wmig_net::EndpointConfig;
 use wmig_proto::frame::MAX_FRAME_LEN;
+use wmig_proto::wire::control::ControlRequest;
 use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN};
 use wmig_proto::{NodeId, TaskId};
 

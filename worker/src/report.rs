@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use wmig_coordinator::wire::{ControlRequest, OutputChunk};
-use wmig_coordinator::{ControlClient, ControlError};
+use wmig_client::{ControlClient, ControlError};
+use wmig_proto::wire::control::{ControlRequest, OutputChunk};
 use wmig_proto::wire::ErrorCode;
 use wmig_proto::{NodeId, TaskId};
 

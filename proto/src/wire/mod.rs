@@ -1,13 +1,15 @@
 //! Wire messages, one module per protocol, all carried by [`crate::frame`].
 //!
 //! Each protocol is a request enum and a response enum of its own (the
-//! registry's in [`registry`]; the control plane adds its own module) so a
-//! role only decodes what it serves. What every protocol shares lives here:
-//! the error a node sends back instead of a response, and the ALPN names that
-//! keep a client of one protocol from talking to a server of another.
+//! registry's in [`registry`], the control plane's in [`control`], the
+//! worker-to-worker live migration's in [`live`]) so a role only decodes
+//! what it serves. What every protocol shares lives here: the error a node
+//! sends back instead of a response, and the ALPN names that keep a client of
+//! one protocol from talking to a server of another.
 
 use serde::{Deserialize, Serialize};
 
+pub mod control;
 pub mod live;
 pub mod registry;
 

@@ -1,11 +1,9 @@
 //! Events in words, for `wmig events`, `wmig monitor` and the dashboard.
 
-use wmig_proto::checkpoint::seq_label;
-use wmig_proto::{NodeId, TaskId};
+use crate::checkpoint::seq_label;
+use crate::{NodeId, TaskId};
 
-use crate::membership::MembershipEvent;
-use crate::tasks::{Outcome, TaskEvent};
-use crate::Event;
+use super::{Event, MembershipEvent, Outcome, TaskEvent};
 
 impl Event {
     /// One short word for what happened (stable: dashboards key on it).

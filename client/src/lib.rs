@@ -1,4 +1,9 @@
 //! A connection to the coordinator, used by workers, monitors and `wmig`.
+//!
+//! It lives in its own crate, beside the messages in
+//! [`wmig_proto::wire::control`], so that the worker and the CLI can speak the
+//! control protocol without linking the coordinator server (axum, the
+//! dashboard, the event log). `wmig_coordinator` re-exports it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -6,12 +11,11 @@ use std::time::Duration;
 use wmig_net::stream::{read_frame, timed, write_frame};
 use wmig_net::{Credentials, EndpointConfig, NetError};
 use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
-use wmig_proto::wire::{RemoteError, CONTROL_ALPN};
-use wmig_proto::{NodeId, TaskId};
-
-use crate::wire::{
+use wmig_proto::wire::control::{
     ClusterStats, ControlRequest, ControlResponse, MigrationReport, NodeStatus, TaskBeat, TaskView,
 };
+use wmig_proto::wire::{RemoteError, CONTROL_ALPN};
+use wmig_proto::{NodeId, TaskId};
 
 /// The node name on the coordinator's certificate.
 pub const COORDINATOR_NODE: &str = "coordinator";
