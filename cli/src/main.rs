@@ -51,6 +51,8 @@ enum Command {
     Wait(cmd::task::WaitCommand),
     /// Cancel a task.
     Cancel(cmd::task::CancelCommand),
+    /// Send input to a task submitted with --stdin (a file, or this command's stdin).
+    Input(cmd::task::InputCommand),
     /// Move a running task to another worker; it continues where it stopped.
     Migrate(cmd::task::MigrateCommand),
     /// List nodes: role, state, last heartbeat, tasks, pid.
@@ -87,6 +89,7 @@ impl Command {
             Command::Logs(c) => c.execute(),
             Command::Wait(c) => c.execute(),
             Command::Cancel(c) => c.execute(),
+            Command::Input(c) => c.execute(),
             Command::Migrate(c) => c.execute(),
             Command::Nodes(c) => c.execute(),
             Command::Drain(c) => c.execute(true),

@@ -202,6 +202,51 @@ impl ControlClient {
         }
     }
 
+    /// Store input for a task submitted with `stdin` (see
+    /// [`ControlRequest::Input`]); returns the stored length.
+    pub async fn send_input(
+        &self,
+        task: TaskId,
+        offset: Option<u64>,
+        bytes: Vec<u8>,
+        eof: bool,
+    ) -> Result<u64, ControlError> {
+        let req = ControlRequest::Input {
+            task,
+            offset,
+            bytes,
+            eof,
+        };
+        match self.ask(&req).await? {
+            ControlResponse::InputStored { len } => Ok(len),
+            _ => Err(ControlError::Unexpected { what: "Input" }),
+        }
+    }
+
+    /// The owner's read of its task's input: bytes from `offset` and whether
+    /// they end it. Waits (up to the coordinator's limit, then answers
+    /// empty) when none have arrived.
+    pub async fn read_input(
+        &self,
+        node: &NodeId,
+        task: TaskId,
+        epoch: u64,
+        offset: u64,
+        max: u32,
+    ) -> Result<(Vec<u8>, bool), ControlError> {
+        let req = ControlRequest::ReadInput {
+            node: node.clone(),
+            task,
+            epoch,
+            offset,
+            max,
+        };
+        match self.ask_untimed(&req).await? {
+            ControlResponse::Input { bytes, eof } => Ok((bytes, eof)),
+            _ => Err(ControlError::Unexpected { what: "ReadInput" }),
+        }
+    }
+
     /// Migrate a running task; returns once it runs on its new worker.
     pub async fn migrate(
         &self,

@@ -97,7 +97,7 @@ impl TaskTable {
     }
 
     pub fn submit(&self, spec: TaskSpec, options: TaskOptions) -> TaskEvent {
-        TaskEvent::SubmittedWith {
+        TaskEvent::SubmittedV3 {
             id: self.next_id(),
             spec,
             options,
@@ -256,7 +256,8 @@ impl TaskTable {
             TaskEvent::Submitted { id, spec } => {
                 self.insert(*id, spec, &TaskOptions::default());
             }
-            TaskEvent::SubmittedWith { id, spec, options } => {
+            TaskEvent::SubmittedWith { id, spec, options }
+            | TaskEvent::SubmittedV3 { id, spec, options } => {
                 self.insert(*id, spec, options);
             }
             TaskEvent::Placed { id, worker, epoch } => {

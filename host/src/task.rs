@@ -674,6 +674,11 @@ impl Task {
         }
     }
 
+    /// Bytes the guest has read from stdin so far (across restores).
+    pub fn stdin_offset(&self) -> u64 {
+        self.store.data().wasi.stdin_offset()
+    }
+
     /// The handle that stops this task for good, even inside a blocking WASI
     /// call (a sleep ends at once; the run returns an error). For
     /// cancellation and fencing: the task cannot continue afterwards.

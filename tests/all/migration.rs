@@ -549,3 +549,82 @@ fn a_sleeping_task_is_checkpointed_on_schedule_and_recovers_mid_sleep() {
         "output differs from a local run"
     );
 }
+
+/// A task waiting for input on stdin (blocked in `fd_read`) moves at once
+/// and reads on from the byte where it stopped; when its worker is killed it
+/// recovers elsewhere and still reads every byte exactly once. Input is
+/// sent with `wmig input` while it runs; the output is what `wmig run`
+/// prints for the same input.
+#[test]
+fn a_task_waiting_for_stdin_migrates_at_once_and_reads_on_after_a_kill() {
+    let up = Up::start_with(3, FAST);
+    let id = up.submit(artifacts::TALLY, &["--on", "worker-1", "--stdin"], &[]);
+    let parts = [
+        "the quick brown fox\njumps over the lazy dog\n",
+        "and the dog sleeps\n",
+        "the end of the story\n",
+    ];
+    let inputs = tempfile::tempdir().expect("tempdir");
+    let send = |i: usize, more: &[&str]| {
+        let path = inputs.path().join(format!("part-{i}"));
+        std::fs::write(&path, parts[i]).expect("write input");
+        let mut args = vec!["input", id.as_str(), path.to_str().expect("utf-8 path")];
+        args.extend_from_slice(more);
+        up.ok(&args);
+    };
+    let lines_out = |up: &Up| up.ok(&["logs", &id]).lines().count();
+
+    send(0, &["--keep-open"]);
+    wait_until(
+        "tally reads the first lines",
+        Duration::from_secs(60),
+        || lines_out(&up) == 2,
+    );
+    // Blocked in fd_read, waiting for more: it moves without waiting.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let report = up.json(&["migrate", &id, "worker-2", "--json"]);
+    let took = started.elapsed();
+    assert_eq!(report["to"], "worker-2", "{report}");
+    assert!(
+        took < Duration::from_secs(4),
+        "migrating a task waiting for input took {took:?}"
+    );
+    send(1, &["--keep-open"]);
+    wait_until(
+        "tally reads on after the move",
+        Duration::from_secs(30),
+        || lines_out(&up) == 3,
+    );
+
+    // Checkpointed while it waits (the watchdog pauses it in the call),
+    // then its worker dies: the new owner reads on from the checkpoint.
+    let seq = |up: &Up| task(up, &id)["checkpoint_seq"].clone();
+    let first = seq(&up);
+    wait_until(
+        "a checkpoint while it waits",
+        Duration::from_secs(10),
+        || seq(&up) != first,
+    );
+    kill9(pid_of(&up, "worker-2"));
+    wait_until("the task is recovered", Duration::from_secs(30), || {
+        let t = task(&up, &id);
+        t["owner"] != "worker-2" && t["state"] == "running"
+    });
+    send(2, &[]);
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "60s"]));
+    assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
+
+    let all = inputs.path().join("all");
+    std::fs::write(&all, parts.concat()).expect("write input");
+    let local = run(crate::support::wmig()
+        .arg("run")
+        .arg(artifacts::TALLY)
+        .stdin(std::fs::File::open(&all).expect("open input")));
+    assert!(local.status.success(), "wmig run tally: {}", stderr(&local));
+    assert_eq!(
+        up.ok(&["logs", &id]),
+        crate::support::stdout(&local),
+        "output differs from a local run on the same input"
+    );
+}

@@ -263,6 +263,8 @@ pub struct Job {
     pub cache: ChunkCache,
     pub reports: mpsc::UnboundedSender<Report>,
     pub uploads: mpsc::UnboundedSender<Upload>,
+    /// The task's stdin, for tasks submitted with `stdin`.
+    pub stdin: Option<crate::input::StdinFeed>,
 }
 
 pub(crate) fn unix_us() -> u64 {
@@ -322,6 +324,9 @@ impl Job {
         };
         self.control.set_interrupt(task.interrupt());
         let _ = self.control.module.set(task.module().clone());
+        // Input continues from the byte the task has read (0, or its
+        // checkpoint's offset); the fetch stops when the run ends.
+        let _feeding = self.stdin.as_ref().map(|f| f.start(task.stdin_offset()));
         let control = self.control.clone();
         self.drive(task, &mut seq);
         // The task is over here: a live sender waiting for a round learns
@@ -374,7 +379,10 @@ impl Job {
                     guest: guest.clone(),
                 })
                 .collect(),
-            stdin: wmig_host::wasi::Stdin::empty(),
+            stdin: self
+                .stdin
+                .as_ref()
+                .map_or_else(wmig_host::wasi::Stdin::empty, |f| f.stdin()),
             stdout: self.sink(Stream::Stdout, out_at),
             stderr: self.sink(Stream::Stderr, err_at),
         }

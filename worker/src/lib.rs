@@ -19,6 +19,7 @@
 //! lost across a coordinator restart.
 
 mod exec;
+mod input;
 mod live;
 mod report;
 
@@ -119,6 +120,8 @@ struct Worker {
     /// Tasks that arrived live, waiting for their `Run`; with the source's
     /// epoch.
     arrived: Mutex<HashMap<TaskId, (u64, Box<Job>)>>,
+    /// The current coordinator connection (tasks' stdin fetches use it).
+    clients: input::Clients,
 }
 
 /// Run the worker until `shutdown` resolves.
@@ -169,6 +172,7 @@ pub async fn run(
         expected: Mutex::new(HashMap::new()),
         expected_changed: tokio::sync::Notify::new(),
         arrived: Mutex::new(HashMap::new()),
+        clients: client_rx.clone(),
         config,
     });
     let mut background = tokio::task::JoinSet::new();
@@ -621,6 +625,12 @@ impl Worker {
         module: Arc<PreparedModule>,
         control: Arc<TaskControl>,
     ) -> Job {
+        let stdin = options
+            .stdin
+            .then(|| {
+                input::StdinFeed::new(self.clients.clone(), self.config.name.clone(), task, epoch)
+            })
+            .flatten();
         Job {
             node: self.config.name.clone(),
             task,
@@ -640,6 +650,7 @@ impl Worker {
             cache: self.cache.clone(),
             reports: self.reports.clone(),
             uploads: self.uploads.clone(),
+            stdin,
         }
     }
 

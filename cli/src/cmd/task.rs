@@ -1,5 +1,5 @@
 //! Operator commands about tasks: `submit`, `ps`, `inspect`, `logs`,
-//! `wait`, `cancel`.
+//! `wait`, `cancel`, `input`, `migrate`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,6 +51,11 @@ pub struct SubmitCommand {
     /// Checkpoint period (default: the worker's).
     #[arg(long, value_parser = parse_duration)]
     checkpoint_every: Option<Duration>,
+    /// The task reads input on stdin, sent with `wmig input TASK` while it
+    /// runs (it waits for it, wherever it runs); without this flag its
+    /// stdin is empty.
+    #[arg(long)]
+    stdin: bool,
     /// Registry address for uploads and names (default: config.toml).
     #[arg(long, env = "WMIG_REGISTRY")]
     registry: Option<String>,
@@ -97,6 +102,7 @@ impl SubmitCommand {
                 fuel_limit: self.fuel,
                 wall_limit_ms: self.timeout.map(|d| d.as_millis() as u64),
                 checkpoint_every_ms: self.checkpoint_every.map(|d| d.as_millis() as u64),
+                stdin: self.stdin,
             },
             placement,
         };
@@ -406,6 +412,81 @@ impl CancelCommand {
                 .with_context(|| format!("could not cancel {}", self.task))
         })?;
         eprintln!("cancelled {}", self.task);
+        Ok(0)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct InputCommand {
+    /// A task submitted with `--stdin`.
+    task: TaskId,
+    /// Send this file (default: this command's own stdin, as it arrives).
+    file: Option<std::path::PathBuf>,
+    /// Leave the task's input open afterwards (more may follow); by default
+    /// the task reads end of file after these bytes.
+    #[arg(long)]
+    keep_open: bool,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+/// Bytes per input message.
+const INPUT_CHUNK: usize = 64 * 1024;
+
+impl InputCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let mut source: Box<dyn std::io::Read + Send> = match &self.file {
+            Some(path) => Box::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("could not open {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stdin()),
+        };
+        // Reads block; they happen on a thread of their own so that a slow
+        // producer (a pipe) streams to the task as it writes.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+        std::thread::spawn(move || loop {
+            let mut buf = vec![0; INPUT_CHUNK];
+            match source.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(buf)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        });
+        let task = self.task;
+        let close = !self.keep_open;
+        let sent = self.target.with_client(async |c| {
+            let mut at: Option<u64> = None;
+            let mut sent = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                let chunk = chunk.context("could not read the input to send")?;
+                sent += chunk.len() as u64;
+                let len = c
+                    .send_input(task, at, chunk, false)
+                    .await
+                    .with_context(|| format!("could not send input to {task}"))?;
+                at = Some(len);
+            }
+            if close {
+                c.send_input(task, at, Vec::new(), true)
+                    .await
+                    .with_context(|| format!("could not close the input of {task}"))?;
+            }
+            anyhow::Ok(sent)
+        })?;
+        eprintln!(
+            "sent {sent} bytes to {task}{}",
+            if close { "; its input is closed" } else { "" }
+        );
         Ok(0)
     }
 }

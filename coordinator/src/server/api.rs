@@ -80,6 +80,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/api/tasks/{id}", get(one_task))
         .route("/api/tasks/{id}/output", get(output))
         .route("/api/tasks/{id}/cancel", post(cancel))
+        .route("/api/tasks/{id}/input", post(input))
         .route("/api/tasks/{id}/checkpoint", post(checkpoint))
         .route("/api/tasks/{id}/migrate", post(migrate))
         .route("/api/stats", get(stats))
@@ -523,6 +524,9 @@ struct SubmitBody {
     memory_limit: Option<u64>,
     fuel_limit: Option<u64>,
     wall_limit_ms: Option<u64>,
+    /// The task reads input sent later (`POST /api/tasks/{id}/input`).
+    #[serde(default)]
+    stdin: bool,
 }
 
 async fn submit(
@@ -575,6 +579,7 @@ async fn submit(
             fuel_limit: b.fuel_limit,
             wall_limit_ms: b.wall_limit_ms,
             checkpoint_every_ms: b.checkpoint_every_ms,
+            stdin: b.stdin,
         },
         placement,
     };
@@ -612,6 +617,51 @@ async fn task_command(
 ) -> ApiResult {
     ask(shared, request(task_id(id)?)).await?;
     ok(json!({ "ok": true }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputQuery {
+    #[serde(default)]
+    eof: bool,
+}
+
+/// Append the raw body to the task's stdin (a task submitted with `stdin`).
+async fn input(
+    State(shared): State<Arc<Shared>>,
+    _: Operator,
+    Path(id): Path<String>,
+    query: Result<Query<InputQuery>, axum::extract::rejection::QueryRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let task = task_id(&id)?;
+    let Query(q) = query
+        .map_err(|e| ApiError::invalid(format!("bad query: {}; use ?eof=true", e.body_text())))?;
+    let bytes = raw.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "invalid"
+        };
+        ApiError::new(
+            e.status(),
+            code,
+            format!(
+                "could not read the input ({}); send large input in several requests",
+                e.body_text()
+            ),
+        )
+    })?;
+    let req = ControlRequest::Input {
+        task,
+        offset: None,
+        bytes: bytes.to_vec(),
+        eof: q.eof,
+    };
+    match ask(&shared, req).await? {
+        ControlResponse::InputStored { len } => ok(json!({ "len": len })),
+        other => Err(unexpected("Input", &other)),
+    }
 }
 
 #[derive(Deserialize)]

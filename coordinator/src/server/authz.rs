@@ -5,7 +5,7 @@
 //!   report about a task) must come from that node's own certificate: a
 //!   worker cannot take another worker's command stream or report for it.
 //! - Acting on tasks and nodes (submit, cancel, checkpoint, migrate, drain,
-//!   uncordon, remove) needs the operator's certificate.
+//!   uncordon, remove, send input) needs the operator's certificate.
 //! - Reading (lists, inspect, logs, wait, events, stats) needs any
 //!   certificate of the cluster, which the handshake already checked.
 //!
@@ -31,7 +31,8 @@ pub(super) fn authorize(peer: &PeerIdentity, req: &ControlRequest) -> Result<(),
         | Q::HandedOff { node, .. }
         | Q::HandoffFailed { node, .. }
         | Q::LiveReady { node, .. }
-        | Q::LiveFailed { node, .. } => Some(node),
+        | Q::LiveFailed { node, .. }
+        | Q::ReadInput { node, .. } => Some(node),
         _ => None,
     };
     if let Some(node) = speaks_for {
@@ -52,6 +53,7 @@ pub(super) fn authorize(peer: &PeerIdentity, req: &ControlRequest) -> Result<(),
             | Q::Drain { .. }
             | Q::Uncordon { .. }
             | Q::Remove { .. }
+            | Q::Input { .. }
     );
     if operator_only && !peer.is(OPERATOR) {
         return Err(denied(
@@ -99,6 +101,8 @@ fn kind(req: &ControlRequest) -> &'static str {
         Q::Drain { .. } => "draining a node",
         Q::Uncordon { .. } => "uncordoning a node",
         Q::Remove { .. } => "removing a node",
+        Q::Input { .. } => "sending input to a task",
+        Q::ReadInput { .. } => "ReadInput",
         _ => "this request",
     }
 }

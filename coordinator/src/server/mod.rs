@@ -16,6 +16,7 @@
 pub mod api;
 mod authz;
 pub mod http;
+pub mod input;
 mod migrate;
 pub mod output;
 
@@ -83,6 +84,8 @@ pub enum ServerError {
     Log(#[from] LogError),
     #[error(transparent)]
     Output(#[from] output::OutputError),
+    #[error(transparent)]
+    Input(#[from] input::InputError),
 }
 
 /// A logged event with its sequence number (its index in the log, from 0)
@@ -150,6 +153,11 @@ struct Shared {
     monitor: broadcast::Sender<Arc<MonitorItem>>,
     /// The HTTP API's connection to the registry, made on first use.
     registry: tokio::sync::Mutex<Option<wmig_registry::RegistryClient>>,
+    /// Task input, behind its own lock: appends fsync, which must not
+    /// hold up every other request.
+    inputs: Arc<Mutex<input::InputStore>>,
+    /// Bumped after every stored input, for workers waiting for some.
+    input_added: watch::Sender<u64>,
 }
 
 /// A coordinator with its log replayed, ready to serve.
@@ -201,6 +209,7 @@ impl Server {
             "replayed event log"
         );
         let outputs = OutputStore::open(&config.data_dir.join("output"))?;
+        let inputs = input::InputStore::open(&config.data_dir.join("input"))?;
         let (durable, _) = watch::channel(Durable {
             next: next_seq,
             failed: None,
@@ -229,6 +238,8 @@ impl Server {
                 durable,
                 monitor,
                 registry: tokio::sync::Mutex::new(None),
+                inputs: Arc::new(Mutex::new(inputs)),
+                input_added: watch::channel(0).0,
             }),
             log,
         })
@@ -1003,6 +1014,85 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             tracing::info!(%node, "removed");
             R::Ok
         }
+        Q::Input {
+            task,
+            offset,
+            bytes,
+            eof,
+        } => {
+            {
+                let core = shared.lock();
+                let t = core.coord.task(task).ok_or_else(|| {
+                    RemoteError::new(
+                        ErrorCode::NotFound,
+                        format!("unknown task {task}: see `wmig ps` for task ids"),
+                    )
+                })?;
+                if !t.options.stdin {
+                    return Err(RemoteError::new(
+                        ErrorCode::Invalid,
+                        format!("task {task} was not submitted with --stdin, so it reads no input; submit it again with `wmig submit --stdin`"),
+                    ));
+                }
+                if t.state.is_terminal() {
+                    return Err(RemoteError::new(
+                        ErrorCode::Conflict,
+                        format!("task {task} is {}; it reads no more input", t.state),
+                    ));
+                }
+            }
+            let inputs = shared.inputs.clone();
+            let len = tokio::task::spawn_blocking(move || {
+                inputs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(task, offset, &bytes, eof)
+            })
+            .await
+            .map_err(|e| internal(format!("storing input: {e}")))?
+            .map_err(|e| match e {
+                input::InputError::Io { .. } => internal(e.to_string()),
+                _ => RemoteError::new(ErrorCode::Conflict, e.to_string()),
+            })?;
+            shared.input_added.send_modify(|n| *n += 1);
+            R::InputStored { len }
+        }
+        Q::ReadInput {
+            node,
+            task,
+            epoch,
+            offset,
+            max,
+        } => {
+            let mut added = shared.input_added.subscribe();
+            let max = (max as usize).min(INPUT_READ);
+            let deadline = tokio::time::Instant::now() + INPUT_WAIT;
+            loop {
+                fenced(&shared.lock(), &node, task, epoch)?;
+                let read = shared
+                    .inputs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(task, offset, max)
+                    .map_err(|e| internal(e.to_string()))?;
+                if !read.bytes.is_empty() || read.eof {
+                    break R::Input {
+                        bytes: read.bytes,
+                        eof: read.eof,
+                    };
+                }
+                // Nothing yet: wait for any input to arrive, then look again.
+                match tokio::time::timeout_at(deadline, added.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        break R::Input {
+                            bytes: Vec::new(),
+                            eof: false,
+                        }
+                    }
+                }
+            }
+        }
         Q::Wait { task } => {
             let mut rx = shared.monitor.subscribe();
             loop {
@@ -1068,6 +1158,10 @@ async fn attach(node: NodeId, send: &mut quinn::SendStream, shared: &Arc<Shared>
 }
 
 const LOG_READ: usize = 256 * 1024;
+/// Most input bytes in one answer to a worker.
+const INPUT_READ: usize = 256 * 1024;
+/// How long a worker's request for input waits for some to arrive.
+const INPUT_WAIT: Duration = Duration::from_secs(10);
 
 async fn logs(
     task: TaskId,

@@ -219,6 +219,27 @@ pub enum ControlRequest {
         epoch: u64,
         reason: String,
     },
+    // --- task input ---------------------------------------------------------
+    /// Operator: append to the stdin of a task submitted with `stdin`,
+    /// at `offset` (its stored end when `None`; a resend overlaps), and
+    /// close it after these bytes when `eof`. Answered with
+    /// [`ControlResponse::InputStored`] once durable.
+    Input {
+        task: TaskId,
+        offset: Option<u64>,
+        bytes: Vec<u8>,
+        eof: bool,
+    },
+    /// The owner of `task` at `epoch`: up to `max` bytes of its input from
+    /// `offset`, waiting a while for some if none are there yet. Answered
+    /// with [`ControlResponse::Input`].
+    ReadInput {
+        node: NodeId,
+        task: TaskId,
+        epoch: u64,
+        offset: u64,
+        max: u32,
+    },
 }
 
 /// A running task as its worker sees it, in every heartbeat: the epoch for
@@ -465,6 +486,16 @@ pub enum ControlResponse {
         failed: Vec<String>,
     },
     Error(RemoteError),
+    /// The task's input is stored up to `len` bytes.
+    InputStored {
+        len: u64,
+    },
+    /// Input bytes; `eof` once they reach the end of a closed input. Empty
+    /// and not `eof`: nothing arrived in the wait, ask again.
+    Input {
+        bytes: Vec<u8>,
+        eof: bool,
+    },
 }
 
 // --- tasks -----------------------------------------------------------------
@@ -496,6 +527,52 @@ pub struct TaskOptions {
     pub wall_limit_ms: Option<u64>,
     /// Checkpoint period, in milliseconds (the worker's default when unset).
     pub checkpoint_every_ms: Option<u64>,
+    /// The task reads what `wmig input` sends it on stdin, waiting for it
+    /// as it arrives; without it stdin is empty. (Added after
+    /// [`TaskEvent::SubmittedWith`]: logged in [`TaskEvent::SubmittedV3`].)
+    pub stdin: bool,
+}
+
+/// [`TaskOptions`] as [`TaskEvent::SubmittedWith`] stores it in logs written
+/// before `stdin` existed: the same fields, in the same order, without it.
+mod options_v1 {
+    use super::TaskOptions;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct V1 {
+        name: String,
+        dirs: Vec<(String, String)>,
+        memory_limit: Option<u64>,
+        fuel_limit: Option<u64>,
+        wall_limit_ms: Option<u64>,
+        checkpoint_every_ms: Option<u64>,
+    }
+
+    pub fn serialize<S: Serializer>(o: &TaskOptions, s: S) -> Result<S::Ok, S::Error> {
+        V1 {
+            name: o.name.clone(),
+            dirs: o.dirs.clone(),
+            memory_limit: o.memory_limit,
+            fuel_limit: o.fuel_limit,
+            wall_limit_ms: o.wall_limit_ms,
+            checkpoint_every_ms: o.checkpoint_every_ms,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TaskOptions, D::Error> {
+        let v = V1::deserialize(d)?;
+        Ok(TaskOptions {
+            name: v.name,
+            dirs: v.dirs,
+            memory_limit: v.memory_limit,
+            fuel_limit: v.fuel_limit,
+            wall_limit_ms: v.wall_limit_ms,
+            checkpoint_every_ms: v.checkpoint_every_ms,
+            stdin: false,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -597,12 +674,20 @@ pub enum TaskEvent {
     SubmittedWith {
         id: TaskId,
         spec: TaskSpec,
+        #[serde(with = "options_v1")]
         options: TaskOptions,
     },
     /// A running task lost its worker and no other could take it: it waits
     /// as pending and resumes from its last checkpoint when placed.
     Requeued {
         id: TaskId,
+    },
+    /// `SubmittedWith` carrying every option of today, `stdin` included:
+    /// what a submission logs now.
+    SubmittedV3 {
+        id: TaskId,
+        spec: TaskSpec,
+        options: TaskOptions,
     },
 }
 

@@ -18,7 +18,9 @@ impl Event {
                 MembershipEvent::Removed(_) => "removed",
             },
             Event::Task(t) => match t {
-                TaskEvent::Submitted { .. } | TaskEvent::SubmittedWith { .. } => "submitted",
+                TaskEvent::Submitted { .. }
+                | TaskEvent::SubmittedWith { .. }
+                | TaskEvent::SubmittedV3 { .. } => "submitted",
                 TaskEvent::Placed { .. } => "placed",
                 TaskEvent::Checkpointed { .. } => "checkpointed",
                 TaskEvent::Finished { .. } => "finished",
@@ -70,7 +72,8 @@ impl Event {
                 TaskEvent::Submitted { id, spec } => {
                     format!("task {id} submitted ({})", spec.bundle)
                 }
-                TaskEvent::SubmittedWith { id, options, .. } => {
+                TaskEvent::SubmittedWith { id, options, .. }
+                | TaskEvent::SubmittedV3 { id, options, .. } => {
                     format!("task {id} submitted ({})", options.name)
                 }
                 TaskEvent::Placed { id, worker, epoch } => {
@@ -100,6 +103,7 @@ impl TaskEvent {
         match self {
             TaskEvent::Submitted { id, .. }
             | TaskEvent::SubmittedWith { id, .. }
+            | TaskEvent::SubmittedV3 { id, .. }
             | TaskEvent::Placed { id, .. }
             | TaskEvent::Checkpointed { id, .. }
             | TaskEvent::Finished { id, .. }
