@@ -6,12 +6,15 @@
 //! what state a task is in ([`tasks`]), and the durable record of all of it
 //! ([`log`]). [`state::Coordinator`] ties them together as a fold over
 //! [`Event`]s, so a restart that replays the log reaches the identical state.
+//! [`migration::Migrations`] runs the migration handshake between a task's
+//! source and target (volatile on purpose: the log alone says who owns a task).
 //!
 //! Like quinn-proto, nothing here reads a clock or touches a socket: every
 //! method that depends on time takes `now` (milliseconds on a monotonic clock
 //! chosen by the caller), and the server that drives this core decides when to
-//! call [`Coordinator::tick`] from [`Coordinator::next_deadline`]. That makes
-//! hours of heartbeats testable in milliseconds.
+//! call [`Coordinator::tick`] from [`Coordinator::next_deadline`] (and
+//! [`Migrations::tick`] from [`Migrations::next_deadline`]). That makes hours
+//! of heartbeats testable in milliseconds.
 //!
 //! Around the core: [`wire`] (the control protocol's messages), [`server`]
 //! (the coordinator process: QUIC, group-committed log, task output, the
@@ -31,6 +34,7 @@
 
 pub mod log;
 pub mod membership;
+pub mod migration;
 pub mod placement;
 pub mod server;
 pub mod state;
@@ -46,6 +50,7 @@ pub use membership::{
     Liveness, Membership, MembershipConfig, MembershipError, MembershipEvent, Node, NodeInfo,
     NodeView, Role,
 };
+pub use migration::Migrations;
 pub use placement::{Placement, PlacementError, Placer};
 pub use state::{Coordinator, CoordinatorConfig, CoordinatorError, Event, Snapshot};
 pub use tasks::{Outcome, Task, TaskError, TaskEvent, TaskOptions, TaskSpec, TaskState, TaskTable};

@@ -34,6 +34,7 @@ use wmig_proto::wire::{ErrorCode, RemoteError, CONTROL_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
 use crate::membership::{Liveness, MembershipEvent, Role};
+use crate::migration::LiveReady;
 use crate::placement::Placement;
 use crate::tasks::{TaskEvent, TaskState};
 use crate::wire::{
@@ -111,8 +112,8 @@ struct Core {
     attach_gen: u64,
     started: HashMap<TaskId, u64>,
     checkpoints: u64,
-    /// Migrations in flight (volatile; see [`migrate`]).
-    migrations: HashMap<TaskId, migrate::Migration>,
+    /// Migrations in flight (volatile; see [`crate::migration`]).
+    migrations: migrate::Inflight,
     /// Each running task's latest heartbeat entry (volatile).
     usage: HashMap<TaskId, TaskBeat>,
     /// Tasks of dead workers not yet running elsewhere: the dead worker and
@@ -227,7 +228,7 @@ impl Server {
                     attach_gen: 0,
                     started: HashMap::new(),
                     checkpoints,
-                    migrations: HashMap::new(),
+                    migrations: migrate::Inflight::default(),
                     usage: HashMap::new(),
                     recovering: HashMap::new(),
                     timeline: VecDeque::new(),
@@ -392,7 +393,7 @@ impl Shared {
         let out = core.outputs.len(id, Stream::Stdout);
         let err = core.outputs.len(id, Stream::Stderr);
         let mut view = TaskView::new(&task, out, err, core.started.get(&id).copied());
-        if view.state == TaskState::Running && core.migrations.contains_key(&id) {
+        if view.state == TaskState::Running && core.migrations.contains(id) {
             view.state = TaskState::Migrating;
         }
         if let Some(u) = core.usage.get(&id).filter(|_| task.state.occupies_slot()) {
@@ -561,7 +562,7 @@ async fn failure_detector(shared: Arc<Shared>) {
                 match e {
                     Event::Node(MembershipEvent::Offline(node)) => {
                         tracing::info!(%node, "offline");
-                        migrate::node_offline(&mut core, node);
+                        migrate::node_offline(&shared, &mut core, node);
                         let silent_ms = core
                             .coord
                             .node(node)
@@ -579,6 +580,7 @@ async fn failure_detector(shared: Arc<Shared>) {
             }
             shared.queue(&mut core, events);
         }
+        migrate::tick(&shared, &mut core, now);
     }
 }
 
@@ -751,9 +753,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             let mut core = shared.lock();
             fenced(&core, &node, task, epoch)?;
             core.started.insert(task, at_us);
-            if let Some(report) = migrate::started(&mut core, &node, task, at_us, fetched) {
-                shared.publish(&mut core, MonitorItem::Migrated(report));
-            }
+            migrate::started(shared, &mut core, &node, task, at_us, fetched);
             if let Some((from, heard_ms)) = core.recovering.remove(&task) {
                 let report = RecoveryReport {
                     task,
@@ -791,7 +791,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             shared
                 .command(|c, _| Ok(((), c.report_checkpoint(task, &node, epoch, seq, fuel_used)?)))
                 .await?;
-            migrate::checkpointed(&mut shared.lock(), &node, task, epoch, seq);
+            migrate::checkpointed(shared, &mut shared.lock(), &node, task, epoch, seq);
             R::Ok
         }
         Q::Prefetched {
@@ -800,7 +800,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             seq: _,
             bytes,
         } => {
-            migrate::prefetched(&mut shared.lock(), &node, task, bytes);
+            migrate::prefetched(shared, &mut shared.lock(), &node, task, bytes);
             R::Ok
         }
         Q::HandedOff {
@@ -820,20 +820,16 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                     Ok(((), events))
                 })
                 .await?;
-            migrate::handed_off(&mut shared.lock(), task, paused_at_us, bytes);
+            migrate::handed_off(shared, &mut shared.lock(), &node, task, paused_at_us, bytes);
             R::Ok
         }
         Q::HandoffFailed {
             node,
             task,
-            epoch: _,
+            epoch,
             reason,
         } => {
-            migrate::abort(
-                &mut shared.lock(),
-                task,
-                format!("{node} could not store the final checkpoint of {task} ({reason}); it carries on there"),
-            );
+            migrate::handoff_failed(shared, &mut shared.lock(), &node, task, epoch, &reason);
             R::Ok
         }
         Q::LiveReady {
@@ -847,35 +843,15 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             precopy_bytes,
             delta_bytes,
         } => {
-            let from = migrate::live_ready(&mut shared.lock(), &node, task, epoch)?;
-            let placed = shared
-                .command(|c, _| Ok(((), vec![c.move_exactly(task, &node)?])))
-                .await;
-            let mut core = shared.lock();
-            if let Err(e) = placed {
-                migrate::live_unplaced(
-                    &mut core,
-                    task,
-                    (&from, &node, epoch),
-                    format!("could not place {task} on {node}: {e}; it carries on where it was"),
-                );
-                return Err(e);
-            }
-            let since_pause = |at_us: u64| at_us.saturating_sub(paused_at_us) as f64 / 1000.0;
-            let phases = vec![
-                ("captured".to_owned(), captured_us as f64 / 1000.0),
-                ("transferred".to_owned(), since_pause(received_at_us)),
-                ("applied".to_owned(), since_pause(applied_at_us)),
-                ("placed".to_owned(), since_pause(unix_us_now())),
-            ];
-            migrate::live_placed(
-                &mut core,
-                task,
+            let ready = LiveReady {
                 paused_at_us,
-                (precopy_bytes, delta_bytes),
-                phases,
-            );
-            send_command(&mut core, &from, WorkerCommand::Drop { task, epoch });
+                captured_us,
+                received_at_us,
+                applied_at_us,
+                precopy_bytes,
+                delta_bytes,
+            };
+            migrate::live_ready(shared, &node, task, epoch, ready).await?;
             R::Ok
         }
         Q::LiveFailed {
@@ -884,12 +860,12 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             epoch,
             reason,
         } => {
-            migrate::live_failed(&mut shared.lock(), &node, task, epoch, &reason);
+            migrate::live_failed(shared, &mut shared.lock(), &node, task, epoch, &reason);
             R::Ok
         }
         Q::Migrate { task, to, precopy } => {
-            let rx = migrate::start(&mut shared.lock(), task, &to, precopy)?;
-            R::Migrated(migrate::wait(shared, task, rx).await?)
+            let rx = migrate::start(shared, &mut shared.lock(), task, &to, precopy)?;
+            R::Migrated(migrate::wait(rx).await?)
         }
         Q::Finished {
             node,
@@ -987,7 +963,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                         .coord
                         .choose_worker(&Placement::RoundRobin)
                         .map_err(coordinator_error)
-                        .and_then(|to| migrate::start(&mut core, task, &to, true));
+                        .and_then(|to| migrate::start(shared, &mut core, task, &to, true));
                     match started {
                         Ok(rx) => moving.push((task, rx)),
                         Err(e) => failed.push(format!("{task}: {e}")),
@@ -996,7 +972,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             }
             let mut moved = Vec::new();
             for (task, rx) in moving {
-                match migrate::wait(shared, task, rx).await {
+                match migrate::wait(rx).await {
                     Ok(r) => moved.push(r),
                     Err(e) => failed.push(format!("{task}: {e}")),
                 }
