@@ -14,7 +14,8 @@
 //!    written pages while it runs); and a task asleep in one long call.
 //!    Goals (issue #15): ≤ 150 ms cold and ≤ 10 ms pre-copy at 64 MiB,
 //!    ≤ 20 ms pre-copy at 256 MiB, ≤ 100 ms asleep.
-//!    `WMIG_BENCH_ONLY=migration` runs this table alone.
+//!    `WMIG_BENCH_ONLY=migration` runs this table alone, `WMIG_BENCH_MIB=64,256`
+//!    only those sizes; `WMIG_BENCH_LOG=debug` keeps the cluster's logs.
 //! 4. Recovery: from SIGKILL of the worker running a task to the task's
 //!    first instruction on another worker, offline timeout 1 s. Goal ≤ 2 s.
 //! 5. The HTTP API against the QUIC protocol it wraps, with the ~1,000
@@ -115,7 +116,15 @@ async fn migration_table(
     let holdmem = upload(registry, wmig_tests::artifacts::HOLDMEM).await?;
     let mut rows = Vec::new();
     let rate = SCATTER_RATE.to_string();
-    for mib in [1u64, 16, 64, 256] {
+    // `WMIG_BENCH_MIB=64,256` measures only those sizes.
+    let sizes: Vec<u64> = match std::env::var("WMIG_BENCH_MIB") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()?,
+        Err(_) => vec![1, 16, 64, 256],
+    };
+    for mib in sizes {
         let arg = mib.to_string();
         let t = submit_on(
             client,
@@ -417,11 +426,20 @@ async fn http_table(
 
 fn main() -> anyhow::Result<()> {
     let tmp = tempfile::TempDir::new()?;
-    let dir = tmp.path().join("cluster");
+    // `WMIG_BENCH_LOG=debug` keeps the cluster directory, logs included.
+    let log = std::env::var("WMIG_BENCH_LOG").ok();
+    let root = match &log {
+        Some(_) => tmp.keep(),
+        None => tmp.path().to_owned(),
+    };
+    let dir = root.join("cluster");
+    if log.is_some() {
+        eprintln!("cluster directory (kept): {}", dir.display());
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_wmig"))
         .env("WMIG_CLUSTER", &dir)
-        .env("WMIG_CACHE_DIR", tmp.path().join("cache"))
-        .env("WMIG_LOG", "warn")
+        .env("WMIG_CACHE_DIR", root.join("cache"))
+        .env("WMIG_LOG", log.as_deref().unwrap_or("warn"))
         .args(["up", "--workers", "3", "--slots", "16"])
         .args(["--offline-timeout", "1s"])
         .stdout(Stdio::piped())

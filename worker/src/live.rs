@@ -462,6 +462,12 @@ async fn take_task(
                 let applied_at_us = unix_us();
                 job.arrived = Some((t, manifest.seq));
                 worker.arrive(task, epoch, job);
+                // Unmapping a round buffer of hundreds of MiB takes this
+                // thread for milliseconds, and the report below would wait
+                // behind it (tokio runs the woken reporter on this thread
+                // next): free it elsewhere.
+                let buf = std::mem::take(&mut round_buf);
+                tokio::task::spawn_blocking(move || drop(buf));
                 write_frame(send, &LiveReply::Ready).await?;
                 let _ = send.finish();
                 let _ = worker.reports.send(ControlRequest::LiveReady {
