@@ -265,6 +265,27 @@ pub struct Job {
     pub uploads: mpsc::UnboundedSender<Upload>,
     /// The task's stdin, for tasks submitted with `stdin`.
     pub stdin: Option<crate::input::StdinFeed>,
+    /// Memory to free once the task runs (a live move's receive buffer).
+    pub release_after_start: Option<Vec<u8>>,
+}
+
+/// How long [`release_later`] holds on.
+const RELEASE_DELAY: Duration = Duration::from_millis(200);
+
+/// Free `what` on a thread of its own, a little later. Unmapping hundreds of
+/// MiB takes a core for milliseconds; at the end of a live move that would
+/// compete with the target's resumption (on a shared host) and with the
+/// messages that complete the move.
+pub fn release_later<T: Send + 'static>(what: T) {
+    let spawned = std::thread::Builder::new()
+        .name("wmig-release".into())
+        .spawn(move || {
+            std::thread::sleep(RELEASE_DELAY);
+            drop(what);
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no thread to free memory later; freeing it now");
+    }
 }
 
 pub(crate) fn unix_us() -> u64 {
@@ -430,7 +451,7 @@ impl Job {
         config
     }
 
-    fn drive(self, mut task: Task, seq: &mut u64) {
+    fn drive(mut self, mut task: Task, seq: &mut u64) {
         let _ = self.reports.send(ControlRequest::Started {
             node: self.node.clone(),
             task: self.task,
@@ -438,6 +459,9 @@ impl Job {
             at_us: unix_us(),
             fetched: self.resume_fetched,
         });
+        if let Some(buf) = self.release_after_start.take() {
+            release_later(buf);
+        }
         let wall = self.options.wall_limit_ms.map(Duration::from_millis);
         let started = Instant::now();
         loop {
@@ -487,6 +511,14 @@ impl Job {
                     self.control.pause.store(false, Ordering::SeqCst);
                     if self.live_step(&mut task, step, seq, paused_at_us) {
                         tracing::info!(task = %self.task, "moved live; forgotten here");
+                        let spare = std::mem::take(
+                            &mut *self
+                                .control
+                                .spare_bufs
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()),
+                        );
+                        release_later((task, spare));
                         return;
                     }
                     if !self.control.checkpoint.load(Ordering::SeqCst)

@@ -651,6 +651,7 @@ impl Worker {
             reports: self.reports.clone(),
             uploads: self.uploads.clone(),
             stdin,
+            release_after_start: None,
         }
     }
 

@@ -461,13 +461,12 @@ async fn take_task(
                 tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final applied");
                 let applied_at_us = unix_us();
                 job.arrived = Some((t, manifest.seq));
+                // Freeing a round buffer of hundreds of MiB here would hold
+                // this thread, and the report below behind it (tokio runs
+                // the woken reporter on this thread next): the task frees
+                // it once it runs.
+                job.release_after_start = Some(std::mem::take(&mut round_buf));
                 worker.arrive(task, epoch, job);
-                // Unmapping a round buffer of hundreds of MiB takes this
-                // thread for milliseconds, and the report below would wait
-                // behind it (tokio runs the woken reporter on this thread
-                // next): free it elsewhere.
-                let buf = std::mem::take(&mut round_buf);
-                tokio::task::spawn_blocking(move || drop(buf));
                 write_frame(send, &LiveReply::Ready).await?;
                 let _ = send.finish();
                 let _ = worker.reports.send(ControlRequest::LiveReady {
