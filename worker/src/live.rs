@@ -11,6 +11,7 @@
 //! message, for the coordinator's `Drop` (moved) or `Resume` (abandoned).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use wmig_proto::wire::control::ControlRequest;
 use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
-use crate::exec::{unix_us, LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND};
+use crate::exec::{unix_us, LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND, MAX_THROTTLE};
 use crate::Worker;
 
 /// Pre-copy rounds at most, before the final pause whatever the dirty rate.
@@ -34,6 +35,9 @@ const FINAL_PAGES: u64 = 256;
 /// Rounds in a row that may fail to shrink below the smallest so far by
 /// 10 % before the task pauses anyway (the dirty rate beats the link).
 const PATIENCE: u32 = 4;
+/// Throttle added per round that fails to shrink (see
+/// [`TaskControl::throttle`]).
+const THROTTLE_STEP: u8 = 20;
 /// Round numbers of the final round's pieces start here.
 const FINAL_ROUNDS: u32 = 1 << 20;
 /// How long a task may take to reach a pause for one step.
@@ -116,11 +120,12 @@ pub(crate) async fn send(
         () = control.live_abort.notified() => Err(anyhow::anyhow!("the coordinator abandoned the migration")),
     };
     *control.live_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    control
-        .spare_bufs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
+    control.throttle.store(0, Ordering::SeqCst);
+    // The move is not complete yet (the coordinator still has to place the
+    // task): unmapping these now would hold up what completes it.
+    crate::exec::release_later(std::mem::take(
+        &mut *control.spare_bufs.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
     if let Err(e) = result {
         let reason = format!("{e:#}");
         tracing::warn!(%task, %to, reason, "live migration failed");
@@ -234,9 +239,18 @@ async fn stream_task(
                 if since_best >= PATIENCE {
                     break;
                 }
+                // Not converging: slow the task down a notch more.
+                let _ = control
+                    .throttle
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                        Some(t.saturating_add(THROTTLE_STEP).min(MAX_THROTTLE))
+                    });
             }
         }
     }
+    // The pause comes next; after it the task runs at full speed again,
+    // here or there.
+    control.throttle.store(0, Ordering::SeqCst);
     // The final step. A cold move's memory arrives first, in pieces the
     // target applies while the next are captured and on the wire; their
     // acks are read below.
