@@ -57,6 +57,8 @@ pub struct TaskControl {
     /// the task is paused; writing into memory already faulted in (not a
     /// fresh 64 MiB allocation) keeps that pause short.
     pub spare_bufs: Mutex<Vec<PageBuf>>,
+    /// Signalled when a buffer returns to `spare_bufs`.
+    pub spare_returned: std::sync::Condvar,
     /// Set while the task waits, paused for good, for the coordinator's
     /// decision on a live migration: `true` carries on here, `false`
     /// forgets the task (it runs on the target).
@@ -89,7 +91,10 @@ pub const LIVE_FINAL: u8 = 2;
 /// At the next pause, stop tracking writes (the migration was abandoned).
 pub const LIVE_END: u8 = 3;
 /// Pages per piece of a large final round (4 MiB).
-const FINAL_PIECE_PAGES: u32 = 1024;
+pub const FINAL_PIECE_PAGES: u32 = 1024;
+/// How long a cold move's capture waits for the sender to return a piece
+/// buffer before it allocates one.
+const SPARE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the task thread hands the live sender.
 pub enum LiveOut {
@@ -102,6 +107,37 @@ pub enum LiveOut {
 }
 
 impl TaskControl {
+    /// Hand a buffer back for the next round or piece.
+    pub fn return_spare(&self, buf: PageBuf) {
+        self.spare_bufs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(buf);
+        self.spare_returned.notify_one();
+    }
+
+    /// A spare buffer, waiting up to `wait` for one to come back (a cold
+    /// move cycles a few pre-faulted buffers rather than fault in fresh
+    /// memory for every piece while the task is paused).
+    fn spare_buf_within(&self, wait: Duration) -> PageBuf {
+        let deadline = Instant::now() + wait;
+        let mut spare = self.spare_bufs.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(b) = spare.pop() {
+                return b;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return PageBuf::default();
+            }
+            spare = self
+                .spare_returned
+                .wait_timeout(spare, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     pub fn request_drop(&self) {
         self.drop.store(true, Ordering::SeqCst);
         self.pause.store(true, Ordering::SeqCst);
@@ -654,7 +690,7 @@ impl Job {
             let mut start = 0;
             while start < pages {
                 let end = pages.min(start + FINAL_PIECE_PAGES);
-                let mut buf = self.spare_buf();
+                let mut buf = self.control.spare_buf_within(SPARE_WAIT);
                 let sent = task
                     .live_copy(start..end, &mut buf)
                     .is_ok_and(|()| out.send(LiveOut::Piece(buf)).is_ok());

@@ -25,7 +25,10 @@ use wmig_proto::wire::control::ControlRequest;
 use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
-use crate::exec::{unix_us, LiveOut, TaskControl, LIVE_END, LIVE_FINAL, LIVE_ROUND, MAX_THROTTLE};
+use crate::exec::{
+    unix_us, LiveOut, TaskControl, FINAL_PIECE_PAGES, LIVE_END, LIVE_FINAL, LIVE_ROUND,
+    MAX_THROTTLE,
+};
 use crate::Worker;
 
 /// Pre-copy rounds at most, before the final pause whatever the dirty rate.
@@ -38,6 +41,8 @@ const PATIENCE: u32 = 4;
 /// Throttle added per round that fails to shrink (see
 /// [`TaskControl::throttle`]).
 const THROTTLE_STEP: u8 = 20;
+/// Buffers a cold move's pieces cycle through (4 MiB each).
+const PIECE_BUFFERS: usize = 4;
 /// Round numbers of the final round's pieces start here.
 const FINAL_ROUNDS: u32 = 1 << 20;
 /// How long a task may take to reach a pause for one step.
@@ -180,6 +185,7 @@ async fn stream_task(
             module: module.module_hash,
             rewriter: module.rewriter,
             instrumented: module.instrumented_hash,
+            memory_len: control.usage.read().memory_bytes,
         },
     )
     .await?;
@@ -220,11 +226,7 @@ async fn stream_task(
             }
             let pages = buf.pages();
             tracing::debug!(%task, round, pages, bytes = buf.bytes.len(), "live round sent");
-            control
-                .spare_bufs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(buf);
+            control.return_spare(buf);
             // Stop when little is left, or when the task writes as fast as
             // the link carries: rounds no longer shrink. When the two are
             // close, round sizes wander; a few rounds of patience often
@@ -253,7 +255,26 @@ async fn stream_task(
     control.throttle.store(0, Ordering::SeqCst);
     // The final step. A cold move's memory arrives first, in pieces the
     // target applies while the next are captured and on the wire; their
-    // acks are read below.
+    // acks are read below. The pieces cycle through a few buffers faulted
+    // in now, while the task still runs, not during the pause.
+    if !precopy {
+        let pool = tokio::task::spawn_blocking(|| {
+            let len = FINAL_PIECE_PAGES as usize * wmig_proto::wire::live::PAGE_SIZE;
+            (0..PIECE_BUFFERS)
+                .map(|_| {
+                    let mut b = wmig_host::PageBuf::default();
+                    b.bytes.resize(len, 0);
+                    b.bytes.clear();
+                    b
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .context("preparing piece buffers panicked")?;
+        for b in pool {
+            control.return_spare(b);
+        }
+    }
     control.request_live(LIVE_FINAL);
     let mut pieces = 0u32;
     let (fin, paused_at_us) = loop {
@@ -270,11 +291,7 @@ async fn stream_task(
                 .await?;
                 send.write_all(&buf.bytes).await?;
                 pieces += 1;
-                control
-                    .spare_bufs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(buf);
+                control.return_spare(buf);
             }
             LiveOut::Final(fin, at) => break (fin, at),
             _ => anyhow::bail!("the task answered the final step with a round"),
@@ -347,7 +364,16 @@ async fn receive(
             module,
             rewriter,
             instrumented,
-        }) => (task, from, epoch, module, rewriter, instrumented),
+            memory_len,
+        }) => (
+            task,
+            from,
+            epoch,
+            module,
+            rewriter,
+            instrumented,
+            memory_len,
+        ),
         Ok(_) => {
             refuse(&mut send, "a live migration starts with an offer").await;
             return;
@@ -380,12 +406,20 @@ async fn refuse(send: &mut wmig_net::SendStream, why: &str) {
     let _ = send.finish();
 }
 
-type Offer = (TaskId, NodeId, u64, wmig_proto::Hash, u32, wmig_proto::Hash);
+type Offer = (
+    TaskId,
+    NodeId,
+    u64,
+    wmig_proto::Hash,
+    u32,
+    wmig_proto::Hash,
+    u64,
+);
 
 async fn take_task(
     worker: &Arc<Worker>,
     peer: &wmig_net::PeerIdentity,
-    (task, from, epoch, module, rewriter, instrumented): Offer,
+    (task, from, epoch, module, rewriter, instrumented, memory_len): Offer,
     send: &mut wmig_net::SendStream,
     recv: &mut wmig_net::RecvStream,
 ) -> anyhow::Result<()> {
@@ -422,7 +456,14 @@ async fn take_task(
     let control = Arc::new(TaskControl::default());
     let mut job = worker.job(task, epoch + 1, spec, options, prepared.clone(), control);
     let config = job.task_config(job.wasi_config(0, 0));
-    let mut incoming = Incoming::new(&worker.runtime, &prepared, config)?;
+    let incoming = Incoming::new(&worker.runtime, &prepared, config)?;
+    // Memory faulted in now is memory the pause does not wait for.
+    let mut incoming = tokio::task::spawn_blocking(move || {
+        let mut incoming = incoming;
+        incoming.prefault(memory_len).map(|()| incoming)
+    })
+    .await
+    .context("faulting in the task's memory panicked")??;
     write_frame(send, &LiveReply::Accepted).await?;
     let max_memory = job.memory_limit_bytes();
     let (mut precopy_bytes, mut paused_bytes) = (0u64, 0u64);

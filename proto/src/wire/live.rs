@@ -21,7 +21,7 @@ use crate::checkpoint::Manifest;
 use crate::{Hash, NodeId, TaskId};
 
 /// ALPN of the worker-to-worker live-migration protocol.
-pub const LIVE_ALPN: &[u8] = b"wmig-live/1";
+pub const LIVE_ALPN: &[u8] = b"wmig-live/2";
 
 /// Dirty tracking and transfer grain: the host's page, not wasm's 64 KiB.
 pub const PAGE_SIZE: usize = 4096;
@@ -97,6 +97,9 @@ pub enum LiveMessage {
         module: Hash,
         rewriter: u32,
         instrumented: Hash,
+        /// The task's linear memory size now: the target grows and faults
+        /// in that much before the pause.
+        memory_len: u64,
     },
     /// Pages of linear memory written since the previous round (round 0:
     /// every page); raw bytes follow. `paused`: sent after the final pause
