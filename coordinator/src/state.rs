@@ -22,11 +22,29 @@ use crate::Millis;
 
 pub use wmig_proto::wire::control::Event;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
     pub membership: MembershipConfig,
     /// Seed for the `Random` placement policy.
     pub placement_seed: u64,
+    /// How many times a task's worker may go offline while running it
+    /// before the task fails instead of moving on (0: no limit). A task that
+    /// crashes its worker (a host bug it triggers, memory the OS kills for)
+    /// would otherwise take down one worker after another.
+    pub crash_budget: u32,
+}
+
+/// Default of [`CoordinatorConfig::crash_budget`].
+pub const DEFAULT_CRASH_BUDGET: u32 = 3;
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            membership: MembershipConfig::default(),
+            placement_seed: 0,
+            crash_budget: DEFAULT_CRASH_BUDGET,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,6 +109,7 @@ pub struct Coordinator {
     membership: Membership,
     tasks: TaskTable,
     placer: Placer,
+    crash_budget: u32,
     /// Latest `now` seen, used as the heartbeat time of replayed joins.
     now: Millis,
 }
@@ -101,6 +120,7 @@ impl Coordinator {
             membership: Membership::new(config.membership),
             tasks: TaskTable::default(),
             placer: Placer::new(config.placement_seed),
+            crash_budget: config.crash_budget,
             now: 0,
         }
     }
@@ -124,7 +144,14 @@ impl Coordinator {
     /// Fold one event into the state.
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::Node(e) => self.membership.apply(e, self.now),
+            Event::Node(e) => {
+                // As `tick` counts it live: the tasks this node ran when it
+                // was declared offline lost their worker once more.
+                if let MembershipEvent::Offline(node) = e {
+                    self.tasks.note_owner_lost(node);
+                }
+                self.membership.apply(e, self.now)
+            }
             Event::Task(e) => self.tasks.apply(e),
         }
     }
@@ -186,11 +213,29 @@ impl Coordinator {
 
     fn recover_tasks_of(&mut self, node: &NodeId) -> Vec<Event> {
         let ids: Vec<TaskId> = self.tasks.running_on(node).map(|t| t.id).collect();
+        self.tasks.note_owner_lost(node);
         let mut events = Vec::new();
         for id in ids {
-            let event = match self.choose_worker(&Placement::LeastLoaded) {
-                Ok(worker) => self.tasks.reassign(id, worker),
-                Err(_) => self.tasks.requeue(id),
+            let lost = self.tasks.owners_lost(id);
+            let budget = usize::try_from(self.crash_budget).unwrap_or(usize::MAX);
+            let event = if budget > 0 && lost.len() >= budget {
+                let nodes: Vec<&str> = lost.iter().map(|n| n.0.as_str()).collect();
+                self.tasks.give_up(
+                    id,
+                    format!(
+                        "its worker went offline {} times while running it ({}): the task may be \
+                         crashing its workers, so it was stopped before it takes down more; see its \
+                         output (`wmig logs {id}`) and the workers' logs, then submit it again \
+                         (the coordinator's --crash-budget sets how many losses a task may cause)",
+                        lost.len(),
+                        nodes.join(", ")
+                    ),
+                )
+            } else {
+                match self.choose_worker(&Placement::LeastLoaded) {
+                    Ok(worker) => self.tasks.reassign(id, worker),
+                    Err(_) => self.tasks.requeue(id),
+                }
             };
             if let Ok(event) = event {
                 events.push(self.task_event(event));
@@ -423,6 +468,7 @@ mod tests {
 
     use super::*;
     use crate::membership::Role;
+    use crate::tasks::TaskState;
 
     fn worker(name: &str, slots: u32) -> NodeInfo {
         NodeInfo {
@@ -461,6 +507,73 @@ mod tests {
         log.extend(c.cancel(t1).unwrap());
         let replayed = Coordinator::replay(CoordinatorConfig::default(), &log, 6_000);
         assert_eq!(replayed.snapshot(), c.snapshot());
+    }
+
+    /// A task whose worker goes offline under it again and again is failed
+    /// at the budget's third loss, naming the workers, instead of being
+    /// handed to the next one; a replay reaches the same decision.
+    #[test]
+    fn a_task_that_loses_its_worker_three_times_fails_instead_of_moving_on() {
+        let config = CoordinatorConfig {
+            membership: MembershipConfig {
+                offline_timeout: 1_000,
+            },
+            ..CoordinatorConfig::default()
+        };
+        let mut c = Coordinator::new(config.clone());
+        let mut log = Vec::new();
+        let names = ["w1", "w2", "w3", "w4"];
+        for n in names {
+            log.extend(c.register(worker(n, 1), 0).unwrap());
+        }
+        let (t, ev) = c.submit(spec(), &Placement::LeastLoaded).unwrap();
+        log.extend(ev);
+        let mut now = 0;
+        for loss in 1..=3 {
+            let owner = c.task(t).unwrap().owner.clone().unwrap();
+            // Everyone but the owner stays alive; the dead come back.
+            now += 2_000;
+            for n in names.iter().filter(|n| **n != owner.0) {
+                let id = NodeId((*n).into());
+                match c.heartbeat(&id, now - 500) {
+                    Ok(ev) => log.extend(ev),
+                    Err(_) => log.extend(c.register(worker(n, 1), now - 500).unwrap()),
+                }
+            }
+            log.extend(c.tick(now));
+            let task = c.task(t).unwrap();
+            if loss < 3 {
+                assert_eq!(task.state, TaskState::Running, "loss {loss}");
+                assert_ne!(task.owner.as_ref(), Some(&owner));
+            } else {
+                assert_eq!(task.state, TaskState::Failed);
+                let why = task.failure.clone().unwrap();
+                assert!(why.contains("went offline 3 times"), "{why}");
+                assert!(why.contains(&owner.0), "{why}");
+            }
+        }
+        let replayed = Coordinator::replay(config, &log, now);
+        assert_eq!(replayed.snapshot(), c.snapshot());
+
+        // With no budget, the same task would just move on.
+        let unlimited = CoordinatorConfig {
+            crash_budget: 0,
+            ..CoordinatorConfig::default()
+        };
+        let mut c = Coordinator::new(unlimited);
+        c.register(worker("a", 1), 0).unwrap();
+        c.register(worker("b", 1), 0).unwrap();
+        let (t, _) = c.submit(spec(), &Placement::LeastLoaded).unwrap();
+        let mut now = 0;
+        for _ in 0..5 {
+            let owner = c.task(t).unwrap().owner.clone().unwrap();
+            let other = if owner.0 == "a" { "b" } else { "a" };
+            now += 10_000;
+            let _ = c.heartbeat(&NodeId(other.into()), now - 100);
+            let _ = c.register(worker(other, 1), now - 100);
+            c.tick(now);
+            assert_eq!(c.task(t).unwrap().state, TaskState::Running);
+        }
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct TaskTable {
     load: BTreeMap<NodeId, u32>,
     /// Tasks waiting for a slot, oldest first, maintained by `apply`.
     pending: BTreeSet<TaskId>,
+    /// Workers that went offline while running each task, in order
+    /// (maintained by [`TaskTable::note_owner_lost`]; the crash budget).
+    lost: BTreeMap<TaskId, Vec<NodeId>>,
 }
 
 impl Default for TaskTable {
@@ -61,6 +64,7 @@ impl Default for TaskTable {
             next_id: 1,
             load: BTreeMap::new(),
             pending: BTreeSet::new(),
+            lost: BTreeMap::new(),
         }
     }
 }
@@ -201,6 +205,36 @@ impl TaskTable {
             id,
             outcome,
             fuel_used,
+        })
+    }
+
+    /// `worker` was declared offline: every task running on it lost its
+    /// worker once more.
+    pub fn note_owner_lost(&mut self, worker: &NodeId) {
+        let ids: Vec<TaskId> = self.running_on(worker).map(|t| t.id).collect();
+        for id in ids {
+            self.lost.entry(id).or_default().push(worker.clone());
+        }
+    }
+
+    /// The workers that went offline while running `id`, oldest first.
+    pub fn owners_lost(&self, id: TaskId) -> &[NodeId] {
+        self.lost.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// End a task whose worker is gone, with `reason` (the crash budget).
+    pub fn give_up(&self, id: TaskId, reason: String) -> Result<TaskEvent, TaskError> {
+        let task = self.get(id)?;
+        if task.state.is_terminal() {
+            return Err(illegal(task, "failed"));
+        }
+        Ok(TaskEvent::Finished {
+            id,
+            outcome: Outcome::Failed {
+                reason,
+                exit_code: None,
+            },
+            fuel_used: task.fuel_used,
         })
     }
 

@@ -167,7 +167,8 @@ fn a_killed_worker_s_task_resumes_elsewhere_from_its_checkpoint() {
 
 #[test]
 fn chaos_twenty_tasks_survive_workers_killed_and_restarted() {
-    let up = Up::start_with(3, FAST);
+    // Workers killed from outside, not by their tasks: no crash budget.
+    let up = Up::start_with(3, &[FAST, &["--crash-budget", "0"]].concat());
     let mut restarted = Restarted::default();
     let jobs: Vec<(&str, &str)> = (0..20)
         .map(|i| match i % 3 {
@@ -627,4 +628,43 @@ fn a_task_waiting_for_stdin_migrates_at_once_and_reads_on_after_a_kill() {
         crate::support::stdout(&local),
         "output differs from a local run on the same input"
     );
+}
+
+/// A task whose workers keep dying under it (as a task that crashes its
+/// worker would make them) fails at the third loss with a reason naming
+/// them, instead of being handed to one worker after another.
+#[test]
+fn a_task_that_keeps_losing_its_worker_fails_after_three() {
+    let up = Up::start_with(3, FAST);
+    let mut restarted = Restarted::default();
+    let id = up.submit(artifacts::COUNTER, &[], &[LONG]);
+    let mut owners = Vec::new();
+    for loss in 1..=3 {
+        wait_until("the task runs", Duration::from_secs(60), || {
+            task(&up, &id)["state"] == "running"
+        });
+        let owner = task(&up, &id)["owner"].as_str().expect("owner").to_owned();
+        kill9(pid_of(&up, &owner));
+        wait_until("the owner is offline", Duration::from_secs(10), || {
+            up.node(&owner)["state"] == "offline"
+        });
+        owners.push(owner.clone());
+        if loss < 3 {
+            wait_until("the task moves on", Duration::from_secs(10), || {
+                let t = task(&up, &id);
+                t["owner"] != owner.as_str() || t["state"] != "running"
+            });
+            assert_eq!(task(&up, &id)["state"], "running", "after loss {loss}");
+        }
+        restarted.worker(&up, &owner);
+    }
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "60s"]));
+    assert_eq!(o.status.code(), Some(1), "wait {id}: {}", stderr(&o));
+    let t = task(&up, &id);
+    assert_eq!(t["state"], "failed", "{t}");
+    let why = t["failure"].as_str().unwrap_or_default();
+    assert!(why.contains("went offline 3 times"), "{why}");
+    for owner in &owners {
+        assert!(why.contains(owner.as_str()), "{why} names {owner}");
+    }
 }

@@ -35,6 +35,10 @@ pub struct CoordinatorCommand {
     /// How often nodes heartbeat.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// A task whose worker goes offline this many times while running it
+    /// fails instead of moving to another worker (0: no limit).
+    #[arg(long, default_value_t = wmig_coordinator::state::DEFAULT_CRASH_BUDGET)]
+    crash_budget: u32,
 }
 
 impl CoordinatorCommand {
@@ -59,6 +63,7 @@ impl CoordinatorCommand {
         let mut config = ServerConfig::new(data.clone());
         config.coordinator.membership.offline_timeout = self.offline_timeout.as_millis() as u64;
         config.heartbeat = self.heartbeat;
+        config.coordinator.crash_budget = self.crash_budget;
         config.api = ApiConfig {
             token: Some(dir.operator_token()?),
             cluster: Some(dir.clone()),

@@ -35,6 +35,10 @@ pub struct UpCommand {
     /// A node silent this long is declared offline.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     offline_timeout: Duration,
+    /// The coordinator's crash budget: losses of its worker a task may
+    /// cause before it fails (0: no limit).
+    #[arg(long, default_value_t = wmig_coordinator::state::DEFAULT_CRASH_BUDGET)]
+    crash_budget: u32,
     /// Workers' checkpoint period for tasks that do not set their own.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     checkpoint_every: Duration,
@@ -91,6 +95,7 @@ impl UpCommand {
             // offline: one per second, or a quarter of a short timeout.
             let beat = (self.offline_timeout / 4).min(Duration::from_secs(1));
             let heartbeat = format!("{}ms", beat.as_millis().max(10));
+            let budget = self.crash_budget.to_string();
             let coordinator = spawn(
                 &exe,
                 &logs,
@@ -107,6 +112,8 @@ impl UpCommand {
                     &timeout,
                     "--heartbeat",
                     &heartbeat,
+                    "--crash-budget",
+                    &budget,
                 ],
                 &exited_tx,
             )?;

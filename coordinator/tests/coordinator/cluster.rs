@@ -25,6 +25,7 @@ impl Sim {
                 offline_timeout: timeout,
             },
             placement_seed: 1,
+            ..CoordinatorConfig::default()
         };
         Sim {
             c: Coordinator::new(config),
