@@ -652,3 +652,30 @@ fn a_worker_joins_from_an_issued_directory_without_the_ca_key() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+/// Output a task writes while the coordinator is killed and restarted
+/// reaches the restarted one exactly once: the worker keeps what was not
+/// acknowledged (acknowledged output is fsynced first) and resends it.
+#[test]
+fn output_written_across_a_coordinator_kill_has_no_gap_and_no_duplicate() {
+    let up = Up::start(2);
+    let coordinator = up.pid_of("coordinator");
+    // Prints a line every ~10 % of a run of a few seconds.
+    let args = ["600000000"];
+    let id = up.submit(artifacts::COUNTER, &[], &args);
+    wait_until("the first line is stored", Duration::from_secs(60), || {
+        up.json(&["inspect", &id, "--json"])["stdout_bytes"].as_u64() > Some(0)
+    });
+    kill9(u64::from(coordinator));
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut restarted = up.restart_coordinator();
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
+    assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
+    assert_eq!(
+        up.ok(&["logs", &id]),
+        local_stdout(artifacts::COUNTER, &args),
+        "output differs from a local run"
+    );
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+}

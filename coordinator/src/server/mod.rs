@@ -159,6 +159,12 @@ struct Shared {
     inputs: Arc<Mutex<input::InputStore>>,
     /// Bumped after every stored input, for workers waiting for some.
     input_added: watch::Sender<u64>,
+    /// Output group commit: appends bump `output_written` and wake the
+    /// syncer, which fsyncs every dirty output file and publishes the
+    /// generation it covered in `output_synced`.
+    output_written: std::sync::atomic::AtomicU64,
+    output_sync: Notify,
+    output_synced: watch::Sender<Result<u64, String>>,
 }
 
 /// A coordinator with its log replayed, ready to serve.
@@ -241,6 +247,9 @@ impl Server {
                 registry: tokio::sync::Mutex::new(None),
                 inputs: Arc::new(Mutex::new(inputs)),
                 input_added: watch::channel(0).0,
+                output_written: std::sync::atomic::AtomicU64::new(0),
+                output_sync: Notify::new(),
+                output_synced: watch::channel(Ok(0)).0,
             }),
             log,
         })
@@ -257,6 +266,7 @@ impl Server {
         let shared = self.shared;
         let mut background = tokio::task::JoinSet::new();
         background.spawn(committer(shared.clone(), self.log));
+        background.spawn(output_syncer(shared.clone()));
         background.spawn(failure_detector(shared.clone()));
         background.spawn(stats_ticker(shared.clone()));
         if let Some(listener) = http {
@@ -488,6 +498,66 @@ async fn committer(shared: Arc<Shared>, log: EventLog) {
                 }));
             }
             shared.durable.send_modify(|d| d.next = next);
+        }
+    }
+}
+
+/// Fsync the output files written so far, many reports at a time.
+async fn output_syncer(shared: Arc<Shared>) {
+    use std::sync::atomic::Ordering;
+    loop {
+        shared.output_sync.notified().await;
+        loop {
+            let covers = shared.output_written.load(Ordering::SeqCst);
+            if shared
+                .output_synced
+                .borrow()
+                .as_ref()
+                .is_ok_and(|&s| s >= covers)
+            {
+                break;
+            }
+            let dirty = shared.lock().outputs.take_dirty();
+            let paths = dirty.clone();
+            let synced = tokio::task::spawn_blocking(move || output::sync_paths(&paths))
+                .await
+                .map_err(|e| format!("output syncer panicked: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match synced {
+                Ok(()) => {
+                    let _ = shared.output_synced.send_replace(Ok(covers));
+                }
+                Err(why) => {
+                    // Those files stay to sync; the waiting reports fail
+                    // and their workers resend.
+                    tracing::error!(error = %why, "could not make task output durable");
+                    shared.lock().outputs.mark_dirty(dirty);
+                    let _ = shared.output_synced.send_replace(Err(why));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Wait until output appended so far is on disk.
+async fn output_durable(shared: &Shared) -> Result<(), RemoteError> {
+    use std::sync::atomic::Ordering;
+    let mine = shared.output_written.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut synced = shared.output_synced.subscribe();
+    shared.output_sync.notify_one();
+    loop {
+        match &*synced.borrow_and_update() {
+            Ok(s) if *s >= mine => return Ok(()),
+            Ok(_) => {}
+            Err(why) => {
+                return Err(internal(format!(
+                    "the coordinator could not store output durably ({why}); resend it later"
+                )))
+            }
+        }
+        if synced.changed().await.is_err() {
+            return Err(internal("the coordinator is shutting down"));
         }
     }
 }
@@ -779,6 +849,9 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             if let Some(new) = new {
                 let _ = shared.monitor.send(Arc::new(MonitorItem::Output(new)));
             }
+            // Also for a resend that added nothing: what it overlaps may be
+            // written and not yet durable.
+            output_durable(shared).await?;
             R::Ok
         }
         Q::Checkpointed {

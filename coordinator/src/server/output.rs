@@ -5,8 +5,11 @@
 //! restored task replays after its checkpoint) only contributes its new tail,
 //! so every byte is stored exactly once; a chunk that starts past the end
 //! would leave a hole and is refused (its sender resends from the end).
-//! Files are not fsynced per write: after a crash the owner's resend or the
-//! task's replay from its checkpoint fills in what the page cache lost.
+//! Output is acknowledged only once durable: appends mark their file dirty
+//! and the server's output syncer fsyncs every dirty file in one pass
+//! ([`OutputStore::take_dirty`]) before the reports that wrote them are
+//! answered, so a worker never drops bytes the coordinator could still lose
+//! (a group commit, like the event log's).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -22,6 +25,8 @@ pub struct OutputStore {
     /// Stored length per (task, stream), loaded from file sizes on first use.
     lens: HashMap<(TaskId, Stream), u64>,
     total: u64,
+    /// Files written since the last [`OutputStore::take_dirty`].
+    dirty: std::collections::HashSet<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +56,7 @@ impl OutputStore {
             dir: dir.to_owned(),
             lens: HashMap::new(),
             total: 0,
+            dirty: std::collections::HashSet::new(),
         })
     }
 
@@ -104,6 +110,11 @@ impl OutputStore {
             f.set_len(stored).map_err(io)?;
         }
         f.write_all(new).map_err(io)?;
+        if stored == 0 {
+            // A new file: its directory entry must be durable too.
+            self.dirty.insert(self.dir.clone());
+        }
+        self.dirty.insert(path.clone());
         self.lens
             .insert((chunk.task, chunk.stream), stored + new.len() as u64);
         self.total += new.len() as u64;
@@ -113,6 +124,16 @@ impl OutputStore {
             offset: stored,
             bytes: new.to_vec(),
         }))
+    }
+
+    /// The files (and directory) written since the last call, to fsync.
+    pub fn take_dirty(&mut self) -> Vec<PathBuf> {
+        self.dirty.drain().collect()
+    }
+
+    /// Sync these again next time (the last sync of them failed).
+    pub fn mark_dirty(&mut self, paths: Vec<PathBuf>) {
+        self.dirty.extend(paths);
     }
 
     /// Up to `max` stored bytes of `stream` from `from`.
@@ -179,4 +200,17 @@ mod tests {
         assert_eq!(again.len(TaskId(1), Stream::Stdout), 11);
         assert_eq!(again.len(TaskId(1), Stream::Stderr), 0);
     }
+}
+
+/// Make `paths` (files or directories) durable.
+pub fn sync_paths(paths: &[PathBuf]) -> Result<(), OutputError> {
+    for path in paths {
+        File::open(path)
+            .and_then(|f| f.sync_data())
+            .map_err(|source| OutputError::Io {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
