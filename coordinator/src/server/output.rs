@@ -164,6 +164,19 @@ impl OutputStore {
     }
 }
 
+/// Make `paths` (files or directories) durable.
+pub fn sync_paths(paths: &[PathBuf]) -> Result<(), OutputError> {
+    for path in paths {
+        File::open(path)
+            .and_then(|f| f.sync_data())
+            .map_err(|source| OutputError::Io {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,17 +213,4 @@ mod tests {
         assert_eq!(again.len(TaskId(1), Stream::Stdout), 11);
         assert_eq!(again.len(TaskId(1), Stream::Stderr), 0);
     }
-}
-
-/// Make `paths` (files or directories) durable.
-pub fn sync_paths(paths: &[PathBuf]) -> Result<(), OutputError> {
-    for path in paths {
-        File::open(path)
-            .and_then(|f| f.sync_data())
-            .map_err(|source| OutputError::Io {
-                path: path.clone(),
-                source,
-            })?;
-    }
-    Ok(())
 }
