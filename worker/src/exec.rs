@@ -59,6 +59,10 @@ pub struct TaskControl {
     pub spare_bufs: Mutex<Vec<PageBuf>>,
     /// Signalled when a buffer returns to `spare_bufs`.
     pub spare_returned: std::sync::Condvar,
+    /// Checkpoints of this task captured and not yet stored. While one is
+    /// (the registry is away or slow), periodic checkpoints are skipped:
+    /// their chunks would only pile up in memory behind it.
+    pub uploads_pending: Arc<std::sync::atomic::AtomicU32>,
     /// Set while the task waits, paused for good, for the coordinator's
     /// decision on a live migration: `true` carries on here, `false`
     /// forgets the task (it runs on the target).
@@ -222,6 +226,9 @@ pub struct Upload {
     pub chunks: Vec<(Hash, Arc<[u8]>)>,
     pub fuel_used: u64,
     pub handoff: Option<Handoff>,
+    /// The task's count of uploads not yet done (decremented once stored
+    /// or given up).
+    pub pending: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Hashes this worker knows the registry holds; capture skips copying them.
@@ -260,10 +267,12 @@ struct ReportSink {
     stream: Stream,
     offset: u64,
     tx: mpsc::UnboundedSender<Report>,
+    backlog: Arc<crate::report::Backlog>,
 }
 
 impl OutputSink for ReportSink {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.backlog.add(bytes.len());
         let chunk = OutputChunk {
             task: self.task,
             stream: self.stream,
@@ -311,6 +320,8 @@ pub struct Job {
     pub stdin: Option<crate::input::StdinFeed>,
     /// Memory to free once the task runs (a live move's receive buffer).
     pub release_after_start: Option<Vec<u8>>,
+    /// The worker's output not yet accepted by the coordinator.
+    pub backlog: Arc<crate::report::Backlog>,
 }
 
 /// Sleep the share of the last slice that the task's throttle asks for, in
@@ -328,6 +339,24 @@ fn throttle(control: &TaskControl, slice_began: &mut Instant) {
         }
     }
     *slice_began = Instant::now();
+}
+
+/// While the worker's output backlog is over its limit (the coordinator is
+/// away or slow), hold the task here at its yield point until half of it
+/// has left: the task pauses instead of queueing output without bound. A
+/// pause request (migration, cancel) ends the wait.
+fn wait_for_backlog(control: &TaskControl, backlog: &crate::report::Backlog) {
+    use crate::report::Backlog;
+    if backlog.bytes() <= Backlog::MAX {
+        return;
+    }
+    tracing::debug!(
+        bytes = backlog.bytes(),
+        "output backlog full; the task waits"
+    );
+    while backlog.bytes() > Backlog::MAX / 2 && !control.pause.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// How long [`release_later`] holds on.
@@ -364,6 +393,7 @@ impl Job {
             stream,
             offset,
             tx: self.reports.clone(),
+            backlog: self.backlog.clone(),
         })
     }
 
@@ -500,8 +530,10 @@ impl Job {
                 .store(unix_us() + w.as_micros() as u64, Ordering::Relaxed);
         }
         let mut slice_began = Instant::now();
+        let backlog = self.backlog.clone();
         config.policy = Some(Box::new(move |_| {
             throttle(&control, &mut slice_began);
+            wait_for_backlog(&control, &backlog);
             let now = unix_us();
             if now >= control.next_checkpoint_us.load(Ordering::Relaxed) {
                 control
@@ -603,13 +635,17 @@ impl Job {
             let handoff = self.control.handoff.swap(false, Ordering::SeqCst);
             self.control.pause.store(false, Ordering::SeqCst);
             self.control.checkpoint.store(false, Ordering::SeqCst);
-            *seq = wmig_proto::checkpoint::next_seq(*seq, self.epoch);
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             let handoff = handoff.then_some(Handoff {
                 paused_at_us,
                 done: done_tx,
             });
             let handing_off = handoff.is_some();
+            if !handing_off && self.control.uploads_pending.load(Ordering::SeqCst) > 0 {
+                tracing::debug!(task = %self.task, "the last checkpoint is still on its way to the registry; skipping this one");
+                continue;
+            }
+            *seq = wmig_proto::checkpoint::next_seq(*seq, self.epoch);
             match self.checkpoint(&mut task, *seq, fuel, handoff) {
                 Ok(()) if handing_off => {
                     // Durable in the registry: the task is the target's now.
@@ -785,6 +821,7 @@ impl Job {
             }
         }
         tracing::debug!(task = %self.task, seq, new_chunks = chunks.len(), ms = captured.millis, "captured");
+        self.control.uploads_pending.fetch_add(1, Ordering::SeqCst);
         let _ = self.uploads.send(Upload {
             task: self.task,
             epoch: self.epoch,
@@ -792,6 +829,7 @@ impl Job {
             chunks,
             fuel_used: fuel,
             handoff,
+            pending: self.control.uploads_pending.clone(),
         });
         Ok(())
     }
@@ -832,5 +870,31 @@ mod tests {
             began.elapsed() < Duration::from_millis(500),
             "the next slice starts now"
         );
+    }
+
+    #[test]
+    fn a_full_output_backlog_holds_the_task_until_half_has_left() {
+        use crate::report::Backlog;
+        let control = Arc::new(TaskControl::default());
+        let backlog = Arc::new(Backlog::default());
+        backlog.add(Backlog::MAX as usize + 1);
+        let (c, b) = (control.clone(), backlog.clone());
+        let waiter = std::thread::spawn(move || wait_for_backlog(&c, &b));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "the task waits while the backlog is full"
+        );
+        // Delivered down to just over half: still waiting.
+        backlog.sub(Backlog::MAX as usize / 2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        backlog.sub(2);
+        waiter.join().expect("the wait ends below half");
+
+        // A pause request ends the wait at once.
+        backlog.add(Backlog::MAX as usize);
+        control.pause.store(true, Ordering::SeqCst);
+        wait_for_backlog(&control, &backlog);
     }
 }

@@ -122,6 +122,8 @@ struct Worker {
     arrived: Mutex<HashMap<TaskId, (u64, Box<Job>)>>,
     /// The current coordinator connection (tasks' stdin fetches use it).
     clients: input::Clients,
+    /// Output queued for the coordinator (tasks wait when it is full).
+    backlog: Arc<report::Backlog>,
 }
 
 /// Run the worker until `shutdown` resolves.
@@ -173,6 +175,7 @@ pub async fn run(
         expected_changed: tokio::sync::Notify::new(),
         arrived: Mutex::new(HashMap::new()),
         clients: client_rx.clone(),
+        backlog: Arc::default(),
         config,
     });
     let mut background = tokio::task::JoinSet::new();
@@ -186,6 +189,7 @@ pub async fn run(
         client_rx,
         worker.config.name.clone(),
         fenced_tx,
+        worker.backlog.clone(),
     ));
     background.spawn(uploader(worker.clone(), upload_rx));
     {
@@ -652,6 +656,7 @@ impl Worker {
             uploads: self.uploads.clone(),
             stdin,
             release_after_start: None,
+            backlog: self.backlog.clone(),
         }
     }
 
@@ -887,6 +892,12 @@ async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) 
     while let Some(up) = rx.recv().await {
         let (task, seq) = (up.task, up.manifest.seq);
         let stored = store_checkpoint(&worker, &up).await;
+        // Stored or given up: the task may checkpoint again.
+        let _ = up
+            .pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            });
         let node = worker.config.name.clone();
         match (stored, up.handoff) {
             (Ok(bytes), Some(h)) => {

@@ -23,11 +23,41 @@ const MAX_OUTPUT: usize = 256 * 1024;
 
 pub(crate) type ClientSlot = watch::Receiver<Option<Arc<ControlClient>>>;
 
+/// Output bytes queued for the coordinator and not yet accepted, across
+/// the worker's tasks. While the coordinator is away this is what grows;
+/// past [`Backlog::MAX`] tasks wait at their yield points (see
+/// `exec::throttle`) instead of filling the worker's memory.
+#[derive(Debug, Default)]
+pub struct Backlog(std::sync::atomic::AtomicU64);
+
+impl Backlog {
+    /// 64 MiB of output in flight at most; tasks go on below half of it.
+    pub const MAX: u64 = 64 << 20;
+
+    pub fn add(&self, n: usize) {
+        self.0
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, n: usize) {
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |b| Some(b.saturating_sub(n as u64)),
+        );
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 pub(crate) async fn reporter(
     mut rx: mpsc::UnboundedReceiver<Report>,
     mut client: ClientSlot,
     node: NodeId,
     fenced: mpsc::UnboundedSender<(TaskId, u64)>,
+    backlog: Arc<Backlog>,
 ) {
     let mut pending: Option<ControlRequest> = None;
     loop {
@@ -74,6 +104,10 @@ pub(crate) async fn reporter(
             other => other,
         };
         deliver(&req, &mut client, &node, &fenced).await;
+        if let ControlRequest::Output { chunk, .. } = &req {
+            // Accepted or refused for good: either way it left the queue.
+            backlog.sub(chunk.bytes.len());
+        }
     }
 }
 
