@@ -419,3 +419,66 @@ fn event_stream_shows_a_killed_worker_and_its_task_recovered() {
     let (status, _) = api.delete(&format!("/api/nodes/{owner}"));
     assert_eq!(status, 404);
 }
+
+/// A coordinator whose HTTP API listens beyond loopback serves reads only
+/// with the operator token (header, or `?token=` for `EventSource`); the
+/// dashboard page itself, which holds no data, loads without it.
+#[test]
+fn an_api_bound_beyond_loopback_needs_the_token_for_reads_too() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cluster");
+    let init = crate::support::run(crate::support::wmig().args(["init", "--cluster"]).arg(&dir));
+    assert!(
+        init.status.success(),
+        "init: {}",
+        crate::support::stderr(&init)
+    );
+    let mut coordinator = crate::support::wmig()
+        .args(["coordinator", "--cluster"])
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0", "--http", "0.0.0.0:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a coordinator");
+    let out = coordinator.stdout.take().expect("stdout");
+    // Keep reading its stdout: a closed pipe would end it at its next line.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .strip_prefix("metrics on http://")
+                .and_then(|r| r.strip_suffix("/metrics"))
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let http = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the coordinator prints its HTTP address");
+    let token = std::fs::read_to_string(dir.join("operator.token"))
+        .expect("operator.token")
+        .trim()
+        .to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let status = |path: &str, bearer: Option<&str>| {
+        let mut req = agent.get(format!("http://{http}{path}"));
+        if let Some(t) = bearer {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        req.call().expect("GET").status().as_u16()
+    };
+    assert_eq!(status("/api/tasks", None), 401, "a read without the token");
+    assert_eq!(status("/api/tasks", Some("wrong")), 401);
+    assert_eq!(status("/api/tasks", Some(&token)), 200);
+    assert_eq!(status(&format!("/metrics?token={token}"), None), 200);
+    assert_eq!(status("/metrics", None), 401);
+    assert_eq!(status("/", None), 200, "the dashboard page loads");
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+}

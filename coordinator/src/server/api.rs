@@ -163,7 +163,7 @@ async fn unknown_route() -> ApiError {
 
 /// Whether `given` equals `expected`, in time that does not depend on where
 /// they first differ.
-fn same_token(given: &[u8], expected: &[u8]) -> bool {
+pub(super) fn same_token(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()
@@ -461,6 +461,9 @@ struct OutputQuery {
     #[serde(default)]
     offset: u64,
     limit: Option<usize>,
+    /// The operator token, checked before the handler (see `http.rs`).
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 async fn output(
@@ -624,6 +627,9 @@ async fn task_command(
 struct InputQuery {
     #[serde(default)]
     eof: bool,
+    /// The operator token, checked before the handler (see `http.rs`).
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 /// Append the raw body to the task's stdin (a task submitted with `stdin`).

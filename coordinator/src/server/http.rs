@@ -14,12 +14,18 @@ use super::Shared;
 use crate::membership::Liveness;
 
 pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let shared_for_reads = shared.clone();
     let mut app = Router::new()
         .route("/metrics", get(metrics))
         .merge(super::api::routes())
         .with_state(shared);
     if listener.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
         app = app.layer(axum::middleware::from_fn(loopback_names_only));
+    } else {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            shared_for_reads,
+            token_for_reads,
+        ));
     }
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");
@@ -63,6 +69,44 @@ async fn loopback_names_only(
         "code": "forbidden",
     });
     (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+}
+
+/// On a listener beyond loopback, anyone on the network can connect: reads
+/// (task args and output, the event stream, metrics) need the operator
+/// token too, as `Authorization: Bearer TOKEN` or, for clients that cannot
+/// set headers (`EventSource`), `?token=TOKEN`. Only the dashboard page
+/// itself, which holds no data, is served without it.
+async fn token_for_reads(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let expected = shared.config.api.token.as_deref().unwrap_or_default();
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    let ok = !expected.is_empty()
+        && [bearer, query]
+            .into_iter()
+            .flatten()
+            .any(|t| super::api::same_token(t.as_bytes(), expected.as_bytes()));
+    if ok || req.uri().path() == "/" {
+        return next.run(req).await;
+    }
+    let body = serde_json::json!({
+        "error": "this API listens beyond loopback, so reading it needs the operator token too: \
+                  send `Authorization: Bearer TOKEN` (or `?token=TOKEN`) with the token in \
+                  CLUSTER/operator.token; `wmig dashboard` prints a URL that carries it",
+        "code": "unauthorized",
+    });
+    (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
