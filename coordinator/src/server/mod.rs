@@ -438,6 +438,13 @@ fn internal(message: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorCode::Internal, message)
 }
 
+/// A failure of the coordinator's own disk: logged here in full (it names
+/// files), answered without local paths, which are nobody else's business.
+fn storage_error(what: &str, e: impl std::fmt::Display) -> RemoteError {
+    tracing::error!(error = %e, "{what}");
+    internal(format!("the coordinator {what}; see its log"))
+}
+
 fn coordinator_error(e: CoordinatorError) -> RemoteError {
     use crate::membership::MembershipError as M;
     use crate::placement::PlacementError as P;
@@ -550,10 +557,10 @@ async fn output_durable(shared: &Shared) -> Result<(), RemoteError> {
         match &*synced.borrow_and_update() {
             Ok(s) if *s >= mine => return Ok(()),
             Ok(_) => {}
-            Err(why) => {
-                return Err(internal(format!(
-                    "the coordinator could not store output durably ({why}); resend it later"
-                )))
+            Err(_) => {
+                return Err(internal(
+                    "the coordinator could not store output durably (see its log); resend it later",
+                ))
             }
         }
         if synced.changed().await.is_err() {
@@ -842,9 +849,14 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             let new = {
                 let mut core = shared.lock();
                 fenced(&core, &node, chunk.task, epoch)?;
-                core.outputs
-                    .append(&chunk)
-                    .map_err(|e| RemoteError::new(ErrorCode::Invalid, e.to_string()))?
+                core.outputs.append(&chunk).map_err(|e| match e {
+                    output::OutputError::Gap { .. } => {
+                        RemoteError::new(ErrorCode::Invalid, e.to_string())
+                    }
+                    output::OutputError::Io { .. } => {
+                        storage_error("could not store task output", e)
+                    }
+                })?
             };
             if let Some(new) = new {
                 let _ = shared.monitor.send(Arc::new(MonitorItem::Output(new)));
@@ -1100,7 +1112,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             .await
             .map_err(|e| internal(format!("storing input: {e}")))?
             .map_err(|e| match e {
-                input::InputError::Io { .. } => internal(e.to_string()),
+                input::InputError::Io { .. } => storage_error("could not store task input", e),
                 _ => RemoteError::new(ErrorCode::Conflict, e.to_string()),
             })?;
             shared.input_added.send_modify(|n| *n += 1);
@@ -1123,7 +1135,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .read(task, offset, max)
-                    .map_err(|e| internal(e.to_string()))?;
+                    .map_err(|e| storage_error("could not read stored task data", e))?;
                 if !read.bytes.is_empty() || read.eof {
                     break R::Input {
                         bytes: read.bytes,
@@ -1233,7 +1245,7 @@ async fn logs(
                     let bytes = core
                         .outputs
                         .read(task, stream, from[i], LOG_READ)
-                        .map_err(|e| internal(e.to_string()))?;
+                        .map_err(|e| storage_error("could not read stored task data", e))?;
                     if bytes.is_empty() {
                         break;
                     }
