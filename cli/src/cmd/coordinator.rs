@@ -69,6 +69,8 @@ impl CoordinatorCommand {
                 data.display()
             )
         })?;
+        // `wmig cert revoke` takes effect here without a restart.
+        config.endpoint.revocations = Some(dir.revocations());
         let endpoint = wmig_net::server_endpoint(self.listen, &creds, &config.endpoint)?;
         let addr = loopback_if_unspecified(endpoint.local_addr()?);
         let http = match self.http.as_str() {
