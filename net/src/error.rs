@@ -106,7 +106,7 @@ pub(crate) fn tls_alert(e: &quinn::ConnectionError) -> Option<(bool, u8)> {
     };
     (0x100..0x200)
         .contains(&code)
-        .then(|| (local, (code & 0xff) as u8))
+        .then_some((local, (code & 0xff) as u8))
 }
 
 /// Say in words why a connection ended, naming certificate problems.

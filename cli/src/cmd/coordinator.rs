@@ -63,14 +63,15 @@ impl CoordinatorCommand {
             token: Some(dir.operator_token()?),
             cluster: Some(dir.clone()),
         };
+        // `wmig cert revoke` takes effect here without a restart: in the
+        // handshake (the endpoint) and on open connections (the server).
+        config.endpoint.revocations = Some(dir.revocations());
         let server = Server::open(config.clone()).with_context(|| {
             format!(
                 "could not open the coordinator's state in {}",
                 data.display()
             )
         })?;
-        // `wmig cert revoke` takes effect here without a restart.
-        config.endpoint.revocations = Some(dir.revocations());
         let endpoint = wmig_net::server_endpoint(self.listen, &creds, &config.endpoint)?;
         let addr = loopback_if_unspecified(endpoint.local_addr()?);
         let http = match self.http.as_str() {
