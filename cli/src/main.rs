@@ -27,7 +27,7 @@ enum Command {
     Resume(cmd::resume::ResumeCommand),
     /// Create a cluster: a CA and certificates for the registry and the operator.
     Init(cmd::init::InitCommand),
-    /// Issue identities for other machines (`wmig cert issue NAME --out DIR`).
+    /// Issue, renew, revoke and list the cluster's certificates (`wmig cert issue NAME --role ROLE --out DIR`).
     Cert(cmd::cert::CertCommand),
     /// Serve and inspect the registry of bundles and checkpoints.
     Registry(cmd::registry::RegistryCommand),

@@ -83,7 +83,7 @@ impl ControlClient {
         config.max_streams = 256;
         let endpoint =
             wmig_net::client_endpoint(wmig_net::endpoint::any_addr_for(addr), creds, &config)?;
-        let conn = wmig_net::connect(&endpoint, addr, COORDINATOR_NODE, timeout).await?;
+        let conn = wmig_net::connect(&endpoint, addr, COORDINATOR_NODE, timeout, creds).await?;
         Ok(ControlClient {
             conn,
             _endpoint: endpoint,

@@ -6,8 +6,17 @@
 //!   ca.pem            cluster CA certificate (public; every node needs it)
 //!   ca.key            CA private key, 0600 (only where certificates are issued)
 //!   certs/NAME.pem    NAME's certificate and private key in one file, 0600
-//!   config.toml       e.g. registry = "127.0.0.1:7700"
+//!   config.toml       e.g. registry = "127.0.0.1:7700"; in a directory made by
+//!                     `wmig cert issue`, also identity = "NAME"
+//!   issued.toml       every certificate issued here: name, role, serial, validity
+//!   revoked.toml      revoked certificates by serial (`wmig cert revoke`)
 //! ```
+//!
+//! `issued.toml` only grows: each issue appends one `[[cert]]` table in a
+//! single `O_APPEND` write, so nodes issuing their certificates at the same
+//! moment (`wmig up` starts them together) never lose each other's entries.
+//! `revoked.toml` is rewritten whole (temporary file + rename), so the
+//! servers that watch it never read half a list.
 //!
 //! A certificate and its key share one file so a single atomic rename
 //! publishes both: two processes issuing the same name at once can never leave
@@ -20,19 +29,26 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::certs::{validate_node_name, ClusterCa, Credentials, Identity, OPERATOR};
+use crate::certs::{
+    unix_now, validate_node_name, CertInfo, CertRecord, CertRole, ClusterCa, Credentials, Identity,
+    Issued, Validity, OPERATOR,
+};
 use crate::error::ClusterError;
+use crate::revocation::{Revocations, Revoked, RevokedFile};
 
 /// Where the cluster lives unless `--cluster` or `WMIG_CLUSTER` says otherwise.
 pub const DEFAULT_CLUSTER_DIR: &str = ".wmig";
 
 /// The node name the registry's certificate carries and clients expect.
-pub const REGISTRY_NODE: &str = "registry";
+pub const REGISTRY_NODE: &str = crate::certs::REGISTRY;
 
 const CONFIG_FILE: &str = "config.toml";
+const INDEX_FILE: &str = "issued.toml";
+const REVOKED_FILE: &str = "revoked.toml";
 
 /// Settings shared by every command run against this cluster.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +62,11 @@ pub struct ClusterConfig {
     /// Address of the coordinator's HTTP endpoint (`/metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// The identity this directory was issued for (`wmig cert issue NAME
+    /// --out DIR` writes it): what commands run from it present when the
+    /// directory holds no operator certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Settings of other roles, kept as they are.
     #[serde(flatten)]
     pub other: toml::Table,
@@ -55,6 +76,13 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug)]
 pub struct ClusterDir {
     root: PathBuf,
+}
+
+/// The index file's format.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct IndexFile {
+    #[serde(default)]
+    cert: Vec<CertRecord>,
 }
 
 impl ClusterDir {
@@ -142,8 +170,23 @@ impl ClusterDir {
         let ca = ClusterCa::generate()?;
         write_atomic(&self.ca_key_path(), ca.key_pem().as_bytes(), true)?;
         write_atomic(&self.ca_cert_path(), ca.cert_pem().as_bytes(), false)?;
+        // A new CA: the old one's certificates and revocations mean nothing.
+        for stale in [INDEX_FILE, REVOKED_FILE] {
+            match fs::remove_file(self.root.join(stale)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ClusterError::Io {
+                        path: self.root.join(stale),
+                        source: e,
+                    })
+                }
+            }
+        }
         for name in [OPERATOR, REGISTRY_NODE] {
-            self.store_identity(&ca.issue(name)?)?;
+            let issued = ca.issue(name, CertRole::default_for(name), Validity::default())?;
+            self.store_identity(&issued.identity)?;
+            self.record(&issued.record)?;
         }
         let _ = fs::remove_file(self.token_path());
         self.operator_token()?;
@@ -163,19 +206,32 @@ impl ClusterDir {
         })
     }
 
-    /// Issue a certificate for `name` and store it under `certs/`, replacing
-    /// any earlier one. The control plane calls this for each node it starts.
-    pub fn issue(&self, name: &str) -> Result<Identity, ClusterError> {
-        let id = self.ca()?.issue(name)?;
-        self.store_identity(&id)?;
-        Ok(id)
+    /// Issue a certificate for `name` with `role` and store it under
+    /// `certs/`, replacing any earlier one; record it in `issued.toml`.
+    pub fn issue(
+        &self,
+        name: &str,
+        role: CertRole,
+        validity: Validity,
+    ) -> Result<Issued, ClusterError> {
+        let issued = self.ca()?.issue(name, role, validity)?;
+        self.store_identity(&issued.identity)?;
+        self.record(&issued.record)?;
+        Ok(issued)
     }
 
     /// A cluster directory for another machine at `out`: the CA
-    /// certificate, a new identity for `name`, and this cluster's
-    /// `config.toml` (the addresses) — never the CA key, so that machine can
-    /// act as `name` and nothing else. `out` must not hold a cluster yet.
-    pub fn export_identity(&self, name: &str, out: &Path) -> Result<ClusterDir, ClusterError> {
+    /// certificate, a new identity for `name` with `role`, and this
+    /// cluster's `config.toml` (the addresses, and `identity = NAME`) — never
+    /// the CA key, so that machine can act as `name` and nothing else. `out`
+    /// must not hold a cluster yet.
+    pub fn export_identity(
+        &self,
+        name: &str,
+        role: CertRole,
+        validity: Validity,
+        out: &Path,
+    ) -> Result<(ClusterDir, Issued), ClusterError> {
         let target = ClusterDir::new(out);
         if target.is_initialized() {
             return Err(ClusterError::BadConfig {
@@ -183,13 +239,230 @@ impl ClusterDir {
                 reason: "a cluster directory is already there; choose an empty --out".into(),
             });
         }
-        let id = self.ca()?.issue(name)?;
-        fs::create_dir_all(out.join("certs")).map_err(ClusterError::io(out))?;
+        let issued = self.ca()?.issue(name, role, validity)?;
+        self.record(&issued.record)?;
+        self.write_export(&target, &issued, false)?;
+        Ok((target, issued))
+    }
+
+    /// Put `issued` into the directory `target` for another machine.
+    /// `replace`: `target` may already hold this cluster (a renewal), whose
+    /// certificate for the name is then replaced.
+    fn write_export(
+        &self,
+        target: &ClusterDir,
+        issued: &Issued,
+        replace: bool,
+    ) -> Result<(), ClusterError> {
         let ca_pem = self.read_to_string(&self.ca_cert_path())?;
+        if replace && target.is_initialized() {
+            let theirs = target.read_to_string(&target.ca_cert_path())?;
+            if theirs.trim() != ca_pem.trim() {
+                return Err(ClusterError::BadConfig {
+                    path: target.ca_cert_path(),
+                    reason: "that directory belongs to another cluster (another CA); \
+                             choose an empty --out"
+                        .into(),
+                });
+            }
+            target.store_identity(&issued.identity)?;
+            return Ok(());
+        }
+        fs::create_dir_all(target.root.join("certs")).map_err(ClusterError::io(&target.root))?;
         write_atomic(&target.ca_cert_path(), ca_pem.as_bytes(), false)?;
-        target.store_identity(&id)?;
-        target.write_config(&self.config()?)?;
-        Ok(target)
+        target.store_identity(&issued.identity)?;
+        let mut config = self.config()?;
+        config.identity = Some(issued.record.name.clone());
+        target.write_config(&config)
+    }
+
+    /// A fresh certificate for `name` with the role of its current one
+    /// (from `issued.toml`, else from `certs/NAME.pem`), valid for
+    /// `validity`. Stored in `certs/` here, or with `out` written to the
+    /// directory for another machine there (a new one, or one of this
+    /// cluster whose certificate for `name` is replaced). The old
+    /// certificate stays valid until it expires unless revoked.
+    pub fn renew(
+        &self,
+        name: &str,
+        validity: Validity,
+        out: Option<&Path>,
+    ) -> Result<Issued, ClusterError> {
+        validate_node_name(name)?;
+        let role = self.current_role(name)?.ok_or_else(|| {
+            ClusterError::Index(format!(
+                "no certificate was issued to `{name}` from {} (see `wmig cert ls`); issue one \
+                 with `wmig cert issue {name} --role ROLE --out DIR`",
+                self.root.display()
+            ))
+        })?;
+        let issued = self.ca()?.issue(name, role, validity)?;
+        self.record(&issued.record)?;
+        match out {
+            Some(out) => self.write_export(&ClusterDir::new(out), &issued, true)?,
+            None => self.store_identity(&issued.identity)?,
+        }
+        Ok(issued)
+    }
+
+    /// The role of `name`'s newest certificate issued here, else of the one
+    /// stored in `certs/` (a certificate without a role: the one its name
+    /// implies, a worker for ordinary names).
+    fn current_role(&self, name: &str) -> Result<Option<CertRole>, ClusterError> {
+        if let Some(r) = self.issued()?.iter().rev().find(|r| r.name == name) {
+            return Ok(Some(r.role));
+        }
+        Ok(self
+            .stored_info(name)?
+            .map(|info| info.effective_role().unwrap_or(CertRole::Worker)))
+    }
+
+    /// What `certs/NAME.pem` says, if it exists.
+    fn stored_info(&self, name: &str) -> Result<Option<CertInfo>, ClusterError> {
+        let path = self.identity_path(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ClusterError::Io { path, source: e }),
+        };
+        use rustls::pki_types::pem::PemObject;
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(text.as_bytes()).map_err(|_| {
+                ClusterError::BadPem {
+                    path: path.clone(),
+                    what: "certificate",
+                }
+            })?;
+        Ok(CertInfo::of(&der))
+    }
+
+    /// Every certificate issued from this directory, oldest first.
+    pub fn issued(&self) -> Result<Vec<CertRecord>, ClusterError> {
+        let path = self.root.join(INDEX_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ClusterError::Io { path, source: e }),
+        };
+        let index: IndexFile = toml::from_str(&text).map_err(|e| ClusterError::BadConfig {
+            path,
+            reason: format!(
+                "{}; each certificate is one [[cert]] table: fix or delete the broken one",
+                e.message()
+            ),
+        })?;
+        Ok(index.cert)
+    }
+
+    /// Append `record` to `issued.toml` in one write.
+    fn record(&self, record: &CertRecord) -> Result<(), ClusterError> {
+        let path = self.root.join(INDEX_FILE);
+        let entry = toml::to_string(&IndexFile {
+            cert: vec![record.clone()],
+        })
+        .map_err(|e| ClusterError::Index(format!("could not record the certificate: {e}")))?;
+        let mut opts = fs::OpenOptions::new();
+        opts.append(true).create(true);
+        let mut file = opts.open(&path).map_err(ClusterError::io(&path))?;
+        file.write_all(format!("\n{entry}").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(ClusterError::io(&path))
+    }
+
+    /// Where the revocation list lives.
+    pub fn revocations_path(&self) -> PathBuf {
+        self.root.join(REVOKED_FILE)
+    }
+
+    /// The revocation list, for a server to consult (it reloads itself when
+    /// the file changes).
+    pub fn revocations(&self) -> Arc<Revocations> {
+        Revocations::open(self.revocations_path())
+    }
+
+    /// The certificates revoked so far.
+    pub fn revoked(&self) -> Result<Vec<Revoked>, ClusterError> {
+        let path = self.revocations_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => RevokedFile::parse(&text)
+                .map(|f| f.revoked)
+                .map_err(|reason| ClusterError::BadConfig { path, reason }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(ClusterError::Io { path, source: e }),
+        }
+    }
+
+    /// Revoke `name`'s certificates: the one with `serial`, or else every
+    /// one issued to `name` here (`issued.toml`, and `certs/NAME.pem`) that is
+    /// not revoked yet. Returns what was added to `revoked.toml`; servers
+    /// sharing this directory refuse those certificates from their next
+    /// handshake or request on.
+    pub fn revoke(&self, name: &str, serial: Option<&str>) -> Result<Vec<Revoked>, ClusterError> {
+        validate_node_name(name)?;
+        let mut list = self.revoked()?;
+        let mut serials: Vec<String> = match serial {
+            Some(s) => vec![s.trim().trim_start_matches("0x").to_ascii_lowercase()],
+            None => {
+                let mut all: Vec<String> = self
+                    .issued()?
+                    .into_iter()
+                    .filter(|r| r.name == name)
+                    .map(|r| r.serial)
+                    .collect();
+                if let Some(info) = self.stored_info(name)? {
+                    all.push(info.serial);
+                }
+                all
+            }
+        };
+        serials.sort();
+        serials.dedup();
+        if serials.is_empty() {
+            return Err(ClusterError::Index(format!(
+                "no certificate issued to `{name}` is known in {} (neither in {INDEX_FILE} nor in \
+                 certs/); `wmig cert ls` lists what was issued here, and --serial HEX revokes \
+                 one issued elsewhere",
+                self.root.display()
+            )));
+        }
+        let now = unix_now();
+        let added: Vec<Revoked> = serials
+            .into_iter()
+            .filter(|s| !list.iter().any(|r| &r.serial == s))
+            .map(|serial| Revoked {
+                serial,
+                name: name.to_owned(),
+                revoked_at: now,
+            })
+            .collect();
+        if added.is_empty() {
+            return Ok(added);
+        }
+        list.extend(added.iter().cloned());
+        let body = toml::to_string(&RevokedFile { revoked: list }).map_err(|e| {
+            ClusterError::Index(format!("could not write the revocation list: {e}"))
+        })?;
+        let text = format!(
+            "# Revoked certificates (`wmig cert revoke`); the coordinator and the registry\n\
+             # reload this file when it changes and refuse these serial numbers.\n{body}"
+        );
+        write_atomic(&self.revocations_path(), text.as_bytes(), false)?;
+        Ok(added)
+    }
+
+    /// The identity commands run from this directory present: the
+    /// operator's where this directory can be the operator (it holds the CA
+    /// key or the operator's certificate), else the identity it was issued
+    /// for (`identity` in config.toml), else the operator's (whose absence
+    /// the error then names).
+    pub fn client_identity(&self) -> Result<String, ClusterError> {
+        if self.ca_key_path().exists() || self.identity_path(OPERATOR).exists() {
+            return Ok(OPERATOR.to_owned());
+        }
+        Ok(self
+            .config()?
+            .identity
+            .unwrap_or_else(|| OPERATOR.to_owned()))
     }
 
     fn store_identity(&self, id: &Identity) -> Result<(), ClusterError> {
@@ -198,9 +471,18 @@ impl ClusterDir {
         write_atomic(&self.identity_path(&id.name), both.as_bytes(), true)
     }
 
-    /// Credentials for `name`: its stored identity, issued on first use when
-    /// the CA key is present.
+    /// Credentials for `name`: its stored identity, issued on first use
+    /// (with the role its name implies, [`CertRole::default_for`]) when the
+    /// CA key is present.
     pub fn credentials(&self, name: &str) -> Result<Credentials, ClusterError> {
+        self.credentials_as(name, CertRole::default_for(name))
+    }
+
+    /// Credentials for `name`: its stored identity, issued with `role` on
+    /// first use when the CA key is present. Where the CA key is, a stored
+    /// certificate that expired is renewed (same role) rather than
+    /// presented: the local cluster keeps working past the 90 days.
+    pub fn credentials_as(&self, name: &str, role: CertRole) -> Result<Credentials, ClusterError> {
         validate_node_name(name)?;
         let ca_pem = self.read_to_string(&self.ca_cert_path())?;
         let path = self.identity_path(name);
@@ -213,20 +495,36 @@ impl ClusterDir {
                         dir: self.root.clone(),
                     });
                 }
-                let id = self.issue(name)?;
+                let id = self.issue(name, role, Validity::default())?.identity;
                 format!("{}{}", id.cert_pem, id.key_pem)
             }
             Err(e) => return Err(ClusterError::Io { path, source: e }),
         };
-        let id = Identity {
-            name: name.to_owned(),
-            cert_pem: both.clone(),
-            key_pem: both,
+        let load = |both: String| {
+            let id = Identity {
+                name: name.to_owned(),
+                cert_pem: both.clone(),
+                key_pem: both,
+            };
+            Credentials::from_pem(name, ca_pem.as_bytes(), &id).map_err(|what| {
+                ClusterError::BadPem {
+                    path: self.identity_path(name),
+                    what,
+                }
+            })
         };
-        Credentials::from_pem(name, ca_pem.as_bytes(), &id).map_err(|what| ClusterError::BadPem {
-            path: self.identity_path(name),
-            what,
-        })
+        let creds = load(both)?;
+        if let (Some(problem @ crate::certs::TimeProblem::Expired { .. }), true) =
+            (creds.time_problem(), self.ca_key_path().exists())
+        {
+            let role = creds
+                .info()
+                .map_or(role, |i| i.effective_role().unwrap_or(role));
+            tracing::warn!(%name, %problem, "the stored certificate expired; issuing a fresh one");
+            let id = self.issue(name, role, Validity::default())?.identity;
+            return load(format!("{}{}", id.cert_pem, id.key_pem));
+        }
+        Ok(creds)
     }
 
     /// The config file; an absent file is an empty config.
@@ -326,6 +624,89 @@ mod tests {
             dir.credentials("Bad Name"),
             Err(ClusterError::InvalidNodeName { .. })
         ));
+    }
+
+    #[test]
+    fn issuing_is_recorded_and_revoking_names_the_serials() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ClusterDir::new(tmp.path().join("c"));
+        dir.init(false).expect("init");
+        let w = dir.credentials("worker-1").expect("worker-1");
+        let m = dir
+            .credentials_as("mon-1", CertRole::Monitor)
+            .expect("mon-1");
+        let issued = dir.issued().expect("index");
+        let names: Vec<(&str, CertRole)> =
+            issued.iter().map(|r| (r.name.as_str(), r.role)).collect();
+        assert_eq!(
+            names,
+            [
+                ("operator", CertRole::Operator),
+                ("registry", CertRole::Registry),
+                ("worker-1", CertRole::Worker),
+                ("mon-1", CertRole::Monitor),
+            ]
+        );
+        assert_eq!(m.info().and_then(|i| i.role), Some(CertRole::Monitor));
+        let revoked = dir.revoke("worker-1", None).expect("revoke");
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(
+            Some(&revoked[0].serial),
+            w.info().map(|i| i.serial).as_ref()
+        );
+        assert_eq!(dir.revoked().expect("list"), revoked);
+        assert!(
+            dir.revoke("nobody", None).is_err(),
+            "unknown names are named"
+        );
+        // A renewal keeps the role and gets a new serial.
+        let renewed = dir.renew("mon-1", Validity::days(3), None).expect("renew");
+        assert_eq!(renewed.record.role, CertRole::Monitor);
+        assert_ne!(Some(renewed.record.serial), m.info().map(|i| i.serial));
+    }
+
+    #[test]
+    fn where_the_ca_key_is_an_expired_stored_certificate_is_renewed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ClusterDir::new(tmp.path().join("c"));
+        dir.init(false).expect("init");
+        dir.issue("mon-2", CertRole::Monitor, Validity::days(0))
+            .expect("issue expired");
+        let creds = dir.credentials("mon-2").expect("load");
+        assert_eq!(creds.time_problem(), None);
+        assert_eq!(creds.info().and_then(|i| i.role), Some(CertRole::Monitor));
+    }
+
+    #[test]
+    fn an_issued_directory_acts_as_its_identity_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = ClusterDir::new(tmp.path().join("home"));
+        home.init(false).expect("init");
+        assert_eq!(home.client_identity().expect("id"), OPERATOR);
+        let out = tmp.path().join("other");
+        let (other, issued) = home
+            .export_identity("mon-1", CertRole::Monitor, Validity::default(), &out)
+            .expect("export");
+        assert_eq!(issued.record.role, CertRole::Monitor);
+        assert!(!out.join("ca.key").exists());
+        assert_eq!(other.client_identity().expect("id"), "mon-1");
+        assert!(other.credentials("mon-1").is_ok());
+        assert!(matches!(
+            other.credentials(OPERATOR),
+            Err(ClusterError::NoIdentity { .. })
+        ));
+        // Renewed into that directory: its certificate is replaced.
+        let before = fs::read_to_string(out.join("certs/mon-1.pem")).expect("pem");
+        home.renew("mon-1", Validity::default(), Some(&out))
+            .expect("renew into it");
+        let after = fs::read_to_string(out.join("certs/mon-1.pem")).expect("pem");
+        assert_ne!(before, after);
+        // Not into another cluster's directory.
+        let stranger = ClusterDir::new(tmp.path().join("stranger"));
+        stranger.init(false).expect("init");
+        assert!(home
+            .renew("mon-1", Validity::default(), Some(stranger.path()))
+            .is_err());
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! QUIC endpoints with mutual TLS, tuned once for every role.
 //!
 //! A server endpoint accepts only clients whose certificate chains to the
-//! cluster CA; a client endpoint presents its own certificate and accepts only
-//! a server whose certificate chains to the same CA *and* names the node the
+//! cluster CA, is within its validity and, when the server has a revocation
+//! list ([`EndpointConfig::revocations`]), is not revoked; a client endpoint
+//! presents its own certificate and accepts only a server whose certificate
+//! chains to the same CA, is within its validity *and* names the node the
 //! client asked for. TLS 1.3 only (QUIC requires it), ring as the provider.
+//!
+//! In TLS 1.3 a client finishes its side of the handshake before the server
+//! has looked at the client's certificate, so [`connect`] also waits for the
+//! server's verdict (QUIC's `HANDSHAKE_DONE`, or the refusal): a refused
+//! certificate is reported there, with what to do about it, instead of as a
+//! closed connection on the first request.
 //!
 //! Flow control is the backpressure: a connection may have at most
 //! [`EndpointConfig::max_streams`] requests open at once (a client's
@@ -16,12 +24,16 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-use crate::certs::Credentials;
-use crate::error::NetError;
+use crate::certs::{CertInfo, Credentials, TimeProblem};
+use crate::error::{tls_alert, NetError};
+use crate::revocation::Revocations;
 
 /// Transport settings shared by servers and clients.
 #[derive(Clone, Debug)]
@@ -44,6 +56,9 @@ pub struct EndpointConfig {
     /// but on loopback with small socket buffers values of 8000 and up
     /// caused heavy loss, so larger is opt-in.
     pub max_udp_payload: u16,
+    /// Servers: the cluster's revocation list; clients presenting a revoked
+    /// certificate are refused in the handshake. `None`: no list.
+    pub revocations: Option<Arc<Revocations>>,
 }
 
 impl EndpointConfig {
@@ -57,6 +72,7 @@ impl EndpointConfig {
             stream_window: 16 << 20,
             connection_window: 64 << 20,
             max_udp_payload: 1472,
+            revocations: None,
         }
     }
 
@@ -122,9 +138,16 @@ pub fn server_endpoint(
     creds: &Credentials,
     config: &EndpointConfig,
 ) -> Result<quinn::Endpoint, NetError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(creds)?, provider())
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots(creds)?, provider())
         .build()
         .map_err(|e| NetError::Tls(format!("client verifier: {e}")))?;
+    let verifier: Arc<dyn ClientCertVerifier> = match &config.revocations {
+        Some(list) => Arc::new(RevocationChecking {
+            inner: webpki,
+            revocations: list.clone(),
+        }),
+        None => webpki,
+    };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -187,32 +210,187 @@ pub fn any_addr_for(peer: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Connect to `server_name` at `addr`, waiting at most `timeout` for the
-/// handshake.
+/// The cluster CA's verdict on a client certificate, then the revocation
+/// list's: a revoked certificate is refused with the TLS alert
+/// `certificate_revoked`, which [`connect`] turns into a sentence.
+#[derive(Debug)]
+struct RevocationChecking {
+    inner: Arc<dyn ClientCertVerifier>,
+    revocations: Arc<Revocations>,
+}
+
+impl ClientCertVerifier for RevocationChecking {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(info) = CertInfo::of(end_entity) {
+            if let Some(revoked) = self.revocations.lookup(&info.serial) {
+                tracing::info!(reason = %revoked.describe(), "refused a revoked certificate");
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked,
+                ));
+            }
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Connect to `server_name` at `addr` presenting `creds` (the identity
+/// `endpoint` was made with), waiting at most `timeout` for the handshake
+/// and the server's acceptance of our certificate.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     server_name: &str,
     timeout: Duration,
+    creds: &Credentials,
 ) -> Result<quinn::Connection, NetError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let connecting = endpoint
         .connect(addr, server_name)
         .map_err(|e| NetError::Connect {
             addr,
             reason: e.to_string(),
         })?;
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(NetError::Connect {
-            addr,
-            reason: crate::error::describe_connection_error(&e),
-        }),
-        Err(_) => Err(NetError::Connect {
-            addr,
-            reason: format!("no answer within {timeout:?}; is the server running at that address?"),
-        }),
+    let no_answer = || NetError::Connect {
+        addr,
+        reason: format!("no answer within {timeout:?}; is the server running at that address?"),
+    };
+    let conn = match tokio::time::timeout_at(deadline, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(refusal(addr, server_name, &e, creds)),
+        Err(_) => return Err(no_answer()),
+    };
+    // Our side is done; the server's verdict on our certificate arrives as
+    // HANDSHAKE_DONE, or as a close with the TLS alert that says why not.
+    loop {
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(conn);
+        }
+        let closed = match conn.close_reason() {
+            Some(e) => e,
+            None => {
+                if tokio::time::Instant::now() >= deadline {
+                    conn.close(VarInt::from_u32(0), b"handshake not confirmed");
+                    return Err(no_answer());
+                }
+                tokio::select! {
+                    e = conn.closed() => e,
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => continue,
+                }
+            }
+        };
+        return match closed {
+            // Only an application that accepted us closes this way: the
+            // caller meets the close on its first request, as after any
+            // handshake.
+            quinn::ConnectionError::ApplicationClosed(_) => Ok(conn),
+            e => Err(refusal(addr, server_name, &e, creds)),
+        };
     }
 }
+
+/// Why a connection could not be made, in words; a server's refusal of our
+/// certificate as expired or revoked names the certificate and the remedy.
+fn refusal(
+    addr: SocketAddr,
+    server_name: &str,
+    e: &quinn::ConnectionError,
+    creds: &Credentials,
+) -> NetError {
+    let name = &creds.name;
+    let reason = match tls_alert(e) {
+        Some((false, ALERT_CERTIFICATE_EXPIRED)) => match creds.time_problem() {
+            Some(p @ TimeProblem::Expired { .. }) => format!(
+                "the {server_name} refused the certificate of `{name}`: certificate {p}: renew it \
+                 with `wmig cert renew {name}` on the machine holding the cluster's ca.key \
+                 (--out DIR writes it into the directory for this machine)"
+            ),
+            Some(p) => format!("the {server_name} refused the certificate of `{name}`, which {p}"),
+            None => format!(
+                "the {server_name} refused the certificate of `{name}` as expired or not yet \
+                 valid, though by this machine's clock it is valid: check the clocks of both \
+                 machines"
+            ),
+        },
+        Some((true, ALERT_CERTIFICATE_EXPIRED)) => {
+            let detail = match e {
+                quinn::ConnectionError::TransportError(t) => t.reason.clone(),
+                other => other.to_string(),
+            };
+            // The server's certificate, not ours: it may be renewed and the
+            // server restarted, so this is worth retrying.
+            return NetError::Connect {
+                addr,
+                reason: format!(
+                    "the certificate of the {server_name} is out of its validity ({detail}): \
+                     renew it with `wmig cert renew {server_name}` on the machine holding the \
+                     cluster's ca.key and restart the {server_name} (or check this machine's clock)"
+                ),
+            };
+        }
+        Some((false, ALERT_CERTIFICATE_REVOKED)) => format!(
+            "the {server_name} refused the certificate of `{name}`{}: it has been revoked \
+             (`wmig cert revoke`); ask the operator for a new identity (`wmig cert issue {name} \
+             --out DIR` on the machine holding the cluster's ca.key)",
+            creds
+                .info()
+                .map(|i| format!(" (serial {})", i.serial))
+                .unwrap_or_default()
+        ),
+        _ => {
+            return NetError::Connect {
+                addr,
+                reason: crate::error::describe_connection_error(e),
+            }
+        }
+    };
+    NetError::CertificateRefused { addr, reason }
+}
+
+/// TLS alert numbers (RFC 8446 §6).
+const ALERT_CERTIFICATE_REVOKED: u8 = 44;
+const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
 
 /// Finish a server-side handshake. A refused peer (typically one without a
 /// certificate signed by the cluster CA) is logged and yields `None`.

@@ -20,6 +20,16 @@ pub enum ClusterError {
          not starting or ending with `-`"
     )]
     InvalidNodeName { name: String },
+    #[error("cannot issue `{name}` as {role}: {reason}", role = role.with_article())]
+    RoleName {
+        name: String,
+        role: crate::certs::CertRole,
+        reason: String,
+    },
+    #[error("invalid certificate validity: {reason}")]
+    InvalidValidity { reason: String },
+    #[error("{0}")]
+    Index(String),
     #[error("could not create certificate: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("{path} is not a valid PEM {what}; re-create the cluster with `wmig init --force`")]
@@ -65,6 +75,10 @@ pub enum NetError {
     Tls(String),
     #[error("could not connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
+    /// The server refused our certificate as expired or revoked: retrying
+    /// cannot help until the certificate is replaced.
+    #[error("could not connect to {addr}: {reason}")]
+    CertificateRefused { addr: SocketAddr, reason: String },
     #[error("{0}")]
     Connection(String),
     #[error("the peer reset the stream (code {0}) before the exchange finished")]
@@ -81,44 +95,63 @@ pub enum NetError {
     Timeout(Duration),
 }
 
+/// The TLS alert a connection ended with: `(true, n)` when this side
+/// raised it (it refused the peer), `(false, n)` when the peer did.
+pub(crate) fn tls_alert(e: &quinn::ConnectionError) -> Option<(bool, u8)> {
+    use quinn::ConnectionError as E;
+    let (local, code) = match e {
+        E::ConnectionClosed(close) => (false, u64::from(close.error_code)),
+        E::TransportError(t) => (true, u64::from(t.code)),
+        _ => return None,
+    };
+    (0x100..0x200)
+        .contains(&code)
+        .then_some((local, (code & 0xff) as u8))
+}
+
 /// Say in words why a connection ended, naming certificate problems.
 pub fn describe_connection_error(e: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
-    match e {
-        E::ConnectionClosed(close) => {
-            let code = u64::from(close.error_code);
-            if (0x100..0x200).contains(&code) {
-                format!(
-                    "the peer refused the TLS handshake (alert {}): our certificate is not \
-                     signed by its cluster CA; check that --cluster / WMIG_CLUSTER names the \
-                     cluster this node belongs to",
-                    code & 0xff
-                )
-            } else {
-                format!("the peer closed the connection: {close}")
-            }
-        }
-        E::TransportError(t) => {
-            let code = u64::from(t.code);
-            if (0x100..0x200).contains(&code) {
-                format!(
-                    "TLS handshake failed: {}; the peer's certificate is not from this \
-                     cluster (check --cluster / WMIG_CLUSTER) or names another node",
-                    t.reason
-                )
-            } else {
-                format!("connection failed: {t}")
-            }
-        }
-        E::ApplicationClosed(close) => {
+    match (e, tls_alert(e)) {
+        (E::ConnectionClosed(_), Some((_, 44))) => "the peer refused our certificate: it has \
+            been revoked (`wmig cert revoke`); ask the operator for a new identity"
+            .into(),
+        (E::ConnectionClosed(_), Some((_, 45))) => "the peer refused our certificate: it has \
+            expired (or is not yet valid: check the clocks); renew it with `wmig cert renew NAME` \
+            on the machine holding the cluster's ca.key"
+            .into(),
+        (E::ConnectionClosed(_), Some((_, alert))) => format!(
+            "the peer refused the TLS handshake (alert {alert}): our certificate is not \
+             signed by its cluster CA; check that --cluster / WMIG_CLUSTER names the \
+             cluster this node belongs to"
+        ),
+        (E::ConnectionClosed(close), None) => format!("the peer closed the connection: {close}"),
+        (E::TransportError(t), Some((_, 45))) => format!(
+            "TLS handshake failed: {}; the certificate has expired (or is not yet valid: check \
+             the clocks): renew it with `wmig cert renew NAME` on the machine holding the \
+             cluster's ca.key and restart that node with it",
+            t.reason
+        ),
+        (E::TransportError(t), Some((_, 44))) => format!(
+            "TLS handshake failed: {}; the certificate has been revoked (`wmig cert ls` on the \
+             machine holding the cluster's ca.key lists it)",
+            t.reason
+        ),
+        (E::TransportError(t), Some(_)) => format!(
+            "TLS handshake failed: {}; the peer's certificate is not from this \
+             cluster (check --cluster / WMIG_CLUSTER) or names another node",
+            t.reason
+        ),
+        (E::TransportError(t), None) => format!("connection failed: {t}"),
+        (E::ApplicationClosed(close), _) => {
             let reason = String::from_utf8_lossy(&close.reason);
             format!("the peer closed the connection: {reason}")
         }
-        E::TimedOut => "the connection timed out: the peer does not answer".into(),
-        E::Reset => "the peer reset the connection (it may have restarted)".into(),
-        E::LocallyClosed => "the connection was closed by this node".into(),
-        E::VersionMismatch => "the peer speaks no QUIC version we support".into(),
-        E::CidsExhausted => "the connection ran out of connection ids".into(),
+        (E::TimedOut, _) => "the connection timed out: the peer does not answer".into(),
+        (E::Reset, _) => "the peer reset the connection (it may have restarted)".into(),
+        (E::LocallyClosed, _) => "the connection was closed by this node".into(),
+        (E::VersionMismatch, _) => "the peer speaks no QUIC version we support".into(),
+        (E::CidsExhausted, _) => "the connection ran out of connection ids".into(),
     }
 }
 

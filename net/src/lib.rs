@@ -1,7 +1,12 @@
 //! The one crate that knows QUIC and TLS: every wmig role talks through it.
 //!
-//! - [`certs`]: the cluster CA (rcgen) and the identities it issues.
-//! - [`cluster`]: the cluster directory on disk and its `config.toml`.
+//! - [`certs`]: the cluster CA (rcgen), the identities it issues and their
+//!   roles and validity.
+//! - [`cluster`]: the cluster directory on disk: `config.toml`, the index of
+//!   issued certificates, the revocation list.
+//! - [`identity`]: who a connection's peer is and what its role allows.
+//! - [`revocation`]: the revocation list as servers see it (reloaded when it
+//!   changes).
 //! - [`endpoint`]: quinn endpoints with mutual TLS (rustls + ring), tuned
 //!   transport, bounded concurrent streams per connection.
 //! - [`stream`]: one request per bidirectional stream; frames (from
@@ -16,9 +21,13 @@ pub mod cluster;
 pub mod endpoint;
 pub mod error;
 pub mod identity;
+pub mod revocation;
 pub mod stream;
 
-pub use certs::{ClusterCa, Credentials, Identity, OPERATOR};
+pub use certs::{
+    CertInfo, CertRecord, CertRole, ClusterCa, Credentials, Identity, Issued, TimeProblem,
+    Validity, COORDINATOR, DEFAULT_DAYS, OPERATOR,
+};
 pub use cluster::{ClusterConfig, ClusterDir, DEFAULT_CLUSTER_DIR, REGISTRY_NODE};
 pub use endpoint::{
     accept, any_addr_for, client_endpoint, connect, server_endpoint, EndpointConfig,
@@ -26,6 +35,7 @@ pub use endpoint::{
 pub use error::{ClusterError, NetError};
 pub use identity::PeerIdentity;
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+pub use revocation::{Revocations, Revoked};
 
 #[cfg(test)]
 mod tests;

@@ -125,6 +125,11 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let peer = Arc::new(wmig_net::PeerIdentity::of(&conn));
     tracing::debug!(%remote, owner, "connection open");
     while let Ok((send, recv)) = conn.accept_bi().await {
+        // A certificate revoked since the handshake loses its connection.
+        let revocations = shared.config.endpoint.revocations.as_ref();
+        if wmig_net::revocation::close_if_revoked(&conn, &peer, revocations) {
+            break;
+        }
         tokio::spawn(serve_stream(
             send,
             recv,
@@ -225,27 +230,37 @@ async fn serve_stream(
     }
 }
 
-/// Who may do what here, by the name in the peer's certificate: any
-/// cluster member reads and stores chunks and manifests (workers
-/// checkpoint); only the operator uploads modules or collects garbage (a
-/// worker's certificate must not be able to delete checkpoints).
+/// Who may do what here, by the role in the peer's certificate: any
+/// cluster member reads; workers (and the operator) store chunks and
+/// manifests, since workers checkpoint; only an operator uploads modules or
+/// collects garbage (a worker's certificate must not be able to delete
+/// checkpoints, a monitor's must not write at all).
 fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(), String> {
-    let what = match req {
-        RegistryRequest::Gc => "collecting garbage",
-        RegistryRequest::PutBundle { .. } => "uploading a module",
-        _ => return Ok(()),
+    use wmig_net::CertRole;
+    let (roles, what): (&[CertRole], &str) = match req {
+        RegistryRequest::Gc => (&[CertRole::Operator], "collecting garbage"),
+        RegistryRequest::PutBundle { .. } => (&[CertRole::Operator], "uploading a module"),
+        RegistryRequest::CanStore { .. } => (
+            &[CertRole::Worker, CertRole::Operator],
+            "leasing chunks to store",
+        ),
+        RegistryRequest::PutChunks { .. } => (
+            &[CertRole::Worker, CertRole::Operator],
+            "storing checkpoint chunks",
+        ),
+        RegistryRequest::PutManifest { .. } => (
+            &[CertRole::Worker, CertRole::Operator],
+            "storing a checkpoint manifest",
+        ),
+        RegistryRequest::GetBundle { .. }
+        | RegistryRequest::ListBundles
+        | RegistryRequest::GetChunks { .. }
+        | RegistryRequest::HasPrefix { .. }
+        | RegistryRequest::GetManifest { .. }
+        | RegistryRequest::ListManifests { .. }
+        | RegistryRequest::Stats => return Ok(()),
     };
-    if peer.is(wmig_net::OPERATOR) {
-        return Ok(());
-    }
-    let who = peer
-        .name()
-        .unwrap_or_else(|| "this certificate's holder".to_owned());
-    tracing::warn!(peer = %who, action = what, "permission denied");
-    Err(format!(
-        "permission denied: {who} is not the operator; {what} needs the cluster directory's `{}` identity (the `wmig` CLI uses it)",
-        wmig_net::OPERATOR
-    ))
+    peer.require(roles, what)
 }
 
 /// Run `f` on the blocking pool: stores do file IO.

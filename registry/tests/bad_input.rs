@@ -81,7 +81,7 @@ async fn malformed_frames_get_an_error_answer() {
         &EndpointConfig::new(REGISTRY_ALPN),
     )
     .expect("client");
-    let conn = wmig_net::connect(&ep, server.addr, "registry", Duration::from_secs(5))
+    let conn = wmig_net::connect(&ep, server.addr, "registry", Duration::from_secs(5), &creds)
         .await
         .expect("connect");
     let code = |r: RegistryResponse| match r {

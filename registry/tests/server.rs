@@ -199,9 +199,9 @@ async fn batched_chunks_manifests_prefix_and_gc() {
     // Only the operator collects: a worker's certificate cannot delete.
     let refused = client.gc().await.expect_err("a worker may not collect");
     assert!(
-        refused
-            .to_string()
-            .contains("permission denied: worker-1 is not the operator"),
+        refused.to_string().contains(
+            "permission denied: worker-1 is a worker; collecting garbage needs an operator"
+        ),
         "{refused}"
     );
     let operator = server.client(OPERATOR).await;

@@ -542,9 +542,10 @@ fn a_cancelled_task_asleep_in_a_wasi_call_ends_its_thread_and_frees_its_memory()
         .success());
 }
 
-/// The coordinator holds every request to the name in the sender's
-/// certificate: a worker's certificate cannot heartbeat or take the command
-/// stream of another worker, nor act as the operator; it may still read.
+/// The coordinator holds every request to the name and role in the
+/// sender's certificate: a worker's certificate cannot heartbeat or take
+/// the command stream of another worker, nor act as an operator, nor
+/// register as a monitor; it may still read.
 #[test]
 fn a_worker_certificate_speaks_only_for_itself() {
     use wmig_coordinator::wire::ControlRequest;
@@ -573,6 +574,14 @@ fn a_worker_certificate_speaks_only_for_itself() {
             },
             ControlRequest::Attach { node: other },
             ControlRequest::Cancel { task: TaskId(1) },
+            ControlRequest::Register(wmig_coordinator::NodeInfo {
+                name: NodeId("worker-1".into()),
+                role: wmig_coordinator::Role::Monitor,
+                slots: 0,
+                labels: Default::default(),
+                addr: String::new(),
+                pid: 1,
+            }),
         ] {
             match c.ask(&req).await {
                 Err(ControlError::Remote(e)) => refusals.push(e.message),
@@ -585,19 +594,33 @@ fn a_worker_certificate_speaks_only_for_itself() {
         refusals
     });
     assert!(
-        refusals[0].starts_with("permission denied: worker-1")
-            && refusals[0].contains("speaks for worker-2"),
+        refusals[0].starts_with(
+            "permission denied: worker-1 is a worker; a heartbeat for worker-2 needs worker-2's own certificate"
+        ),
         "{refusals:?}"
     );
-    assert!(refusals[1].contains("speaks for worker-2"), "{refusals:?}");
-    assert!(refusals[2].contains("needs the operator"), "{refusals:?}");
+    assert!(
+        refusals[1].contains(
+            "attaching to the command stream for worker-2 needs worker-2's own certificate"
+        ),
+        "{refusals:?}"
+    );
+    assert_eq!(
+        refusals[2], "permission denied: worker-1 is a worker; cancelling a task needs an operator",
+        "{refusals:?}"
+    );
+    assert_eq!(
+        refusals[3],
+        "permission denied: worker-1 is a worker; registering as a monitor needs a monitor",
+        "{refusals:?}"
+    );
     // Nothing changed for the real worker-2.
     assert_eq!(up.node("worker-2")["state"], "online");
 }
 
 /// `wmig cert issue` gives another machine an identity without the CA key:
 /// a worker started from that directory joins under that name, and the
-/// directory can act as nothing else.
+/// directory can act as nothing else (not another node, not an operator).
 #[test]
 fn a_worker_joins_from_an_issued_directory_without_the_ca_key() {
     let up = Up::start(1);
@@ -638,9 +661,19 @@ fn a_worker_joins_from_an_issued_directory_without_the_ca_key() {
         "{}",
         stderr(&o)
     );
+    // Commands run there present worker-7's certificate: reading works,
+    // acting is refused by the coordinator with the role message.
     let o = run(wmig().env("WMIG_CLUSTER", &other).arg("ps"));
+    assert!(o.status.success(), "a worker reads: {}", stderr(&o));
+    let o = run(wmig().env("WMIG_CLUSTER", &other).args(["cancel", "t-1"]));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("`operator`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "permission denied: worker-7 is a worker; cancelling a task needs an operator"
+        ),
+        "{}",
+        stderr(&o)
+    );
     // And it runs tasks like any worker.
     let id = up.submit(artifacts::EXIT_CODE, &["--on", "worker-7"], &["4"]);
     assert_eq!(

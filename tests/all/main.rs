@@ -2,6 +2,7 @@
 //! starts the real `wmig` binary as a separate process.
 
 mod api;
+mod certs;
 mod cluster;
 mod corpus;
 mod migration;

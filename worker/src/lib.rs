@@ -250,6 +250,12 @@ async fn connect_registry(config: &WorkerConfig) -> anyhow::Result<RegistryClien
         match RegistryClient::connect(config.registry, &config.creds, ClientConfig::default()).await
         {
             Ok(c) => return Ok(c),
+            // Expired or revoked: no retry helps until the certificate is replaced.
+            Err(wmig_registry::ClientError::Net(
+                e @ wmig_net::NetError::CertificateRefused { .. },
+            )) => {
+                return Err(anyhow::Error::new(e).context("the registry refused this worker"));
+            }
             Err(e) => {
                 tracing::warn!(registry = %config.registry, error = %e, "registry unreachable; retrying");
                 tokio::time::sleep(delay).await;
@@ -286,7 +292,15 @@ enum SessionError {
 
 impl From<ControlError> for SessionError {
     fn from(e: ControlError) -> Self {
-        SessionError::Retry(e.into())
+        match e {
+            // Expired or revoked: no retry helps until the certificate is replaced.
+            ControlError::Net(wmig_net::NetError::CertificateRefused { .. }) => {
+                SessionError::Fatal(
+                    anyhow::Error::new(e).context("the coordinator refused this worker"),
+                )
+            }
+            e => SessionError::Retry(e.into()),
+        }
     }
 }
 

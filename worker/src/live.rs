@@ -174,7 +174,14 @@ async fn stream_task(
         &worker.config.creds,
         &endpoint_config(),
     )?;
-    let conn = wmig_net::connect(&endpoint, addr, &to.0, Duration::from_secs(5)).await?;
+    let conn = wmig_net::connect(
+        &endpoint,
+        addr,
+        &to.0,
+        Duration::from_secs(5),
+        &worker.config.creds,
+    )
+    .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(
         &mut send,
@@ -423,6 +430,9 @@ async fn take_task(
     send: &mut wmig_net::SendStream,
     recv: &mut wmig_net::RecvStream,
 ) -> anyhow::Result<()> {
+    if let Err(why) = peer.require(&[wmig_net::CertRole::Worker], "sending a live migration") {
+        anyhow::bail!(why);
+    }
     anyhow::ensure!(
         peer.is(&from.0),
         "the offer of {task} names {from} as its source, but comes with {}'s certificate",

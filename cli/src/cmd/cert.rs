@@ -1,10 +1,21 @@
-//! `wmig cert issue NAME --out DIR`: give another machine an identity in
-//! this cluster without handing it the CA key.
+//! `wmig cert issue | renew | revoke | ls`: the cluster's identities, from
+//! the machine that holds the cluster directory with the CA key.
+//!
+//! - `issue NAME --role ROLE [--days N] --out DIR`: an identity for another
+//!   machine, without handing it the CA key.
+//! - `renew NAME [--days N] [--out DIR]`: a fresh certificate for the same
+//!   name and role.
+//! - `revoke NAME [--serial HEX]`: add its certificates to `revoked.toml`;
+//!   the coordinator and the registry refuse them from their next handshake
+//!   or request on, without a restart.
+//! - `ls [--json]`: every certificate issued here, with its role, serial,
+//!   expiry and whether it is revoked.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR};
+use wmig_net::certs::format_utc;
+use wmig_net::{CertRole, ClusterDir, Validity, DEFAULT_CLUSTER_DIR, DEFAULT_DAYS};
 
 #[derive(clap::Args)]
 pub struct CertCommand {
@@ -12,15 +23,28 @@ pub struct CertCommand {
     action: CertAction,
 }
 
+/// Days a certificate may be valid at most (~100 years).
+const MAX_DAYS: u32 = 36_500;
+
 #[derive(clap::Subcommand)]
 enum CertAction {
     /// Write a cluster directory for another machine: the CA certificate,
-    /// a certificate and key for NAME, and the cluster's addresses — not the
-    /// CA key. There, `wmig worker --cluster DIR --name NAME` joins as NAME
-    /// and can act as nothing else.
+    /// a certificate and key for NAME with ROLE, and the cluster's
+    /// addresses — not the CA key. There, `wmig worker --cluster DIR`
+    /// joins as NAME (a monitor: `wmig monitor --cluster DIR`) and can act
+    /// as nothing else.
     Issue {
         /// The node name the certificate is for (e.g. worker-7).
         name: String,
+        /// What the holder may do: worker (runs tasks, speaks only for
+        /// itself), monitor (reads), operator (acts on the cluster),
+        /// registry or coordinator (the servers, named so).
+        #[arg(long, default_value = "worker", value_parser = parse_role)]
+        role: CertRole,
+        /// Days the certificate is valid (0 issues one that is already
+        /// expired, to check that it is refused).
+        #[arg(long, default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_DAYS)))]
+        days: u32,
         /// Where to write the new cluster directory (must not hold one).
         #[arg(long)]
         out: PathBuf,
@@ -28,26 +52,214 @@ enum CertAction {
         #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
         cluster: PathBuf,
     },
+    /// Issue a fresh certificate for NAME with the same role (the old one
+    /// stays valid until it expires, unless revoked).
+    Renew {
+        name: String,
+        /// Days the new certificate is valid.
+        #[arg(long, default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_DAYS)))]
+        days: u32,
+        /// Write it into this directory for another machine (a new one, or
+        /// one this cluster issued before, whose certificate is replaced);
+        /// default: this cluster's certs/ (the local nodes').
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+        cluster: PathBuf,
+    },
+    /// Revoke NAME's certificates: the coordinator and the registry refuse
+    /// them from their next connection or request on.
+    Revoke {
+        name: String,
+        /// Only the certificate with this serial number (hex, as `wmig cert
+        /// ls` shows it); default: every certificate issued to NAME.
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+        cluster: PathBuf,
+    },
+    /// List the certificates this cluster issued: name, role, serial,
+    /// expiry, revoked or not.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+        cluster: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<CertRole, String> {
+    s.parse()
+}
+
+/// What to run with a directory issued for `role`.
+fn hint(role: CertRole, out: &std::path::Path) -> String {
+    let dir = out.display();
+    match role {
+        CertRole::Worker => format!("wmig worker --cluster {dir}"),
+        CertRole::Monitor => format!("wmig monitor --cluster {dir}"),
+        CertRole::Operator => format!("wmig ps --cluster {dir} (and every operator command)"),
+        CertRole::Registry => format!("wmig registry serve --cluster {dir}"),
+        CertRole::Coordinator => format!("wmig coordinator --cluster {dir}"),
+    }
 }
 
 impl CertCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
         match self.action {
-            CertAction::Issue { name, out, cluster } => {
-                ClusterDir::new(&cluster)
-                    .export_identity(&name, &out)
+            CertAction::Issue {
+                name,
+                role,
+                days,
+                out,
+                cluster,
+            } => {
+                let (_, issued) = ClusterDir::new(&cluster)
+                    .export_identity(&name, role, Validity::days(days), &out)
                     .with_context(|| {
                         format!(
                             "could not issue `{name}` from the cluster in {}",
                             cluster.display()
                         )
                     })?;
+                let r = &issued.record;
                 println!(
-                    "wrote {}: CA certificate, identity `{name}`, config.toml (no CA key); \
-                     on the other machine: wmig worker --cluster {} --name {name}",
+                    "wrote {}: CA certificate, identity `{name}` ({role}, serial {}, valid until \
+                     {}), config.toml (no CA key); on the other machine: {}",
                     out.display(),
-                    out.display()
+                    r.serial,
+                    format_utc(r.not_after),
+                    hint(role, &out)
                 );
+                Ok(0)
+            }
+            CertAction::Renew {
+                name,
+                days,
+                out,
+                cluster,
+            } => {
+                let dir = ClusterDir::new(&cluster);
+                let before = dir.issued()?.into_iter().rev().find(|r| r.name == name);
+                let issued = dir
+                    .renew(&name, Validity::days(days), out.as_deref())
+                    .with_context(|| {
+                        format!(
+                            "could not renew `{name}` from the cluster in {}",
+                            cluster.display()
+                        )
+                    })?;
+                let r = &issued.record;
+                let place = match &out {
+                    Some(o) => format!("written to {}", o.display()),
+                    None => format!(
+                        "stored in {}",
+                        cluster.join("certs").join(format!("{name}.pem")).display()
+                    ),
+                };
+                println!(
+                    "renewed `{name}` ({}, serial {}, valid until {}): {place}",
+                    r.role,
+                    r.serial,
+                    format_utc(r.not_after)
+                );
+                if let Some(old) = before {
+                    println!(
+                        "the previous certificate (serial {}) stays valid until {}; \
+                         `wmig cert revoke {name} --serial {}` ends it now",
+                        old.serial,
+                        format_utc(old.not_after),
+                        old.serial
+                    );
+                }
+                Ok(0)
+            }
+            CertAction::Revoke {
+                name,
+                serial,
+                cluster,
+            } => {
+                let added = ClusterDir::new(&cluster)
+                    .revoke(&name, serial.as_deref())
+                    .with_context(|| {
+                        format!(
+                            "could not revoke `{name}` in the cluster in {}",
+                            cluster.display()
+                        )
+                    })?;
+                if added.is_empty() {
+                    println!("`{name}`: those certificates were already revoked; nothing changed");
+                } else {
+                    let serials: Vec<&str> = added.iter().map(|r| r.serial.as_str()).collect();
+                    println!(
+                        "revoked `{name}` (serial {}); the coordinator and the registry refuse it \
+                         from its next connection or request on",
+                        serials.join(", ")
+                    );
+                }
+                Ok(0)
+            }
+            CertAction::Ls { json, cluster } => {
+                let dir = ClusterDir::new(&cluster);
+                let issued = dir.issued()?;
+                let revoked = dir.revoked()?;
+                let now = wmig_net::certs::unix_now();
+                let rows: Vec<(wmig_net::CertRecord, String)> = issued
+                    .into_iter()
+                    .map(|r| {
+                        let status = match revoked.iter().find(|x| x.serial == r.serial) {
+                            Some(x) => format!("revoked {}", format_utc(x.revoked_at)),
+                            None if r.not_after < now => "expired".to_owned(),
+                            None => "valid".to_owned(),
+                        };
+                        (r, status)
+                    })
+                    .collect();
+                if json {
+                    let list: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|(r, status)| {
+                            serde_json::json!({
+                                "name": r.name,
+                                "role": r.role.as_str(),
+                                "serial": r.serial,
+                                "not_before": r.not_before,
+                                "not_after": r.not_after,
+                                "revoked": status.starts_with("revoked"),
+                                "status": status,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    return Ok(0);
+                }
+                if rows.is_empty() {
+                    println!(
+                        "no certificates recorded in {} (certificates issued before wmig kept \
+                         an index are not listed)",
+                        cluster.join("issued.toml").display()
+                    );
+                    return Ok(0);
+                }
+                let width = rows
+                    .iter()
+                    .map(|(r, _)| r.name.len())
+                    .max()
+                    .unwrap_or(4)
+                    .max(4);
+                println!(
+                    "{:width$}  {:11}  {:32}  {:20}  STATUS",
+                    "NAME", "ROLE", "SERIAL", "NOT AFTER"
+                );
+                for (r, status) in &rows {
+                    println!(
+                        "{:width$}  {:11}  {:32}  {:20}  {status}",
+                        r.name,
+                        r.role.as_str(),
+                        r.serial,
+                        format_utc(r.not_after)
+                    );
+                }
                 Ok(0)
             }
         }

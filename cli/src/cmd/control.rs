@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wmig_coordinator::ControlClient;
-use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, OPERATOR};
+use wmig_net::{CertRole, ClusterDir, NetError, DEFAULT_CLUSTER_DIR};
 
 /// Where the coordinator is and which cluster's certificates to use.
 #[derive(clap::Args, Clone)]
@@ -60,23 +60,31 @@ impl ControlTarget {
         })
     }
 
-    /// Connect as the operator.
+    /// Connect as the operator (or, from a directory issued for another
+    /// identity, as that one: the coordinator then decides what it may do).
     pub async fn connect(&self) -> anyhow::Result<ControlClient> {
-        self.connect_as(OPERATOR).await
+        let name = ClusterDir::new(&self.cluster).client_identity()?;
+        self.connect_as(&name, CertRole::default_for(&name)).await
     }
 
     /// Connect with the identity of node `name` (the coordinator holds a
-    /// node's requests to its own certificate).
-    pub async fn connect_as(&self, name: &str) -> anyhow::Result<ControlClient> {
+    /// node's requests to its own certificate), issued with `role` on first
+    /// use where the CA key is.
+    pub async fn connect_as(&self, name: &str, role: CertRole) -> anyhow::Result<ControlClient> {
         let addr = self.addr().await?;
         let creds = ClusterDir::new(&self.cluster)
-            .credentials(name)
+            .credentials_as(name, role)
             .with_context(|| format!("no certificate for `{name}`"))?;
-        ControlClient::connect(addr, &creds, Duration::from_secs(5))
-            .await
-            .with_context(|| {
-                format!("could not reach the coordinator at {addr}; is `wmig up` running?")
-            })
+        match ControlClient::connect(addr, &creds, Duration::from_secs(5)).await {
+            Ok(c) => Ok(c),
+            // It answered, and refused our certificate: the error says why.
+            Err(e @ wmig_coordinator::ControlError::Net(NetError::CertificateRefused { .. })) => {
+                Err(e.into())
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "could not reach the coordinator at {addr}; is `wmig up` running?"
+            ))),
+        }
     }
 }
 

@@ -68,6 +68,9 @@ impl CoordinatorCommand {
             token: Some(dir.operator_token()?),
             cluster: Some(dir.clone()),
         };
+        // `wmig cert revoke` takes effect here without a restart: in the
+        // handshake (the endpoint) and on open connections (the server).
+        config.endpoint.revocations = Some(dir.revocations());
         let server = Server::open(config.clone()).with_context(|| {
             format!(
                 "could not open the coordinator's state in {}",

@@ -7,6 +7,8 @@ use wmig_coordinator::wire::{ControlRequest, ControlResponse, MonitorItem, Strea
 use wmig_coordinator::{ControlClient, NodeInfo, Role};
 use wmig_proto::NodeId;
 
+use wmig_net::{CertRole, ClusterDir};
+
 use crate::cmd::control::ControlTarget;
 use crate::cmd::registry::runtime;
 
@@ -32,7 +34,8 @@ impl EventsCommand {
 
 #[derive(clap::Args)]
 pub struct MonitorCommand {
-    /// This monitor's node name (default: monitor-<pid>).
+    /// This monitor's node name (default: the identity the cluster
+    /// directory was issued for, else monitor-<pid>).
     #[arg(long)]
     name: Option<String>,
     #[command(flatten)]
@@ -42,13 +45,16 @@ pub struct MonitorCommand {
 impl MonitorCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
         runtime()?.block_on(async {
+            let issued_for = ClusterDir::new(&self.target.cluster).config()?.identity;
             let name = NodeId(
                 self.name
                     .clone()
+                    .or(issued_for)
                     .unwrap_or_else(|| format!("monitor-{}", std::process::id())),
             );
-            // A monitor is a node: it registers and heartbeats as itself.
-            let client = self.target.connect_as(&name.0).await?;
+            // A monitor is a node: it registers and heartbeats as itself
+            // (with a monitor certificate, issued here if the CA key is).
+            let client = self.target.connect_as(&name.0, CertRole::Monitor).await?;
             let info = NodeInfo {
                 name: name.clone(),
                 role: Role::Monitor,

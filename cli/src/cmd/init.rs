@@ -11,7 +11,9 @@ pub struct InitCommand {
     /// Cluster directory to create.
     #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
     cluster: PathBuf,
-    /// Replace an existing CA; certificates issued by the old one stop working.
+    /// Replace an existing CA; certificates issued by the old one stop
+    /// working (and its index of issued certificates and revocation list
+    /// are cleared).
     #[arg(long)]
     force: bool,
 }
@@ -27,8 +29,10 @@ impl InitCommand {
         })?;
         if created {
             println!(
-                "initialized cluster in {}: CA, certificates for `registry` and `operator`",
-                self.cluster.display()
+                "initialized cluster in {}: CA, certificates for `registry` and `operator` \
+                 (valid {} days; `wmig cert ls` lists them)",
+                self.cluster.display(),
+                wmig_net::DEFAULT_DAYS
             );
         } else {
             println!(

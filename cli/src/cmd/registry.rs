@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::cmd::control::{resolve, shutdown_signal};
 use anyhow::Context;
-use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, OPERATOR, REGISTRY_NODE};
+use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, REGISTRY_NODE};
 use wmig_proto::wire::registry::BundleRef;
 use wmig_registry::{
     ClientConfig, FsStore, Registry, RegistryClient, RegistryConfig, ServerConfig,
@@ -56,7 +56,8 @@ impl Target {
         Target { registry, cluster }
     }
 
-    /// Connect as the operator.
+    /// Connect as the operator (or, from a directory issued for another
+    /// identity, as that one: the registry then decides what it may do).
     pub async fn connect(&self) -> anyhow::Result<RegistryClient> {
         let dir = ClusterDir::new(&self.cluster);
         let addr = match &self.registry {
@@ -70,7 +71,7 @@ impl Target {
             })?,
         };
         let sock = resolve(&addr, "registry").await?;
-        let creds = dir.credentials(OPERATOR)?;
+        let creds = dir.credentials(&dir.client_identity()?)?;
         let config = ClientConfig {
             connect_timeout: Duration::from_secs(5),
             ..ClientConfig::default()
@@ -203,7 +204,9 @@ impl Serve {
         };
         config.limits.max_bundle = self.max_bundle_mib << 20;
         let registry = Arc::new(Registry::open(Arc::new(store), config)?);
-        let server_config = ServerConfig::default();
+        let mut server_config = ServerConfig::default();
+        // `wmig cert revoke` takes effect here without a restart.
+        server_config.endpoint.revocations = Some(dir.revocations());
         let endpoint = wmig_net::server_endpoint(self.listen, &creds, &server_config.endpoint)?;
         let addr = crate::cmd::control::loopback_if_unspecified(endpoint.local_addr()?);
         dir.update_config(|c| c.registry = Some(addr.to_string()))?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wmig_host::{Runtime, RuntimeConfig};
-use wmig_net::ClusterDir;
+use wmig_net::{CertRole, ClusterDir};
 use wmig_proto::NodeId;
 use wmig_worker::{Listen, WorkerConfig};
 
@@ -17,7 +17,8 @@ use crate::cmd::registry::{parse_duration, runtime};
 
 #[derive(clap::Args)]
 pub struct WorkerCommand {
-    /// This worker's name, unique in the cluster (default: worker-<pid>).
+    /// This worker's name, unique in the cluster (default: the identity
+    /// the cluster directory was issued for, else worker-<pid>).
     #[arg(long, env = "WMIG_NODE_NAME")]
     name: Option<String>,
     /// Tasks it runs at once.
@@ -71,12 +72,15 @@ impl WorkerCommand {
     async fn run(self) -> anyhow::Result<()> {
         let cluster = &self.target.cluster;
         let dir = ClusterDir::new(cluster);
-        let name = self
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+        let name = match self.name.clone() {
+            Some(n) => n,
+            None => dir
+                .config()?
+                .identity
+                .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        };
         let creds = dir
-            .credentials(&name)
+            .credentials_as(&name, CertRole::Worker)
             .with_context(|| format!("no certificate for worker `{name}`"))?;
         let coordinator = self.target.addr().await?;
         let registry = match &self.registry {

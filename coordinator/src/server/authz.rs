@@ -1,19 +1,30 @@
-//! Who may send which control request, by the name in the peer's
-//! certificate ([`PeerIdentity`]).
+//! Who may send which control request, by the name and the role in the
+//! peer's certificate ([`PeerIdentity`], [`CertRole`]).
 //!
 //! - A request that speaks for a node (register, heartbeat, attach, every
 //!   report about a task) must come from that node's own certificate: a
 //!   worker cannot take another worker's command stream or report for it.
+//!   Registering as a worker needs a worker's certificate, as a monitor a
+//!   monitor's; reports, the command stream and task input need a worker's;
+//!   a heartbeat a worker's or a monitor's.
 //! - Acting on tasks and nodes (submit, cancel, checkpoint, migrate, drain,
-//!   uncordon, remove, send input) needs the operator's certificate.
+//!   uncordon, remove, send input) needs an operator's certificate.
 //! - Reading (lists, inspect, logs, wait, events, stats) needs any
 //!   certificate of the cluster, which the handshake already checked.
 //!
-//! The HTTP API checks its own token and calls the same handlers in-process.
+//! Certificates issued before roles existed carry no role: `operator` is the
+//! operator, any other node name may act as a worker or a monitor (what
+//! this check allowed before), see [`CertRole::for_legacy_name`].
+//!
+//! A refusal changes nothing and says who asked, as what, and what the
+//! request needs: `permission denied: monitor-1 is a monitor; submitting a
+//! task needs an operator`. The HTTP API checks its own token and calls
+//! the same handlers in-process.
 
-use wmig_net::{PeerIdentity, OPERATOR};
+use wmig_net::{CertRole, PeerIdentity};
 use wmig_proto::wire::{ErrorCode, RemoteError};
 
+use crate::membership::Role;
 use crate::wire::ControlRequest;
 
 /// Refuse `req` unless `peer` may send it.
@@ -36,64 +47,59 @@ pub(super) fn authorize(peer: &PeerIdentity, req: &ControlRequest) -> Result<(),
         _ => None,
     };
     if let Some(node) = speaks_for {
-        if peer.is(&node.0) {
-            return Ok(());
-        }
-        return Err(denied(
-            peer,
-            format!("a {} request speaks for {node}, and each node acts only as itself: run it with {node}'s own certificate", kind(req)),
-        ));
-    }
-    let operator_only = matches!(
-        req,
-        Q::Submit { .. }
-            | Q::Cancel { .. }
-            | Q::Checkpoint { .. }
-            | Q::Migrate { .. }
-            | Q::Drain { .. }
-            | Q::Uncordon { .. }
-            | Q::Remove { .. }
-            | Q::Input { .. }
-    );
-    if operator_only && !peer.is(OPERATOR) {
-        return Err(denied(
-            peer,
-            format!(
-                "{} needs the operator; run it with the cluster directory's `{OPERATOR}` identity (the `wmig` CLI does)",
+        if !peer.is(&node.0) {
+            return Err(denied(format!(
+                "permission denied: {}; {} for {node} needs {node}'s own certificate (each node \
+                 acts only as itself; this one speaks for another)",
+                peer.describe(),
                 kind(req)
-            ),
-        ));
+            )));
+        }
     }
-    Ok(())
+    let roles: &[CertRole] = match req {
+        Q::Register(info) => match info.role {
+            Role::Worker => &[CertRole::Worker],
+            Role::Monitor => &[CertRole::Monitor],
+        },
+        Q::Heartbeat { .. } => &[CertRole::Worker, CertRole::Monitor],
+        _ if speaks_for.is_some() => &[CertRole::Worker],
+        Q::Submit { .. }
+        | Q::Cancel { .. }
+        | Q::Checkpoint { .. }
+        | Q::Migrate { .. }
+        | Q::Drain { .. }
+        | Q::Uncordon { .. }
+        | Q::Remove { .. }
+        | Q::Input { .. } => &[CertRole::Operator],
+        // Reads: any member of the cluster.
+        _ => return Ok(()),
+    };
+    peer.require(roles, kind(req)).map_err(denied)
 }
 
-fn denied(peer: &PeerIdentity, why: String) -> RemoteError {
-    let who = peer
-        .name()
-        .unwrap_or_else(|| "this certificate's holder".to_owned());
-    tracing::warn!(peer = %who, reason = %why, "permission denied");
-    RemoteError::new(
-        ErrorCode::Invalid,
-        format!("permission denied: {who} is not allowed this: {why}"),
-    )
+fn denied(message: String) -> RemoteError {
+    RemoteError::new(ErrorCode::Invalid, message)
 }
 
 /// The request's name, for messages.
 fn kind(req: &ControlRequest) -> &'static str {
     use ControlRequest as Q;
     match req {
-        Q::Register(_) => "Register",
-        Q::Heartbeat { .. } => "Heartbeat",
-        Q::Attach { .. } => "Attach",
-        Q::Started { .. } => "Started",
-        Q::Output { .. } => "Output",
-        Q::Checkpointed { .. } => "Checkpointed",
-        Q::Finished { .. } => "Finished",
-        Q::Prefetched { .. } => "Prefetched",
-        Q::HandedOff { .. } => "HandedOff",
-        Q::HandoffFailed { .. } => "HandoffFailed",
-        Q::LiveReady { .. } => "LiveReady",
-        Q::LiveFailed { .. } => "LiveFailed",
+        Q::Register(info) => match info.role {
+            Role::Worker => "registering as a worker",
+            Role::Monitor => "registering as a monitor",
+        },
+        Q::Heartbeat { .. } => "a heartbeat",
+        Q::Attach { .. } => "attaching to the command stream",
+        Q::Started { .. } => "reporting a task started",
+        Q::Output { .. } => "reporting task output",
+        Q::Checkpointed { .. } => "reporting a checkpoint",
+        Q::Finished { .. } => "reporting a task's end",
+        Q::Prefetched { .. } => "reporting a prefetch",
+        Q::HandedOff { .. } => "handing off a task",
+        Q::HandoffFailed { .. } => "reporting a failed handoff",
+        Q::LiveReady { .. } => "accepting a live migration",
+        Q::LiveFailed { .. } => "reporting a failed live migration",
         Q::Submit { .. } => "submitting a task",
         Q::Cancel { .. } => "cancelling a task",
         Q::Checkpoint { .. } => "checkpointing a task",
@@ -102,7 +108,7 @@ fn kind(req: &ControlRequest) -> &'static str {
         Q::Uncordon { .. } => "uncordoning a node",
         Q::Remove { .. } => "removing a node",
         Q::Input { .. } => "sending input to a task",
-        Q::ReadInput { .. } => "ReadInput",
+        Q::ReadInput { .. } => "reading a task's input",
         _ => "this request",
     }
 }

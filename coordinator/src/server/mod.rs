@@ -682,6 +682,11 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let peer = Arc::new(wmig_net::PeerIdentity::of(&conn));
     while let Ok((send, recv)) = conn.accept_bi().await {
+        // A certificate revoked since the handshake loses its connection.
+        let revocations = shared.config.endpoint.revocations.as_ref();
+        if wmig_net::revocation::close_if_revoked(&conn, &peer, revocations) {
+            break;
+        }
         tokio::spawn(serve_stream(send, recv, shared.clone(), peer.clone()));
     }
 }

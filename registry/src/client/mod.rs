@@ -102,8 +102,14 @@ impl RegistryClient {
     ) -> Result<Self, ClientError> {
         let bind = wmig_net::endpoint::any_addr_for(addr);
         let endpoint = wmig_net::client_endpoint(bind, creds, &config.endpoint)?;
-        let conn =
-            wmig_net::connect(&endpoint, addr, &config.server_name, config.connect_timeout).await?;
+        let conn = wmig_net::connect(
+            &endpoint,
+            addr,
+            &config.server_name,
+            config.connect_timeout,
+            creds,
+        )
+        .await?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 batcher: Batcher::new(config.parallel_requests),
