@@ -295,7 +295,12 @@ pub fn wasi_snapshot() -> BoxedStrategy<WasiSnapshot> {
 }
 
 pub fn memory_image() -> BoxedStrategy<MemoryImage> {
-    (text(), any::<u64>(), vec((any::<u32>(), hash()), 0..4))
+    let byte_len = prop_oneof![
+        (0u64..8).prop_map(|n| n * crate::checkpoint::CHUNK_SIZE as u64),
+        any::<u64>(),
+    ];
+    let index = prop_oneof![0u32..8, any::<u32>()];
+    (text(), byte_len, vec((index, hash()), 0..4))
         .prop_map(|(name, byte_len, chunks)| MemoryImage {
             name,
             byte_len,
