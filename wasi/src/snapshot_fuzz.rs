@@ -558,6 +558,39 @@ fn many_preopens_and_descriptors_restore_in_linear_time() {
     );
 }
 
+/// The WASI state of every golden checkpoint (written by earlier releases)
+/// passes the stricter checks and restores (its preopens, if any, given as
+/// the sandbox root).
+#[test]
+fn golden_checkpoints_still_restore() {
+    let sb = Sandbox::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("tests/golden exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "ckpt") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("readable");
+        let file = wmig_proto::checkpoint::CheckpointFile::decode(&bytes).expect("decodes");
+        let snap = &file.manifest.wasi;
+        let mut config = sb.config(false);
+        config.preopens = snap
+            .preopens
+            .iter()
+            .map(|guest| Preopen {
+                host: sb.root.clone(),
+                guest: guest.clone(),
+            })
+            .collect();
+        if let Err(e) = WasiCtx::restore(config, snap) {
+            panic!("{}: {e}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "found {seen} golden checkpoints");
+}
+
 #[test]
 fn the_sandbox_is_what_the_harness_assumes() {
     let sb = Sandbox::new();
