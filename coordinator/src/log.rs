@@ -170,11 +170,19 @@ fn parse(path: &Path, offset: u64, buf: &[u8]) -> Result<Parsed, LogError> {
             version,
         });
     }
-    let event = postcard::from_bytes(payload).map_err(|e| {
+    let (event, rest) = postcard::take_from_bytes(payload).map_err(|e| {
         corrupt(format!(
             "checksum is valid but the event does not decode: {e}"
         ))
     })?;
+    // A record holds exactly one event: bytes after it mean the writer and
+    // this reader disagree about the format, not a shorter event.
+    if !rest.is_empty() {
+        return Err(corrupt(format!(
+            "checksum is valid but {} bytes follow the event in the record",
+            rest.len()
+        )));
+    }
     Ok(Parsed::Record(event, HEADER + len))
 }
 
@@ -320,6 +328,10 @@ fn sync_parent(path: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "log_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -89,6 +89,40 @@ pub struct Counters {
 }
 
 impl Manifest {
+    /// Check what the format promises about memory images and nothing
+    /// decoding can: every size is a whole number of chunks, and chunk
+    /// indices are strictly ascending and inside their memory. Says what is
+    /// wrong, for a peer or an operator to read.
+    pub fn validate(&self) -> Result<(), String> {
+        for m in &self.memories {
+            if !m.byte_len.is_multiple_of(CHUNK_SIZE as u64) {
+                return Err(format!(
+                    "memory `{}` is {} bytes, not a whole number of {CHUNK_SIZE}-byte chunks",
+                    m.name, m.byte_len
+                ));
+            }
+            let max_chunks = m.byte_len / CHUNK_SIZE as u64;
+            let mut prev: Option<u32> = None;
+            for (idx, _) in &m.chunks {
+                if u64::from(*idx) >= max_chunks {
+                    return Err(format!(
+                        "memory `{}` has chunk {idx} beyond its size of {} bytes",
+                        m.name, m.byte_len
+                    ));
+                }
+                if prev.is_some_and(|p| p >= *idx) {
+                    return Err(format!(
+                        "memory `{}` lists chunk {idx} out of order or twice; \
+                         chunk indices must be strictly ascending",
+                        m.name
+                    ));
+                }
+                prev = Some(*idx);
+            }
+        }
+        Ok(())
+    }
+
     /// Every distinct chunk hash the manifest references.
     pub fn chunk_hashes(&self) -> Vec<Hash> {
         let mut all: Vec<Hash> = self
@@ -189,14 +223,29 @@ impl CheckpointFile {
         if expected != actual {
             return Err(CheckpointError::IntegrityMismatch { expected, actual });
         }
-        let file: CheckpointFile = postcard::from_bytes(&signed[HEADER_LEN..])
+        let (file, rest): (CheckpointFile, _) = postcard::take_from_bytes(&signed[HEADER_LEN..])
             .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CheckpointError::Malformed(format!(
+                "{} bytes follow the checkpoint body",
+                rest.len()
+            )));
+        }
         file.verify()?;
         Ok(file)
     }
 
-    /// Check chunk contents against their names and that none is missing.
+    /// Check chunk contents against their names, that the chunks are listed
+    /// once each in ascending hash order (lookups rely on it), that none is
+    /// missing, and the manifest's own invariants ([`Manifest::validate`]).
     pub fn verify(&self) -> Result<(), CheckpointError> {
+        if let Some(w) = self.chunks.windows(2).find(|w| w[0].0 >= w[1].0) {
+            return Err(CheckpointError::Malformed(format!(
+                "chunk {} is listed after chunk {} (or twice); chunks must be in \
+                 strictly ascending hash order",
+                w[1].0, w[0].0
+            )));
+        }
         for (claimed, data) in &self.chunks {
             if data.len() != CHUNK_SIZE {
                 return Err(CheckpointError::Malformed(format!(
@@ -217,16 +266,7 @@ impl CheckpointFile {
                 return Err(CheckpointError::MissingChunk(h));
             }
         }
-        for m in &self.manifest.memories {
-            let max_chunks = m.byte_len / CHUNK_SIZE as u64;
-            if let Some((idx, _)) = m.chunks.iter().find(|(i, _)| u64::from(*i) >= max_chunks) {
-                return Err(CheckpointError::Malformed(format!(
-                    "memory `{}` has chunk {idx} beyond its size of {} bytes",
-                    m.name, m.byte_len
-                )));
-            }
-        }
-        Ok(())
+        self.manifest.validate().map_err(CheckpointError::Malformed)
     }
 
     /// The bytes of chunk `hash`, if present.
@@ -304,6 +344,10 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "checkpoint_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod seq_tests {

@@ -222,3 +222,7 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "frame_fuzz.rs"]
+mod fuzz;

@@ -8,6 +8,8 @@
 
 pub mod checkpoint;
 pub mod frame;
+#[cfg(test)]
+mod fuzzing;
 pub mod hash;
 pub mod ids;
 pub mod wasi;

@@ -54,7 +54,11 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
             "manifest envelope version {version}, this wmig reads {MANIFEST_VERSION}"
         ));
     }
-    postcard::from_bytes(body).map_err(|e| e.to_string())
+    let (manifest, rest) = postcard::take_from_bytes(body).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes follow the manifest", rest.len()));
+    }
+    Ok(manifest)
 }
 
 impl Registry {
@@ -66,6 +70,8 @@ impl Registry {
                 "the manifest names no task; only task checkpoints can be stored".into(),
             )
         })?;
+        // Refuse what no worker could restore before storing it for them.
+        m.validate().map_err(RegistryError::Invalid)?;
         let seq = m.seq;
         let body = encode_manifest(m)
             .map_err(|e| RegistryError::Invalid(format!("manifest does not encode: {e}")))?;
@@ -227,6 +233,10 @@ fn retired(seqs: impl IntoIterator<Item = u64>, keep: usize) -> Vec<u64> {
     out.sort_unstable();
     out
 }
+
+#[cfg(test)]
+#[path = "manifests_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

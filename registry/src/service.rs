@@ -57,7 +57,17 @@ impl Registry {
                 tracing::warn!(%key, "ignoring a name record with an invalid name");
                 continue;
             };
-            match store.get_ref(RefSpace::Names, &key)? {
+            // A damaged record loses its name, like a malformed one: the
+            // bundle stays reachable by hash, and the registry still starts.
+            let value = match store.get_ref(RefSpace::Names, &key) {
+                Ok(v) => v,
+                Err(StoreError::CorruptRef { .. }) => {
+                    tracing::warn!(%key, "ignoring a name record that fails its integrity check; push the name again");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match value {
                 Some(v) => match <[u8; 32]>::try_from(v.as_slice()) {
                     Ok(h) => {
                         names.insert(name, Hash(h));

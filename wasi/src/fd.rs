@@ -90,7 +90,8 @@ impl WasiCtx {
                         }
                     },
                 };
-                self.stdin_offset += nread as u64;
+                // Offsets may come from a checkpoint: saturate, never overflow.
+                self.stdin_offset = self.stdin_offset.saturating_add(nread as u64);
                 nread
             }
             _ => return Err(Errno::BADF),
@@ -178,12 +179,12 @@ impl WasiCtx {
             }
             Desc::Stdout => {
                 self.stdout.write(data)?;
-                self.stdout_offset += data.len() as u64;
+                self.stdout_offset = self.stdout_offset.saturating_add(data.len() as u64);
                 data.len()
             }
             Desc::Stderr => {
                 self.stderr.write(data)?;
-                self.stderr_offset += data.len() as u64;
+                self.stderr_offset = self.stderr_offset.saturating_add(data.len() as u64);
                 data.len()
             }
             _ => return Err(Errno::BADF),

@@ -8,12 +8,12 @@
 //! closed numbers awaiting reuse (`FdKind::Closed`) come back too, so later
 //! fds match as well.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use wmig_proto::wasi::{FdKind, FdSnapshot, WasiSnapshot};
 
 use crate::path::{self, checkpoint_components};
-use crate::table::{Desc, DirDesc, FileDesc, PreopenDir};
+use crate::table::{fdflags, rights, Desc, DirDesc, FileDesc, PreopenDir};
 use crate::{
     clocks, open_dir, open_preopen, preopen_desc, Preopen, WasiConfig, WasiCtx, WasiError,
 };
@@ -95,16 +95,34 @@ impl WasiCtx {
         ctx.stderr_offset = snapshot.stderr_offset;
         ctx.clock = clocks::MonotonicClock::starting_at(snapshot.monotonic_ns);
 
+        // Which preopens the descriptors use, in one pass: a snapshot is
+        // peer or disk input, and matching every preopen against every fd
+        // would take time quadratic in its size.
+        let mut used_index = BTreeSet::new();
+        let mut used_guest = BTreeSet::new();
+        for f in &snapshot.fds {
+            match &f.kind {
+                FdKind::Preopen { guest_path } => {
+                    used_guest.insert(guest_path.as_str());
+                }
+                FdKind::Dir { preopen, .. } | FdKind::File { preopen, .. } => {
+                    used_index.insert(*preopen);
+                }
+                FdKind::Stdin | FdKind::Stdout | FdKind::Stderr | FdKind::Closed => {}
+            }
+        }
+
         // Match snapshot preopens to the given host directories by guest path.
         let mut handles = Vec::with_capacity(snapshot.preopens.len());
+        let mut first_index = BTreeMap::new();
         for (index, guest) in snapshot.preopens.iter().enumerate() {
-            let used = snapshot
-                .fds
-                .iter()
-                .any(|f| uses_preopen(f, index as u32, guest));
+            let index = u32::try_from(index)
+                .map_err(|_| invalid(u32::MAX, "the snapshot lists too many preopens"))?;
+            first_index.entry(guest.as_str()).or_insert(index);
+            let used = used_index.contains(&index) || used_guest.contains(guest.as_str());
             let given = config.preopens.iter().find(|p| &p.guest == guest);
             let (root, handle) = match (given, used) {
-                (Some(p), _) => open_preopen(p).map(|(r, h)| (Some(r), Some(h)))?,
+                (Some(p), _) => open_preopen(p).map(|(r, h)| (Some(r), used.then_some(h)))?,
                 (None, true) => {
                     return Err(WasiError::MissingPreopen {
                         guest: guest.clone(),
@@ -129,7 +147,19 @@ impl WasiCtx {
                 free.push(f.fd);
                 continue;
             }
-            let desc = ctx.rebuild(f, &mut handles, &config.preopens)?;
+            // Only what the live calls can produce: `path_open` refuses
+            // undefined rights, and a descriptor here carries no flags but
+            // append and nonblock; the guest would be shown anything else.
+            if (f.rights_base | f.rights_inheriting) & !rights::ALL != 0 {
+                return Err(invalid(f.fd, "rights outside the WASI preview1 set"));
+            }
+            if f.fdflags & !(fdflags::APPEND | fdflags::NONBLOCK) != 0 {
+                return Err(invalid(
+                    f.fd,
+                    "fdflags other than append and nonblock (never set by a guest here)",
+                ));
+            }
+            let desc = ctx.rebuild(f, &mut handles, &first_index, &config.preopens)?;
             ctx.table.insert_at(f.fd, desc);
         }
         ctx.table.set_free(free);
@@ -141,6 +171,7 @@ impl WasiCtx {
         &self,
         f: &FdSnapshot,
         handles: &mut [Option<std::fs::File>],
+        first_index: &BTreeMap<&str, u32>,
         given: &[Preopen],
     ) -> Result<Desc, WasiError> {
         let desc = match &f.kind {
@@ -149,19 +180,15 @@ impl WasiCtx {
             FdKind::Stdout => Desc::Stdout,
             FdKind::Stderr => Desc::Stderr,
             FdKind::Preopen { guest_path } => {
-                let index = self
-                    .preopens
-                    .iter()
-                    .position(|p| &p.guest == guest_path)
-                    .ok_or_else(|| {
-                        invalid(
-                            f.fd,
-                            "a preopen fd names a guest path missing from the preopen list",
-                        )
-                    })?;
+                let index = *first_index.get(guest_path.as_str()).ok_or_else(|| {
+                    invalid(
+                        f.fd,
+                        "a preopen fd names a guest path missing from the preopen list",
+                    )
+                })?;
                 // The first fd for a preopen takes the handle opened above;
                 // a second one (dup via path_open of ".") opens it again.
-                let handle = match handles.get_mut(index).and_then(Option::take) {
+                let handle = match handles.get_mut(index as usize).and_then(Option::take) {
                     Some(h) => h,
                     None => {
                         let p = given
@@ -173,7 +200,7 @@ impl WasiCtx {
                         open_preopen(p)?.1
                     }
                 };
-                let mut d = preopen_desc(index as u32, handle);
+                let mut d = preopen_desc(index, handle);
                 d.rights_base = f.rights_base;
                 d.rights_inheriting = f.rights_inheriting;
                 Desc::Dir(d)
@@ -198,13 +225,7 @@ impl WasiCtx {
                 write,
             } => {
                 let (_, host) = self.reopen_path(f.fd, *preopen, path)?;
-                use std::os::unix::fs::OpenOptionsExt;
-                // Exactly the access mode it had; never create or truncate.
-                let file = std::fs::OpenOptions::new()
-                    .read(*read || !*write)
-                    .write(*write)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&host)
+                let file = reopen_file(&host, *read, *write)
                     .map_err(|e| self.reopen_error(*preopen, path, e))?;
                 Desc::File(FileDesc {
                     file,
@@ -266,6 +287,40 @@ impl WasiCtx {
     }
 }
 
+/// Open a file descriptor's file again: exactly the access mode it had,
+/// never creating or truncating. Only what `path_open` gives a file
+/// descriptor for is accepted: not a directory (that would be a `Dir`), and
+/// not a FIFO or socket, whose contents a checkpoint cannot resume (and
+/// whose `open(2)` would wait for a peer, so it is made non-blocking until
+/// the type is known).
+fn reopen_file(host: &std::path::Path, read: bool, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(read || !write)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(host)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_dir() {
+        return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if kind.is_fifo() || kind.is_socket() {
+        return Err(std::io::Error::other(
+            "it is a FIFO or a socket now, not a file whose position can be resumed",
+        ));
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is open for the duration (borrowed from `file`);
+    // F_GETFL/F_SETFL only read and set its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 fn plain(fd: u32, rights: u64, kind: FdKind) -> FdSnapshot {
     FdSnapshot {
         fd,
@@ -276,14 +331,10 @@ fn plain(fd: u32, rights: u64, kind: FdKind) -> FdSnapshot {
     }
 }
 
-fn uses_preopen(f: &FdSnapshot, index: u32, guest: &str) -> bool {
-    match &f.kind {
-        FdKind::Preopen { guest_path } => guest_path == guest,
-        FdKind::Dir { preopen, .. } | FdKind::File { preopen, .. } => *preopen == index,
-        FdKind::Stdin | FdKind::Stdout | FdKind::Stderr | FdKind::Closed => false,
-    }
-}
-
 fn invalid(fd: u32, problem: &'static str) -> WasiError {
     WasiError::InvalidSnapshot { fd, problem }
 }
+
+#[cfg(test)]
+#[path = "snapshot_fuzz.rs"]
+mod fuzz;

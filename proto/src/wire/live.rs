@@ -46,16 +46,21 @@ pub struct PageDelta {
 
 impl PageDelta {
     /// Bytes of the non-zero runs, which follow the header on the stream.
+    /// Saturates instead of overflowing on a delta that was not validated
+    /// (after [`PageDelta::validate`] it is at most `memory_len`).
     pub fn payload_len(&self) -> u64 {
         self.runs
             .iter()
             .filter(|r| !r.zero)
             .map(|r| u64::from(r.count) * PAGE_SIZE as u64)
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 
     /// Check the runs against the memory size and a byte budget before
-    /// anything is read or written.
+    /// anything is read or written. Runs must be ascending and disjoint (as
+    /// a source builds them from sorted page indices), so the payload a
+    /// target sizes its buffer by never exceeds the memory: overlapping runs
+    /// would let a few bytes of header announce terabytes.
     pub fn validate(&self, max_memory: u64) -> Result<(), String> {
         if self.memory_len > max_memory {
             return Err(format!(
@@ -70,6 +75,7 @@ impl PageDelta {
             ));
         }
         let pages = self.memory_len / PAGE_SIZE as u64;
+        let mut next = 0u64;
         for r in &self.runs {
             let end = u64::from(r.first) + u64::from(r.count);
             if r.count == 0 || end > pages {
@@ -78,6 +84,14 @@ impl PageDelta {
                     r.first, r.count
                 ));
             }
+            if u64::from(r.first) < next {
+                return Err(format!(
+                    "page run {}+{} overlaps or precedes the run before it, which ends \
+                     at page {next}; runs must be ascending and disjoint",
+                    r.first, r.count
+                ));
+            }
+            next = end;
         }
         Ok(())
     }
@@ -169,5 +183,45 @@ mod tests {
         assert!(big.is_err_and(|e| e.contains("exceeds the limit")));
         let overflow = delta(8 * page, &[(u32::MAX, u32::MAX, false)]).validate(1 << 20);
         assert!(overflow.is_err(), "no arithmetic overflow on hostile runs");
+    }
+
+    /// Fuzz finding: runs that repeat or overlap passed `validate`, so a
+    /// delta of a 4 GiB memory could announce `runs × 4 GiB` of payload,
+    /// and the live target sizes its round buffer by that before reading.
+    #[test]
+    fn overlapping_or_descending_runs_are_refused() {
+        let page = PAGE_SIZE as u64;
+        let found = delta(1 << 32, &[(0, 14, false), (0, 1, false)]).validate(1 << 32);
+        assert!(found.is_err_and(|e| e.contains("overlaps or precedes")));
+        let repeated = vec![(0, 1 << 20, false); 1000];
+        let huge = delta(1 << 32, &repeated);
+        assert!(huge.validate(1 << 32).is_err());
+        let backwards = delta(8 * page, &[(4, 2, false), (1, 1, true)]).validate(1 << 20);
+        assert!(backwards.is_err());
+        let overlap = delta(8 * page, &[(0, 3, true), (2, 2, false)]).validate(1 << 20);
+        assert!(overlap.is_err());
+        // Adjacent runs (a zero run next to a data run) are what sources send.
+        let adjacent = delta(8 * page, &[(0, 3, true), (3, 2, false), (7, 1, true)]);
+        assert_eq!(adjacent.validate(1 << 20), Ok(()));
+        assert_eq!(adjacent.payload_len(), 2 * page);
+    }
+
+    /// `payload_len` of a delta nobody validated (2^21 runs of `u32::MAX`
+    /// pages each, ~15 MiB encoded, fits one frame) must not overflow.
+    #[test]
+    fn payload_len_of_an_unvalidated_delta_saturates() {
+        let d = PageDelta {
+            memory_len: 0,
+            runs: vec![
+                PageRun {
+                    first: 0,
+                    count: u32::MAX,
+                    zero: false
+                };
+                1 << 21
+            ],
+        };
+        assert_eq!(d.payload_len(), u64::MAX);
+        assert!(d.validate(u64::MAX).is_err());
     }
 }

@@ -13,6 +13,9 @@ pub mod control;
 pub mod live;
 pub mod registry;
 
+#[cfg(test)]
+mod fuzz;
+
 /// ALPN of the registry protocol; the version matches
 /// [`crate::frame::PROTOCOL_VERSION`].
 pub const REGISTRY_ALPN: &[u8] = b"wmig-registry/1";

@@ -295,4 +295,4 @@ impl fmt::Display for NameTag {
 
 #[cfg(test)]
 #[path = "registry_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -93,7 +93,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         )
 }
 
-fn request() -> impl Strategy<Value = RegistryRequest> {
+pub(crate) fn request() -> impl Strategy<Value = RegistryRequest> {
     let chunk = (hash(), any::<u32>()).prop_map(|(hash, len)| ChunkHeader { hash, len });
     prop_oneof![
         (hash(), any::<u64>(), proptest::option::of(name_tag()))
@@ -136,7 +136,7 @@ fn code() -> impl Strategy<Value = ErrorCode> {
     ])
 }
 
-fn response() -> impl Strategy<Value = RegistryResponse> {
+pub(crate) fn response() -> impl Strategy<Value = RegistryResponse> {
     let lease = proptest::sample::select(vec![
         LeaseStatus::Granted,
         LeaseStatus::AlreadyStored,

@@ -376,3 +376,7 @@ mod records;
 #[cfg(test)]
 #[path = "fs_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fs_fuzz.rs"]
+mod fuzz;

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 use crate::store::RefSpace;
 
 impl FsStore {
-    fn record_path(&self, space: RefSpace, key: &str) -> PathBuf {
+    pub(super) fn record_path(&self, space: RefSpace, key: &str) -> PathBuf {
         self.root
             .join("refs")
             .join(space.dir_name())
