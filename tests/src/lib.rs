@@ -68,7 +68,7 @@ mod tests {
 
     #[test]
     fn every_artifact_exists() {
-        assert_eq!(artifacts::ALL.len(), 10);
+        assert_eq!(artifacts::ALL.len(), 11);
         for (name, path) in artifacts::ALL {
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {path}: {e}"));
             assert_eq!(&bytes[..4], b"\0asm", "{name} is not a wasm module");
