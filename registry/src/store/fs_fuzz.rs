@@ -16,10 +16,19 @@ use super::records::{escape, unescape};
 use super::*;
 use crate::{Registry, RegistryConfig};
 
+/// Every case of the disk properties creates a store (with its fsyncs,
+/// slow on a busy disk): fewer cases than the pure ones.
+fn disk_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 512,
+        ..ProptestConfig::default()
+    }
+}
+
 fn config() -> ProptestConfig {
     ProptestConfig {
-        // Every case creates a store on disk (with its fsyncs).
-        cases: 128,
+        cases: 256,
         max_shrink_iters: 1024,
         ..ProptestConfig::default()
     }
@@ -103,6 +112,11 @@ proptest! {
             prop_assert_eq!(unescape(&escape(&key)), Some(key));
         }
     }
+
+}
+
+proptest! {
+    #![proptest_config(disk_config())]
 
     /// A record damaged on disk is reported corrupt under its key; only the
     /// bytes that were written are ever served.
