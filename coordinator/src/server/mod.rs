@@ -164,7 +164,8 @@ struct Shared {
     /// generation it covered in `output_synced`.
     output_written: std::sync::atomic::AtomicU64,
     output_sync: Notify,
-    output_synced: watch::Sender<Result<u64, String>>,
+    /// `Err((covers, why))`: the pass meant to cover up to `covers` failed.
+    output_synced: watch::Sender<Result<u64, (u64, String)>>,
 }
 
 /// A coordinator with its log replayed, ready to serve.
@@ -539,7 +540,7 @@ async fn output_syncer(shared: Arc<Shared>) {
                     // and their workers resend.
                     tracing::error!(error = %why, "could not make task output durable");
                     shared.lock().outputs.mark_dirty(dirty);
-                    let _ = shared.output_synced.send_replace(Err(why));
+                    let _ = shared.output_synced.send_replace(Err((covers, why)));
                     break;
                 }
             }
@@ -556,12 +557,14 @@ async fn output_durable(shared: &Shared) -> Result<(), RemoteError> {
     loop {
         match &*synced.borrow_and_update() {
             Ok(s) if *s >= mine => return Ok(()),
-            Ok(_) => {}
-            Err(_) => {
+            // A failed pass that was to cover this report (an older failure
+            // is not ours: the pass we asked for is still to come).
+            Err((covers, _)) if *covers >= mine => {
                 return Err(internal(
                     "the coordinator could not store output durably (see its log); resend it later",
                 ))
             }
+            Ok(_) | Err(_) => {}
         }
         if synced.changed().await.is_err() {
             return Err(internal("the coordinator is shutting down"));
