@@ -600,7 +600,7 @@ impl Task {
                 ));
             }
         }
-        HostError::Trap(format!("{e:?}"))
+        HostError::Trap(format!("{}\n\n{e:?}", trap_headline(&e)))
     }
 
     pub(crate) fn hooks(&self) -> Result<Hooks, HostError> {
@@ -684,6 +684,32 @@ impl Task {
     /// cancellation and fencing: the task cannot continue afterwards.
     pub fn interrupt(&self) -> Arc<wmig_wasi::Interrupt> {
         self.store.data().wasi.interrupt()
+    }
+}
+
+/// One readable line for a trap: what happened and in which guest
+/// function (the innermost with a name); wasmtime's full report follows it.
+fn trap_headline(e: &wasmtime::Error) -> String {
+    let kind = e.downcast_ref::<wasmtime::Trap>().map(|t| {
+        let t = t.to_string();
+        t.strip_prefix("wasm trap: ")
+            .map_or(t.clone(), str::to_owned)
+    });
+    let func = e.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|bt| {
+        bt.frames()
+            .iter()
+            .find_map(|f| f.func_name().map(str::to_owned))
+    });
+    match (kind, func) {
+        (Some(k), Some(f)) => format!("the task trapped: {k} (in `{f}`)"),
+        (Some(k), None) => format!("the task trapped: {k}"),
+        (None, _) => format!(
+            "the task failed: {}",
+            format!("{e:#}")
+                .lines()
+                .next()
+                .unwrap_or("an error without a message")
+        ),
     }
 }
 
