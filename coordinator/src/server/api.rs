@@ -217,22 +217,29 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// A body axum could not read (too large, cut short), as an API error
+/// that says what and what to do.
+fn unreadable(e: BytesRejection, what: &str, hint: &str) -> ApiError {
+    let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "invalid"
+    };
+    ApiError::new(
+        e.status(),
+        code,
+        format!("could not read {what} ({}); {hint}", e.body_text()),
+    )
+}
+
 /// A JSON body, with errors that say which field was wrong. An empty body
 /// counts as `{}` so that requests without options need none.
 fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let raw = raw.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "invalid"
-        };
-        ApiError::new(
-            e.status(),
-            code,
-            format!(
-                "could not read the request body ({}); requests to this API are small JSON documents",
-                e.body_text()
-            ),
+        unreadable(
+            e,
+            "the request body",
+            "requests to this API are small JSON documents",
         )
     })?;
     let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
@@ -643,21 +650,8 @@ async fn input(
     let task = task_id(&id)?;
     let Query(q) = query
         .map_err(|e| ApiError::invalid(format!("bad query: {}; use ?eof=true", e.body_text())))?;
-    let bytes = raw.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "invalid"
-        };
-        ApiError::new(
-            e.status(),
-            code,
-            format!(
-                "could not read the input ({}); send large input in several requests",
-                e.body_text()
-            ),
-        )
-    })?;
+    let bytes =
+        raw.map_err(|e| unreadable(e, "the input", "send large input in several requests"))?;
     let req = ControlRequest::Input {
         task,
         offset: None,
