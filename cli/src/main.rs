@@ -69,6 +69,9 @@ enum Command {
     Events(cmd::events::EventsCommand),
     /// Watch the live stream of events, output and statistics (a monitor node).
     Monitor(cmd::events::MonitorCommand),
+    /// One module rewrite, run by wmig itself in a bounded child process.
+    #[command(hide = true, name = "internal-rewrite")]
+    InternalRewrite { dir: std::path::PathBuf },
 }
 
 impl Command {
@@ -98,6 +101,7 @@ impl Command {
             Command::Dashboard(c) => c.execute(),
             Command::Events(c) => c.execute(),
             Command::Monitor(c) => c.execute(),
+            Command::InternalRewrite { dir } => Ok(wmig_rewrite::isolate::child_main(&dir)),
         }
     }
 }
@@ -111,6 +115,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::InternalRewrite { .. }) {
+        // Binaryen must not be able to take a worker (or `wmig run`) down.
+        wmig_rewrite::isolate::isolate(wmig_rewrite::isolate::Isolation {
+            program: self_exe(),
+            args: vec!["internal-rewrite".into()],
+            limits: wmig_rewrite::isolate::Limits::from_env(),
+        });
+    }
     match cli.command.execute() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -118,6 +130,16 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// This executable, even after the file was replaced (a rebuild under a
+/// running worker): on Linux `/proc/self/exe` still opens the running image.
+fn self_exe() -> std::path::PathBuf {
+    let proc = std::path::PathBuf::from("/proc/self/exe");
+    if proc.exists() {
+        return proc;
+    }
+    std::env::current_exe().unwrap_or_else(|_| "wmig".into())
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ mod build;
 pub mod cache;
 pub mod callgraph;
 pub mod exports;
+pub mod isolate;
 pub mod split;
 pub mod unwind;
 pub mod validate;
@@ -116,6 +117,15 @@ pub enum RewriteError {
     Exports(String),
     #[error("this wmig cannot produce rewriter version {0} (it supports {SUPPORTED_REWRITERS:?}); resume the checkpoint with the wmig release that wrote it")]
     UnknownVersion(u32),
+    /// The rewrite's child process reported this error (see [`isolate`]).
+    #[error("{0}")]
+    Isolated(String),
+    #[error(
+        "the rewrite of this module failed in its own process (nothing else was affected): {0}"
+    )]
+    Crashed(String),
+    #[error("could not run the rewrite in a separate process: {0}")]
+    Isolation(String),
     #[error("rewrite cache at {path}: {source}")]
     Cache {
         path: std::path::PathBuf,
@@ -160,8 +170,26 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, RewriteError> {
     instrument_version(wasm, REWRITER_VERSION)
 }
 
-/// Validate and rewrite `wasm` exactly as rewriter `version` did.
+/// Validate and rewrite `wasm` exactly as rewriter `version` did: in a
+/// bounded child process when this process asked for it
+/// ([`isolate::isolate`]), else here.
 pub fn instrument_version(wasm: &[u8], version: u32) -> Result<Instrumented, RewriteError> {
+    match isolate::configured() {
+        Some(iso) => {
+            if !SUPPORTED_REWRITERS.contains(&version) {
+                return Err(RewriteError::UnknownVersion(version));
+            }
+            // Validation is ours, pure Rust and fuzzed: a refusal keeps its
+            // precise error. Only what follows runs in the child.
+            validate::validate(wasm)?;
+            isolate::rewrite(iso, wasm, version)
+        }
+        None => instrument_in_process(wasm, version),
+    }
+}
+
+/// [`instrument_version`] in this process, whatever [`isolate`] says.
+pub fn instrument_in_process(wasm: &[u8], version: u32) -> Result<Instrumented, RewriteError> {
     if !SUPPORTED_REWRITERS.contains(&version) {
         return Err(RewriteError::UnknownVersion(version));
     }

@@ -310,6 +310,58 @@ fn exit_codes_failures_and_cancellation_reach_the_operator() {
     assert_eq!(up.node("worker-1")["state"], "online");
 }
 
+/// Binaryen runs in a child process of the worker with its own limits: a
+/// module that crashes it fails its own task with a reason, and the worker
+/// and the next task carry on.
+#[test]
+fn a_module_that_crashes_the_rewrite_fails_only_its_own_task() {
+    // A module no other test has rewritten (the rewrite cache is shared): an
+    // artifact with one custom section more, so it hashes differently.
+    let tmp = TempDir::new().expect("tempdir");
+    let mut wasm = std::fs::read(artifacts::EXIT_CODE).expect("artifact");
+    let name = format!("wmig-test-{}", std::process::id());
+    let nanos = format!("{:?}", std::time::SystemTime::now());
+    let payload = [name.as_bytes(), nanos.as_bytes()].concat();
+    wasm.push(0); // custom section
+    wasm.push(u8::try_from(1 + name.len() + nanos.len()).expect("short"));
+    wasm.push(u8::try_from(name.len()).expect("short"));
+    wasm.extend_from_slice(&payload);
+    let crashing = tmp.path().join("crashing.wasm");
+    std::fs::write(&crashing, &wasm).expect("write module");
+    let hash = blake3::hash(&wasm).to_hex().to_string();
+
+    let timeout = format!("{}ms", OFFLINE_TIMEOUT.as_millis());
+    let fault = format!("rewrite-abort:{hash}");
+    let up = Up::start_env(
+        1,
+        &["--offline-timeout", &timeout],
+        &[("WMIG_FAULT", &fault)],
+    );
+    let pid = up.node("worker-1")["pid"].clone();
+
+    let id = up.submit(crashing.to_str().expect("utf-8 path"), &[], &["0"]);
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "120s"]));
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    let t = up.json(&["inspect", &id, "--json"]);
+    assert_eq!(t["state"], "failed", "{t}");
+    let why = t["failure"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("failed in its own process") && why.contains("aborted (SIGABRT)"),
+        "{why}"
+    );
+
+    // The same worker process, online, runs the next task.
+    assert_eq!(up.node("worker-1")["state"], "online");
+    assert_eq!(
+        up.node("worker-1")["pid"],
+        pid,
+        "the worker did not restart"
+    );
+    let id = up.submit(artifacts::EXIT_CODE, &[], &["3"]);
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "120s"]));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_requests_are_clear_errors() {
     let up = Up::start(1);
