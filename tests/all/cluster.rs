@@ -27,6 +27,17 @@ pub struct Up {
     _tmp: TempDir,
 }
 
+/// A process the test started beside `wmig up`, killed when the test ends
+/// (also when it fails, so nothing outlives it).
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Up {
     pub fn start(workers: u32) -> Up {
         let timeout = format!("{}ms", OFFLINE_TIMEOUT.as_millis());
@@ -81,7 +92,12 @@ impl Up {
 
     /// Start a coordinator again on the address the cluster recorded (after
     /// the test killed it) and wait until it answers.
-    pub fn restart_coordinator(&self) -> Child {
+    pub fn restart_coordinator(&self) -> Reaped {
+        self.restart_coordinator_with(OFFLINE_TIMEOUT)
+    }
+
+    /// [`Up::restart_coordinator`] with another offline timeout.
+    pub fn restart_coordinator_with(&self, offline_timeout: Duration) -> Reaped {
         let addr = cluster_addr(&self.dir);
         let child = self
             .cmd(&[
@@ -92,7 +108,7 @@ impl Up {
                 "off",
                 "--offline-timeout",
             ])
-            .arg(format!("{}ms", OFFLINE_TIMEOUT.as_millis()))
+            .arg(format!("{}ms", offline_timeout.as_millis()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -100,7 +116,7 @@ impl Up {
         wait_until("coordinator answers", Duration::from_secs(20), || {
             run(&mut self.cmd(&["ps"])).status.success()
         });
-        child
+        Reaped(child)
     }
 
     /// `wmig ARGS` against this cluster.
@@ -490,7 +506,7 @@ fn a_killed_coordinator_restarts_with_its_tasks_and_nodes() {
     assert!(!o.status.success(), "ps answered with the coordinator dead");
 
     // Restart it on the same address: the workers reconnect by themselves.
-    let mut restarted = up.restart_coordinator();
+    let _restarted = up.restart_coordinator();
     let ps_after = up.json(&["ps", "--json"]);
     for (a, b) in ps_before
         .as_array()
@@ -533,8 +549,6 @@ fn a_killed_coordinator_restarts_with_its_tasks_and_nodes() {
             .code(),
         Some(5)
     );
-    let _ = restarted.kill();
-    let _ = restarted.wait();
 }
 
 /// The worker's resident anonymous memory (guest memories live there; the
@@ -753,7 +767,7 @@ fn output_written_across_a_coordinator_kill_has_no_gap_and_no_duplicate() {
     });
     kill9(u64::from(coordinator));
     std::thread::sleep(Duration::from_millis(1500));
-    let mut restarted = up.restart_coordinator();
+    let _restarted = up.restart_coordinator();
     let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
     assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
     assert_eq!(
@@ -761,6 +775,44 @@ fn output_written_across_a_coordinator_kill_has_no_gap_and_no_duplicate() {
         local_stdout(artifacts::COUNTER, &args),
         "output differs from a local run"
     );
-    let _ = restarted.kill();
-    let _ = restarted.wait();
+}
+
+/// The coordinator's disk loses the tail of a task's stored output (here
+/// cut by hand while it is down): the worker, which keeps the last MiB it
+/// delivered, sends the hole again and the output is whole.
+#[test]
+fn output_the_coordinator_lost_is_sent_again_by_the_worker() {
+    // Long enough that the worker reconnects and keeps its task (a recovery
+    // elsewhere would replay the output from a checkpoint instead).
+    let patient = Duration::from_secs(120);
+    let up = Up::start_with(1, &["--offline-timeout", "120s"]);
+    let coordinator = up.pid_of("coordinator");
+    let args = ["600000000"];
+    let id = up.submit(artifacts::COUNTER, &[], &args);
+    let stored = up
+        .dir
+        .join("coordinator")
+        .join("output")
+        .join(format!("{id}.stdout"));
+    wait_until("two lines are stored", Duration::from_secs(60), || {
+        std::fs::read(&stored).is_ok_and(|b| b.iter().filter(|&&c| c == b'\n').count() >= 2)
+    });
+    kill9(u64::from(coordinator));
+    let len = std::fs::metadata(&stored).expect("stored output").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stored)
+        .expect("open stored output");
+    file.set_len(len / 3).expect("cut the stored output");
+    drop(file);
+    let _restarted = up.restart_coordinator_with(patient);
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "180s"]));
+    assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
+    let t = up.json(&["inspect", &id, "--json"]);
+    assert_eq!(t["epoch"], 1, "the task never left its worker: {t}");
+    assert_eq!(
+        up.ok(&["logs", &id]),
+        local_stdout(artifacts::COUNTER, &args),
+        "output differs from a local run"
+    );
 }

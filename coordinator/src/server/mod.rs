@@ -857,14 +857,16 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             let new = {
                 let mut core = shared.lock();
                 fenced(&core, &node, chunk.task, epoch)?;
-                core.outputs.append(&chunk).map_err(|e| match e {
-                    output::OutputError::Gap { .. } => {
-                        RemoteError::new(ErrorCode::Invalid, e.to_string())
+                match core.outputs.append(&chunk) {
+                    Ok(new) => new,
+                    Err(output::OutputError::Gap { stored, .. }) => {
+                        tracing::warn!(task = %chunk.task, stream = chunk.stream.name(), offset = chunk.offset, stored, "output would leave a hole; asking its worker to resend");
+                        return Ok(R::Resend { from: stored });
                     }
-                    output::OutputError::Io { .. } => {
-                        storage_error("could not store task output", e)
+                    Err(e @ output::OutputError::Io { .. }) => {
+                        return Err(storage_error("could not store task output", e));
                     }
-                })?
+                }
             };
             if let Some(new) = new {
                 let _ = shared.monitor.send(Arc::new(MonitorItem::Output(new)));

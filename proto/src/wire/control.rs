@@ -496,6 +496,12 @@ pub enum ControlResponse {
         bytes: Vec<u8>,
         eof: bool,
     },
+    /// Answers `Output` whose chunk starts past the stored end (the stored
+    /// tail was lost, or an earlier report was refused): nothing was
+    /// stored; send the stream again from byte `from`.
+    Resend {
+        from: u64,
+    },
 }
 
 // --- tasks -----------------------------------------------------------------

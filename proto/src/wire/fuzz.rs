@@ -554,6 +554,7 @@ fn control_response() -> BoxedStrategy<ControlResponse> {
         (code(), text()).prop_map(|(c, m)| R::Error(RemoteError::new(c, m))),
         n().prop_map(|len| R::InputStored { len }),
         (bytes(), any::<bool>()).prop_map(|(bytes, eof)| R::Input { bytes, eof }),
+        n().prop_map(|from| R::Resend { from }),
     ]
     .boxed()
 }
