@@ -1,0 +1,162 @@
+//! `cargo bench -p wmig --bench idle`: what idle workers cost the
+//! coordinator. A real `wmig up` (registry, coordinator, one worker) plus N
+//! more `wmig worker` processes with 2 slots each and nothing to run; once
+//! all are online, the coordinator's CPU time (`/proc/PID/stat`) over 10 s,
+//! as a share of one core, and per worker-second. Goal (issue #12): under
+//! 10 % of a core at 200 workers.
+//!
+//! `WMIG_BENCH_WORKERS=50,100,200` (default) chooses the sizes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Reaped(Vec<Child>);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("bad /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; here 11 and 12.
+    Ok(f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn online_workers(dir: &Path) -> usize {
+    let out = Command::new(env!("CARGO_BIN_EXE_wmig"))
+        .env("WMIG_CLUSTER", dir)
+        .args(["nodes", "--json"])
+        .output();
+    let Ok(out) = out else { return 0 };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return 0;
+    };
+    v.as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|n| n["role"] == "worker" && n["state"] == "online")
+            .count()
+    })
+}
+
+fn measure(n: usize) -> anyhow::Result<(f64, u64)> {
+    let tmp = tempfile::TempDir::new()?;
+    let dir = tmp.path().join("cluster");
+    let exe = env!("CARGO_BIN_EXE_wmig");
+    let mut up = Command::new(exe)
+        .env("WMIG_CLUSTER", &dir)
+        .env("WMIG_CACHE_DIR", tmp.path().join("cache"))
+        .env("WMIG_LOG", "warn")
+        .args(["up", "--workers", "1", "--slots", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = up
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let err = up
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut children = Reaped(vec![up]);
+    let mut lines = BufReader::new(out).lines();
+    anyhow::ensure!(
+        matches!(lines.next(), Some(Ok(l)) if l == "ready"),
+        "wmig up did not get ready"
+    );
+    // Keep draining `wmig up`'s stderr: it reports there until it stops.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if let Some(pid) = l
+                .strip_prefix("coordinator")
+                .and_then(|r| r.rsplit_once("(pid "))
+                .and_then(|(_, p)| p.trim_end_matches(')').parse::<u32>().ok())
+            {
+                let _ = tx.send(pid);
+            }
+        }
+    });
+    let coordinator = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow::anyhow!("wmig up did not report the coordinator's pid"))?;
+
+    for i in 0..n {
+        let log = std::fs::File::create(tmp.path().join(format!("idle-{i}.log")))?;
+        children.0.push(
+            Command::new(exe)
+                .env("WMIG_CLUSTER", &dir)
+                .env("WMIG_CACHE_DIR", tmp.path().join("cache"))
+                .env("WMIG_LOG", "warn")
+                .args(["worker", "--name", &format!("idle-{i}"), "--slots", "2"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while online_workers(&dir) < n + 1 {
+        anyhow::ensure!(Instant::now() < deadline, "not all {n} workers came online");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Let joining settle, then measure a quiet window.
+    std::thread::sleep(Duration::from_secs(3));
+    let window = Duration::from_secs(10);
+    let before = cpu_ticks(coordinator)?;
+    std::thread::sleep(window);
+    let ticks = cpu_ticks(coordinator)? - before;
+    let online = online_workers(&dir);
+    anyhow::ensure!(
+        online == n + 1,
+        "{online} of {} workers online at the end",
+        n + 1
+    );
+    let share = ticks as f64 / clock_ticks() / window.as_secs_f64();
+    Ok((share, ticks))
+}
+
+fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::var("WMIG_BENCH_WORKERS")
+        .unwrap_or_else(|_| "50,100,200".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!(
+        "Coordinator CPU with idle workers (real `wmig worker` processes, 127.0.0.1, 10 s window)"
+    );
+    println!("| idle workers | coordinator CPU (share of one core) | per worker | goal at 200 |");
+    println!("|---:|---:|---:|---:|");
+    for n in sizes {
+        let (share, _) = measure(n)?;
+        let per = share * 1e3 / (n + 1) as f64;
+        println!("| {n} | {:.1} % | {per:.2} ms/s | < 10 % |", share * 100.0);
+    }
+    Ok(())
+}
