@@ -441,7 +441,7 @@ fn main() -> anyhow::Result<()> {
         .env("WMIG_CACHE_DIR", root.join("cache"))
         .env("WMIG_LOG", log.as_deref().unwrap_or("warn"))
         .args(["up", "--workers", "3", "--slots", "16"])
-        .args(["--offline-timeout", "1s"])
+        .args(["--offline-timeout", "1s", "--no-restart"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;

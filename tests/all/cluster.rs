@@ -51,13 +51,29 @@ impl Up {
 
     /// `wmig up --workers N EXTRA...` with extra environment (inherited by
     /// its nodes).
+    /// Tests kill nodes on purpose and start them again by hand, so these
+    /// clusters do not restart children themselves (`--no-restart`).
     pub fn start_env(workers: u32, extra: &[&str], env: &[(&str, &str)]) -> Up {
+        Up::launch(workers, extra, env, false)
+    }
+
+    /// A cluster whose `wmig up` starts dead children again, as by default.
+    pub fn start_supervised(workers: u32, extra: &[&str]) -> Up {
+        Up::launch(workers, extra, &[], true)
+    }
+
+    fn launch(workers: u32, extra: &[&str], env: &[(&str, &str)], supervised: bool) -> Up {
         let tmp = TempDir::new().expect("tempdir");
         let dir = tmp.path().join("cluster");
         let mut child = wmig()
             .env("WMIG_CLUSTER", &dir)
             .envs(env.iter().copied())
             .args(["up", "--workers", &workers.to_string()])
+            .args(if supervised {
+                &[][..]
+            } else {
+                &["--no-restart"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -376,6 +392,38 @@ fn a_module_that_crashes_the_rewrite_fails_only_its_own_task() {
     let id = up.submit(artifacts::EXIT_CODE, &[], &["3"]);
     let o = run(&mut up.cmd(&["wait", &id, "--timeout", "120s"]));
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
+/// `wmig up` starts a node that dies again, on the address it had: a
+/// killed worker comes back under its name, a killed coordinator comes back
+/// with its tasks, and the cluster goes on taking work.
+#[test]
+fn wmig_up_starts_a_dead_node_again() {
+    let up = Up::start_supervised(1, &["--offline-timeout", "2s"]);
+    let first = up.node("worker-1")["pid"].clone();
+    kill9(first.as_u64().expect("pid"));
+    wait_until(
+        "worker-1 runs again in a new process",
+        Duration::from_secs(30),
+        || {
+            let n = up.node("worker-1");
+            n["state"] == "online" && n["pid"] != first
+        },
+    );
+    let id = up.submit(artifacts::EXIT_CODE, &[], &["4"]);
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "60s"]));
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+
+    kill9(u64::from(up.pid_of("coordinator")));
+    wait_until(
+        "the coordinator answers again, its worker online",
+        Duration::from_secs(30),
+        || run(&mut up.cmd(&["ps"])).status.success() && up.node("worker-1")["state"] == "online",
+    );
+    assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "completed");
+    let id = up.submit(artifacts::EXIT_CODE, &[], &["5"]);
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "60s"]));
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
 }
 
 #[test]

@@ -64,7 +64,8 @@ function withDiagnostics(err) {
 
 function startCluster() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wmig-browser-'));
-  const args = ['up', '--cluster', dir, '--workers', '3', '--offline-timeout', '2s', '--dashboard'];
+  // The test kills a worker and expects to see it offline: no supervision.
+  const args = ['up', '--cluster', dir, '--workers', '3', '--offline-timeout', '2s', '--dashboard', '--no-restart'];
   const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: false, env: process.env });
   cluster = { dir, child, stderr: '', stdout: '', url: null, base: null, exited: null };
   return new Promise((resolve, reject) => {

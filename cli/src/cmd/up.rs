@@ -7,6 +7,13 @@
 //! Each child's output goes to `CLUSTER/logs/NAME.log`. Children are tied to
 //! this process (`PR_SET_PDEATHSIG` on Linux), so even a `kill -9` of
 //! `wmig up` leaves no orphans behind.
+//!
+//! Once ready, `wmig up` supervises: a child that dies is started again
+//! with the same arguments (the registry and the coordinator on the
+//! addresses they had, so nobody has to learn new ones) after a backoff of
+//! 1 s, doubling to 32 s while it keeps dying within a minute of its start.
+//! `--no-restart` leaves dead children dead (the tests that kill nodes on
+//! purpose and start them by hand use it).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -49,13 +56,53 @@ pub struct UpCommand {
     /// How long to wait for every node to come up.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     ready_timeout: Duration,
+    /// Do not start a child again when it dies.
+    #[arg(long)]
+    no_restart: bool,
 }
 
-/// One child process and where its output goes.
+/// One supervised child: how to start it again, and its current process.
 struct Node {
     name: String,
+    args: Vec<String>,
+    /// Prints `listening on ADDR` on stdout (the registry, the coordinator).
+    listens: bool,
     pid: u32,
+    started: Instant,
+    /// Not running (exited, or not started yet).
+    dead: bool,
+    /// Restarts in a row: reset once the child stays up for a minute.
+    restarts: u32,
+    /// When a dead child is to be started again.
+    due: Option<Instant>,
 }
+
+impl Node {
+    fn new(name: &str, args: &[&str], listens: bool) -> Node {
+        Node {
+            name: name.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            listens,
+            pid: 0,
+            started: Instant::now(),
+            dead: true,
+            restarts: 0,
+            due: None,
+        }
+    }
+
+    /// Pin `flag`'s value (an address first chosen by the OS) for restarts.
+    fn pin(&mut self, flag: &str, value: &str) {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            if let Some(v) = self.args.get_mut(i + 1) {
+                *v = value.to_owned();
+            }
+        }
+    }
+}
+
+/// How long a child stays up before its next death counts as a new series.
+const STABLE: Duration = Duration::from_secs(60);
 
 impl UpCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
@@ -74,9 +121,7 @@ impl UpCommand {
         let (exited_tx, exited_rx) = mpsc::channel::<(String, String)>();
         let mut nodes: Vec<Node> = Vec::new();
         let result = (|| {
-            let registry = spawn(
-                &exe,
-                &logs,
+            let mut registry = Node::new(
                 "registry",
                 &[
                     "registry",
@@ -86,19 +131,19 @@ impl UpCommand {
                     "--listen",
                     "127.0.0.1:0",
                 ],
-                &exited_tx,
-            )?;
-            eprintln!("registry     {} (pid {})", registry.1, registry.0.pid);
-            nodes.push(registry.0);
+                true,
+            );
+            let addr = start(&exe, &logs, &mut registry, &exited_tx, false)?.unwrap_or_default();
+            eprintln!("registry     {addr} (pid {})", registry.pid);
+            registry.pin("--listen", &addr);
+            nodes.push(registry);
             let timeout = format!("{}ms", self.offline_timeout.as_millis());
             // A node should miss several heartbeats before it is declared
             // offline: one per second, or a quarter of a short timeout.
             let beat = (self.offline_timeout / 4).min(Duration::from_secs(1));
             let heartbeat = format!("{}ms", beat.as_millis().max(10));
             let budget = self.crash_budget.to_string();
-            let coordinator = spawn(
-                &exe,
-                &logs,
+            let mut coordinator = Node::new(
                 "coordinator",
                 &[
                     "coordinator",
@@ -115,17 +160,20 @@ impl UpCommand {
                     "--crash-budget",
                     &budget,
                 ],
-                &exited_tx,
-            )?;
-            eprintln!("coordinator  {} (pid {})", coordinator.1, coordinator.0.pid);
-            nodes.push(coordinator.0);
+                true,
+            );
+            let addr = start(&exe, &logs, &mut coordinator, &exited_tx, false)?.unwrap_or_default();
+            eprintln!("coordinator  {addr} (pid {})", coordinator.pid);
+            coordinator.pin("--listen", &addr);
+            if let Some(http) = dir.config().ok().and_then(|c| c.http) {
+                coordinator.pin("--http", &http);
+            }
+            nodes.push(coordinator);
             let slots = self.slots.to_string();
             let every = format!("{}ms", self.checkpoint_every.as_millis());
             for i in 1..=self.workers {
                 let name = format!("worker-{i}");
-                let child = spawn_quiet(
-                    &exe,
-                    &logs,
+                let mut worker = Node::new(
                     &name,
                     &[
                         "worker",
@@ -138,18 +186,18 @@ impl UpCommand {
                         "--checkpoint-every",
                         &every,
                     ],
-                    &exited_tx,
-                )?;
-                nodes.push(child);
+                    false,
+                );
+                start(&exe, &logs, &mut worker, &exited_tx, false)?;
+                nodes.push(worker);
             }
             anyhow::Ok(())
         })();
-        let mut dead = Vec::new();
         let code = match result {
-            Ok(()) => runtime()?.block_on(self.serve(&exited_rx, &mut dead)),
+            Ok(()) => runtime()?.block_on(self.serve(&exe, &exited_tx, &exited_rx, &mut nodes)),
             Err(e) => Err(e),
         };
-        nodes.retain(|n| !dead.contains(&n.name));
+        nodes.retain(|n| !n.dead);
         stop_all(&nodes, &exited_rx);
         code
     }
@@ -157,8 +205,10 @@ impl UpCommand {
     /// Wait for readiness, then until a signal.
     async fn serve(
         &self,
+        exe: &Path,
+        exited_tx: &mpsc::Sender<(String, String)>,
         exited: &mpsc::Receiver<(String, String)>,
-        dead: &mut Vec<String>,
+        nodes: &mut [Node],
     ) -> anyhow::Result<i32> {
         let target = ControlTarget {
             coordinator: None,
@@ -222,7 +272,8 @@ impl UpCommand {
         }
         println!("ready");
         std::io::stdout().flush()?;
-        // Report children that die (a test may kill workers on purpose).
+        // Supervise: report children that die and start them again.
+        let logs = self.cluster.join("logs");
         let stop = shutdown_signal();
         tokio::pin!(stop);
         loop {
@@ -230,8 +281,42 @@ impl UpCommand {
                 _ = &mut stop => break,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     while let Ok((name, how)) = exited.try_recv() {
-                        eprintln!("{name} exited ({how})");
-                        dead.push(name);
+                        let Some(n) = nodes.iter_mut().find(|n| n.name == name) else {
+                            continue;
+                        };
+                        n.dead = true;
+                        if self.no_restart {
+                            eprintln!("{name} exited ({how})");
+                            continue;
+                        }
+                        if n.started.elapsed() >= STABLE {
+                            n.restarts = 0;
+                        }
+                        let wait = Duration::from_secs(1 << n.restarts.min(5));
+                        n.restarts += 1;
+                        n.due = Some(Instant::now() + wait);
+                        eprintln!(
+                            "{name} exited ({how}); starting it again in {} s (restart {} in a row)",
+                            wait.as_secs(),
+                            n.restarts
+                        );
+                    }
+                    let now = Instant::now();
+                    for n in nodes.iter_mut().filter(|n| n.due.is_some_and(|d| d <= now)) {
+                        n.due = None;
+                        match tokio::task::block_in_place(|| start(exe, &logs, n, exited_tx, true)) {
+                            Ok(_) => eprintln!("{} restarted (pid {})", n.name, n.pid),
+                            Err(e) => {
+                                let wait = Duration::from_secs(1 << n.restarts.min(5));
+                                n.restarts += 1;
+                                n.due = Some(Instant::now() + wait);
+                                eprintln!(
+                                    "could not start {} again: {e:#}; next try in {} s",
+                                    n.name,
+                                    wait.as_secs()
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -245,8 +330,22 @@ fn log_path(cluster: &Path, name: &str) -> PathBuf {
     cluster.join("logs").join(format!("{name}.log"))
 }
 
-fn command(exe: &Path, logs: &Path, name: &str, args: &[&str]) -> anyhow::Result<Command> {
-    let log = File::create(logs.join(format!("{name}.log")))
+/// A command for child `name`; its stderr goes to its log, which a restart
+/// appends to.
+fn command(
+    exe: &Path,
+    logs: &Path,
+    name: &str,
+    args: &[String],
+    restart: bool,
+) -> anyhow::Result<Command> {
+    let path = logs.join(format!("{name}.log"));
+    let log = File::options()
+        .create(true)
+        .write(true)
+        .append(restart)
+        .truncate(!restart)
+        .open(&path)
         .with_context(|| format!("could not create the log of {name}"))?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stderr(log).env(
@@ -269,20 +368,32 @@ fn command(exe: &Path, logs: &Path, name: &str, args: &[&str]) -> anyhow::Result
     Ok(cmd)
 }
 
-/// Start a child that prints `listening on ADDR`; returns it and ADDR.
-fn spawn(
+/// Start `node`'s process; for a child that prints `listening on ADDR`,
+/// wait for it and return ADDR.
+fn start(
     exe: &Path,
     logs: &Path,
-    name: &str,
-    args: &[&str],
+    node: &mut Node,
     exited: &mpsc::Sender<(String, String)>,
-) -> anyhow::Result<(Node, String)> {
-    let mut cmd = command(exe, logs, name, args)?;
-    cmd.stdout(Stdio::piped());
+    restart: bool,
+) -> anyhow::Result<Option<String>> {
+    let name = node.name.clone();
+    let mut cmd = command(exe, logs, &name, &node.args, restart)?;
+    cmd.stdout(if node.listens {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd
         .spawn()
         .with_context(|| format!("could not start {name}"))?;
-    let stdout = child.stdout.take().context("no stdout pipe")?;
+    node.pid = child.id();
+    node.started = Instant::now();
+    node.dead = false;
+    let Some(stdout) = child.stdout.take() else {
+        watch(child, &name, exited);
+        return Ok(None);
+    };
     let (addr_tx, addr_rx) = mpsc::channel();
     // Keep draining stdout so the child never blocks on a full pipe.
     let log = logs.join(format!("{name}.log"));
@@ -299,41 +410,14 @@ fn spawn(
             }
         }
     });
-    let pid = child.id();
-    watch(child, name, exited);
+    watch(child, &name, exited);
     let addr = addr_rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
         anyhow::anyhow!(
             "{name} did not start listening; see {}",
             logs.join(format!("{name}.log")).display()
         )
     })?;
-    Ok((
-        Node {
-            name: name.to_owned(),
-            pid,
-        },
-        addr,
-    ))
-}
-
-fn spawn_quiet(
-    exe: &Path,
-    logs: &Path,
-    name: &str,
-    args: &[&str],
-    exited: &mpsc::Sender<(String, String)>,
-) -> anyhow::Result<Node> {
-    let mut cmd = command(exe, logs, name, args)?;
-    cmd.stdout(Stdio::null());
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("could not start {name}"))?;
-    let pid = child.id();
-    watch(child, name, exited);
-    Ok(Node {
-        name: name.to_owned(),
-        pid,
-    })
+    Ok(Some(addr))
 }
 
 /// Reap the child on its own thread and report how it ended.
