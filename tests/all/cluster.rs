@@ -415,15 +415,21 @@ fn wmig_up_starts_a_dead_node_again() {
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
 
     kill9(u64::from(up.pid_of("coordinator")));
+    // As a user would: submit until the coordinator is back and its worker
+    // has reconnected.
+    let mut again = String::new();
     wait_until(
-        "the coordinator answers again, its worker online",
+        "the cluster takes a task again",
         Duration::from_secs(30),
-        || run(&mut up.cmd(&["ps"])).status.success() && up.node("worker-1")["state"] == "online",
+        || {
+            let o = run(&mut up.cmd(&["submit", artifacts::EXIT_CODE, "--", "5"]));
+            again = stdout(&o).trim().to_owned();
+            o.status.success()
+        },
     );
-    assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "completed");
-    let id = up.submit(artifacts::EXIT_CODE, &[], &["5"]);
-    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "60s"]));
+    let o = run(&mut up.cmd(&["wait", &again, "--timeout", "60s"]));
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(up.json(&["inspect", &id, "--json"])["state"], "completed");
 }
 
 #[test]

@@ -254,6 +254,58 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     assert_same_as_local(&up, &id, artifacts::COUNTER, &[LONG]);
 }
 
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let rest = stat.rsplit_once(')').expect("stat format").1;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    f[11] + f[12]
+}
+
+/// A worker that cannot reach the coordinator stops its tasks itself
+/// before the coordinator could run them elsewhere: with the coordinator
+/// frozen (SIGSTOP), the owner's task stops burning CPU within the offline
+/// timeout. Once the coordinator wakes, the task finishes exactly once.
+#[test]
+fn a_worker_cut_off_from_the_coordinator_pauses_its_tasks_itself() {
+    let up = Up::start(2);
+    let coordinator = up.pid_of("coordinator").to_string();
+    // CPU-bound for well over the time the coordinator is frozen.
+    let args = ["3000000000"];
+    let id = up.submit(artifacts::COUNTER, &[], &args);
+    wait_until("the task prints", Duration::from_secs(60), || {
+        task(&up, &id)["stdout_bytes"].as_u64() > Some(0)
+    });
+    let owner = task(&up, &id)["owner"].as_str().expect("owner").to_owned();
+    let pid = pid_of(&up, &owner);
+    let signal = |sig: &str| {
+        assert!(
+            run(std::process::Command::new("kill").args([sig, &coordinator]))
+                .status
+                .success()
+        )
+    };
+    signal("-STOP");
+    // Offline timeout 2 s: fenced after 1.5 s without an answer.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let burnt = cpu_ticks(pid) - before;
+    signal("-CONT");
+    // One busy core would be ~300 ticks (at 100 per second).
+    assert!(
+        burnt < 60,
+        "the cut-off worker kept running its task: {burnt} ticks in 3 s"
+    );
+    let log = up.dir.join("logs").join(format!("{owner}.log"));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("self-fencing"), "{owner}'s log says why");
+    assert_same_as_local(&up, &id, artifacts::COUNTER, &args);
+}
+
 /// A task asleep in one long `thread::sleep` (blocked in `poll_oneoff`)
 /// moves at once, and its sleep continues on the target with the time that
 /// was left: the run takes as long as an unmigrated one, prints the same.

@@ -201,7 +201,7 @@ impl TaskControl {
 
     /// Pause at the next yield point, or at once if the task is asleep in
     /// `poll_oneoff` (its sleep continues, with the time left, on resume).
-    fn request_pause(&self) {
+    pub(crate) fn request_pause(&self) {
         self.pause.store(true, Ordering::SeqCst);
         if let Some(i) = &*self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) {
             i.notify();
@@ -322,6 +322,8 @@ pub struct Job {
     pub release_after_start: Option<Vec<u8>>,
     /// The worker's output not yet accepted by the coordinator.
     pub backlog: Arc<crate::report::Backlog>,
+    /// Set while the worker cannot reach the coordinator.
+    pub fence: Arc<crate::fence::Fence>,
 }
 
 /// Sleep the share of the last slice that the task's throttle asks for, in
@@ -589,6 +591,21 @@ impl Job {
             if self.control.drop.load(Ordering::SeqCst) {
                 tracing::info!(task = %self.task, "task dropped");
                 return;
+            }
+            // Self-fenced: wait here, paused, until the coordinator answers
+            // (and says whether the task is still ours).
+            if self.fence.wait(|| self.control.drop.load(Ordering::SeqCst)) {
+                if self.control.drop.load(Ordering::SeqCst) {
+                    tracing::info!(task = %self.task, "task dropped while fenced");
+                    return;
+                }
+                let asked = self.control.live_step.load(Ordering::SeqCst) != 0
+                    || self.control.checkpoint.load(Ordering::SeqCst)
+                    || self.control.handoff.load(Ordering::SeqCst);
+                if !asked {
+                    self.control.pause.store(false, Ordering::SeqCst);
+                    continue;
+                }
             }
             if let Some(w) = wall.filter(|w| started.elapsed() >= *w) {
                 self.finish(

@@ -19,6 +19,7 @@
 //! lost across a coordinator restart.
 
 mod exec;
+mod fence;
 mod input;
 mod live;
 mod report;
@@ -124,6 +125,8 @@ struct Worker {
     clients: input::Clients,
     /// Output queued for the coordinator (tasks wait when it is full).
     backlog: Arc<report::Backlog>,
+    /// Set while the coordinator is out of reach (tasks wait paused).
+    fence: Arc<fence::Fence>,
 }
 
 /// Run the worker until `shutdown` resolves.
@@ -176,10 +179,12 @@ pub async fn run(
         arrived: Mutex::new(HashMap::new()),
         clients: client_rx.clone(),
         backlog: Arc::default(),
+        fence: Arc::default(),
         config,
     });
     let mut background = tokio::task::JoinSet::new();
     background.spawn(watchdog(worker.clone()));
+    background.spawn(fence_watch(worker.clone()));
     if let Some(ep) = live_endpoint {
         tracing::info!(addr = %worker.addr, "serving live migrations");
         background.spawn(live::serve(worker.clone(), ep));
@@ -228,6 +233,27 @@ async fn watchdog(worker: Arc<Worker>) {
             if r.control.overdue(now, GRACE_US) {
                 tracing::debug!(%task, "overdue at no yield point; pausing it where it waits");
                 r.control.request_checkpoint();
+            }
+        }
+    }
+}
+
+/// Fence this worker when the coordinator has not answered a heartbeat for
+/// most of its offline timeout (see [`fence`]): every task pauses at its
+/// next yield point, or where it waits in a blocking call.
+async fn fence_watch(worker: Arc<Worker>) {
+    let mut every = tokio::time::interval(Duration::from_millis(50));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if worker.fence.raise_if_due(fence::now_ms()) {
+            let running = worker.lock_running();
+            tracing::warn!(
+                tasks = running.len(),
+                "no answer from the coordinator for most of its offline timeout: pausing every task until it answers (self-fencing), so none can run here and elsewhere at once"
+            );
+            for r in running.values() {
+                r.control.request_pause();
             }
         }
     }
@@ -321,9 +347,19 @@ async fn session(
         addr: worker.addr.clone(),
         pid: std::process::id(),
     };
-    let heartbeat = match client.ask(&ControlRequest::Register(info.clone())).await {
-        Ok(ControlResponse::Registered { heartbeat_ms, .. }) => {
-            Duration::from_millis(heartbeat_ms.max(50))
+    let asked = fence::now_ms();
+    let (heartbeat, patience) = match client.ask(&ControlRequest::Register(info.clone())).await {
+        Ok(ControlResponse::Registered {
+            heartbeat_ms,
+            offline_timeout_ms,
+        }) => {
+            worker.fence.registered(offline_timeout_ms, asked);
+            // A heartbeat unanswered for half the offline timeout is lost:
+            // waiting longer only delays the next one.
+            (
+                Duration::from_millis(heartbeat_ms.max(50)),
+                Duration::from_millis((offline_timeout_ms / 2).max(200)),
+            )
         }
         Ok(_) => {
             return Err(SessionError::Fatal(anyhow::anyhow!(
@@ -350,11 +386,23 @@ async fn session(
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                match client.heartbeat(&cfg.name, worker.running_tasks()).await {
+                let sent = fence::now_ms();
+                let answer = tokio::time::timeout(
+                    patience,
+                    client.heartbeat(&cfg.name, worker.running_tasks()),
+                )
+                .await
+                .unwrap_or_else(|_| Err(ControlError::from(wmig_net::NetError::Timeout(patience))));
+                match answer {
                     Ok(stale) => {
                         for (task, epoch) in stale {
                             tracing::warn!(%task, epoch, "no longer ours (fenced); dropping it");
                             worker.drop_task(task, epoch);
+                        }
+                        // After the drops: a task that moved on never runs
+                        // another instruction here.
+                        if worker.fence.heard(sent) {
+                            tracing::info!("the coordinator answers again: tasks still ours carry on");
                         }
                     }
                     Err(ControlError::Remote(e)) if e.code == ErrorCode::NotFound => {
@@ -362,6 +410,14 @@ async fn session(
                         return Err(SessionError::Retry(e.into()));
                     }
                     Err(e) if client.is_closed() => return Err(e.into()),
+                    // Fenced: the connection may be to a coordinator that
+                    // is gone (one restarted on the same address does not
+                    // know it); a new one finds out at once.
+                    Err(e) if worker.fence.is_fenced() => {
+                        return Err(SessionError::Retry(anyhow::Error::new(e).context(
+                            "no answer from the coordinator for most of its offline timeout",
+                        )))
+                    }
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
             }
@@ -671,6 +727,7 @@ impl Worker {
             stdin,
             release_after_start: None,
             backlog: self.backlog.clone(),
+            fence: self.fence.clone(),
         }
     }
 
