@@ -69,9 +69,10 @@ enum Command {
     Events(cmd::events::EventsCommand),
     /// Watch the live stream of events, output and statistics (a monitor node).
     Monitor(cmd::events::MonitorCommand),
-    /// One module rewrite, run by wmig itself in a bounded child process.
-    #[command(hide = true, name = "internal-rewrite")]
-    InternalRewrite { dir: std::path::PathBuf },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::docs::CompletionsCommand),
+    /// Print the man page, or write one per command with --out DIR.
+    Man(cmd::docs::ManCommand),
 }
 
 impl Command {
@@ -101,7 +102,8 @@ impl Command {
             Command::Dashboard(c) => c.execute(),
             Command::Events(c) => c.execute(),
             Command::Monitor(c) => c.execute(),
-            Command::InternalRewrite { dir } => Ok(wmig_rewrite::isolate::child_main(&dir)),
+            Command::Completions(c) => c.execute(<Cli as clap::CommandFactory>::command()),
+            Command::Man(c) => c.execute(<Cli as clap::CommandFactory>::command()),
         }
     }
 }
@@ -114,15 +116,22 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    if !matches!(cli.command, Command::InternalRewrite { .. }) {
-        // Binaryen must not be able to take a worker (or `wmig run`) down.
-        wmig_rewrite::isolate::isolate(wmig_rewrite::isolate::Isolation {
-            program: self_exe(),
-            args: vec!["internal-rewrite".into()],
-            limits: wmig_rewrite::isolate::Limits::from_env(),
-        });
+    // One module rewrite in a bounded child process that wmig started
+    // itself (see `wmig_rewrite::isolate`); not a user command, so it is
+    // not in the parser, the help, the completions or the man pages.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let [_, cmd, dir] = argv.as_slice() {
+        if cmd == REWRITE_CHILD {
+            std::process::exit(wmig_rewrite::isolate::child_main(std::path::Path::new(dir)));
+        }
     }
+    // Binaryen must not be able to take a worker (or `wmig run`) down.
+    wmig_rewrite::isolate::isolate(wmig_rewrite::isolate::Isolation {
+        program: self_exe(),
+        args: vec![REWRITE_CHILD.into()],
+        limits: wmig_rewrite::isolate::Limits::from_env(),
+    });
+    let cli = Cli::parse();
     match cli.command.execute() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -131,6 +140,9 @@ fn main() {
         }
     }
 }
+
+/// The first argument of a rewrite child (see `main`).
+const REWRITE_CHILD: &str = "__wmig-rewrite-child";
 
 /// This executable, even after the file was replaced (a rebuild under a
 /// running worker): on Linux `/proc/self/exe` still opens the running image.

@@ -3,6 +3,7 @@
 
 mod api;
 mod certs;
+mod cli;
 mod cluster;
 mod corpus;
 mod migration;

@@ -4,6 +4,7 @@ pub mod cert;
 pub mod control;
 pub mod coordinator;
 pub mod dashboard;
+pub mod docs;
 pub mod events;
 pub mod init;
 pub mod nodes;
