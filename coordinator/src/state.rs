@@ -55,6 +55,8 @@ pub enum CoordinatorError {
         size: usize,
         limit: usize,
     },
+    #[error("the node's name, labels and address take {size} bytes, over the {limit}-byte limit; register with fewer or shorter labels")]
+    NodeTooLarge { size: usize, limit: usize },
     #[error(transparent)]
     Membership(#[from] MembershipError),
     #[error(transparent)]
@@ -77,6 +79,29 @@ pub struct Snapshot {
 /// [`crate::log::MAX_RECORD`]; refusing here, before anything is applied,
 /// keeps an oversized request from ever reaching the log.
 pub const MAX_SUBMISSION_BYTES: usize = 256 * 1024;
+
+/// The most a node's name, labels and address may take: a registration is
+/// one event-log record too.
+pub const MAX_NODE_INFO_BYTES: usize = 16 * 1024;
+
+/// Failure reasons longer than this are cut (and say so) before they are
+/// logged: they come from workers, and the end of a task must never be
+/// refused for its wording.
+pub const MAX_REASON_BYTES: usize = 8 * 1024;
+
+/// `reason`, cut at [`MAX_REASON_BYTES`] on a character boundary.
+pub fn clip_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let total = reason.len();
+        reason.truncate(cut);
+        reason.push_str(&format!(" … (cut: {total} bytes in all)"));
+    }
+    reason
+}
 
 fn check_submission_size(spec: &TaskSpec, options: &TaskOptions) -> Result<(), CoordinatorError> {
     let args: usize = spec.args.iter().map(|a| a.len() + 8).sum();
@@ -175,6 +200,19 @@ impl Coordinator {
         info: NodeInfo,
         now: Millis,
     ) -> Result<Vec<Event>, CoordinatorError> {
+        let size = info.name.0.len()
+            + info.addr.len()
+            + info
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>();
+        if size > MAX_NODE_INFO_BYTES {
+            return Err(CoordinatorError::NodeTooLarge {
+                size,
+                limit: MAX_NODE_INFO_BYTES,
+            });
+        }
         self.advance(now);
         let event = self.membership.register(info, now)?;
         Ok(self.node_events(event))
@@ -416,6 +454,13 @@ impl Coordinator {
         outcome: Outcome,
         fuel_used: u64,
     ) -> Result<Vec<Event>, CoordinatorError> {
+        let outcome = match outcome {
+            Outcome::Failed { reason, exit_code } => Outcome::Failed {
+                reason: clip_reason(reason),
+                exit_code,
+            },
+            done => done,
+        };
         let event = self.tasks.finish(id, from, epoch, outcome, fuel_used)?;
         Ok(vec![self.task_event(event)])
     }
@@ -594,6 +639,36 @@ mod tests {
                 id: TaskId(3)
             }))
         );
+    }
+
+    #[test]
+    fn an_oversized_registration_is_refused_and_long_reasons_are_cut() {
+        let mut c = Coordinator::new(CoordinatorConfig::default());
+        let before = c.snapshot();
+        let mut big = worker("w", 1);
+        for i in 0..100 {
+            big.labels.insert(format!("label-{i}"), "v".repeat(200));
+        }
+        let e = c.register(big, 0).unwrap_err();
+        assert!(matches!(e, CoordinatorError::NodeTooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("fewer or shorter labels"), "{e}");
+        assert_eq!(c.snapshot(), before, "nothing applied");
+
+        c.register(worker("w", 1), 0).unwrap();
+        let (t, _) = c.submit(spec(), &Placement::LeastLoaded).unwrap();
+        let epoch = c.task(t).unwrap().epoch;
+        let failed = Outcome::Failed {
+            reason: "é".repeat(MAX_REASON_BYTES),
+            exit_code: None,
+        };
+        let events = c
+            .report_finished(t, &NodeId("w".into()), epoch, failed, 1)
+            .unwrap();
+        let reason = c.task(t).unwrap().failure.clone().unwrap();
+        assert!(reason.len() < MAX_REASON_BYTES + 64, "{}", reason.len());
+        assert!(reason.ends_with(&format!("(cut: {} bytes in all)", 2 * MAX_REASON_BYTES)));
+        // What was applied is what is logged: a replay agrees.
+        assert!(!events.is_empty());
     }
 
     #[test]

@@ -455,7 +455,9 @@ fn coordinator_error(e: CoordinatorError) -> RemoteError {
         | CoordinatorError::Placement(P::UnknownWorker { .. })
         | CoordinatorError::Task(T::UnknownTask { .. }) => ErrorCode::NotFound,
         CoordinatorError::Membership(M::InvalidName { .. }) => ErrorCode::Invalid,
-        CoordinatorError::TooLarge { .. } => ErrorCode::TooLarge,
+        CoordinatorError::TooLarge { .. } | CoordinatorError::NodeTooLarge { .. } => {
+            ErrorCode::TooLarge
+        }
         _ => ErrorCode::Conflict,
     };
     RemoteError::new(code, e.to_string())
@@ -924,6 +926,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             epoch,
             reason,
         } => {
+            let reason = crate::state::clip_reason(reason);
             migrate::handoff_failed(shared, &mut shared.lock(), &node, task, epoch, &reason);
             R::Ok
         }
@@ -955,6 +958,7 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             epoch,
             reason,
         } => {
+            let reason = crate::state::clip_reason(reason);
             migrate::live_failed(shared, &mut shared.lock(), &node, task, epoch, &reason);
             R::Ok
         }
