@@ -35,6 +35,39 @@ pub struct Revoked {
     pub revoked_at: i64,
 }
 
+impl From<wmig_proto::wire::RevokedCert> for Revoked {
+    fn from(r: wmig_proto::wire::RevokedCert) -> Revoked {
+        Revoked {
+            serial: r.serial,
+            name: r.name,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+impl From<Revoked> for wmig_proto::wire::RevokedCert {
+    fn from(r: Revoked) -> wmig_proto::wire::RevokedCert {
+        wmig_proto::wire::RevokedCert {
+            serial: r.serial,
+            name: r.name,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// Apply revocations that arrived over the network to `list` (off the
+/// async threads: it writes a file); returns how many were new. The error
+/// is for the local log, with the path; peers get a path-free message.
+pub async fn merge_received(
+    list: Arc<Revocations>,
+    revoked: Vec<wmig_proto::wire::RevokedCert>,
+) -> Result<usize, String> {
+    let entries: Vec<Revoked> = revoked.into_iter().map(Revoked::from).collect();
+    tokio::task::spawn_blocking(move || list.merge(&entries))
+        .await
+        .map_err(|e| format!("the revocation writer panicked: {e}"))?
+}
+
 impl Revoked {
     /// `worker-2's certificate (serial 3f…) was revoked on DATE`.
     pub fn describe(&self) -> String {
@@ -193,6 +226,65 @@ impl Revocations {
         state.by_serial.get(serial).cloned()
     }
 
+    /// Everything revoked, as of the file now.
+    pub fn all(&self) -> Vec<Revoked> {
+        let mut state = self.lock();
+        self.refresh(&mut state);
+        let mut all: Vec<Revoked> = state.by_serial.values().cloned().collect();
+        all.sort_by(|a, b| a.serial.cmp(&b.serial));
+        all
+    }
+
+    /// Add `entries` that the file lacks (a revocation made on another
+    /// machine, passed on by the coordinator) and take them into force.
+    /// Revocations only accumulate, so applying a list twice, or an older
+    /// one, changes nothing. Returns how many were new.
+    pub fn merge(&self, entries: &[Revoked]) -> Result<usize, String> {
+        let mut state = self.lock();
+        let mut file = match std::fs::read_to_string(&self.path) {
+            Ok(text) => RevokedFile::parse(&text).map_err(|e| {
+                format!(
+                    "the revocation list {} does not parse ({e}); fix it before more is added",
+                    self.path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevokedFile::default(),
+            Err(e) => return Err(format!("could not read {}: {e}", self.path.display())),
+        };
+        let mut added = 0;
+        for r in entries {
+            let valid = !r.serial.is_empty()
+                && r.serial.len() <= 64
+                && r.serial.bytes().all(|b| b.is_ascii_hexdigit())
+                && r.name.len() <= 256;
+            if valid && !file.revoked.iter().any(|have| have.serial == r.serial) {
+                file.revoked.push(r.clone());
+                added += 1;
+            }
+        }
+        if added == 0 {
+            return Ok(0);
+        }
+        let body = toml::to_string(&file).map_err(|e| e.to_string())?;
+        let text = format!(
+            "# Revoked certificates (`wmig cert revoke`, here or passed on by the\n\
+             # coordinator); servers reload this file when it changes.\n{body}"
+        );
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&self.path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        write().map_err(|e| format!("could not write {}: {e}", self.path.display()))?;
+        self.refresh(&mut state);
+        tracing::warn!(added, path = %self.path.display(), "revocations received and in force");
+        Ok(added)
+    }
+
     /// The revocation of `peer`'s certificate, if it is revoked: a server
     /// checks this on each request of a connection opened before the
     /// revocation, and closes the connection with [`Revoked::describe`].
@@ -250,5 +342,25 @@ mod tests {
         );
         std::fs::remove_file(&path).expect("remove");
         assert_eq!(list.lookup("ab"), None);
+    }
+
+    #[test]
+    fn merged_revocations_accumulate_and_take_effect() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let list = Revocations::open(tmp.path().join("revoked.toml"));
+        let r = |serial: &str, name: &str| Revoked {
+            serial: serial.into(),
+            name: name.into(),
+            revoked_at: 1,
+        };
+        assert_eq!(list.merge(&[r("ab", "w-1"), r("cd", "w-2")]), Ok(2));
+        assert_eq!(list.lookup("cd").map(|r| r.name), Some("w-2".into()));
+        // Again, and with one more: only the new one is added.
+        assert_eq!(list.merge(&[r("ab", "w-1"), r("ef", "w-3")]), Ok(1));
+        assert_eq!(list.all().len(), 3);
+        // Nonsense serials are not written.
+        assert_eq!(list.merge(&[r("", "x"), r("not hex", "y")]), Ok(0));
+        // A reader of the file (another process) sees the same list.
+        assert_eq!(Revocations::open(list.path()).all(), list.all());
     }
 }

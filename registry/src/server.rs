@@ -259,6 +259,10 @@ fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(),
         | RegistryRequest::GetManifest { .. }
         | RegistryRequest::ListManifests { .. }
         | RegistryRequest::Stats => return Ok(()),
+        RegistryRequest::Revocations { .. } => (
+            &[CertRole::Coordinator, CertRole::Operator],
+            "revoking certificates",
+        ),
     };
     peer.require(roles, what)
 }
@@ -428,6 +432,24 @@ async fn dispatch(
             .await
             .map(|r| Reply::new(A::Gc(r))),
         Q::Stats => Ok(Reply::new(A::Stats(reg.stats(Instant::now())))),
+        Q::Revocations { revoked } => match shared.config.endpoint.revocations.clone() {
+            None => Err(RegistryError::Invalid(
+                "this registry keeps no revocation list (it was started without a cluster \
+                 directory)"
+                    .into(),
+            )),
+            Some(list) => match wmig_net::revocation::merge_received(list, revoked).await {
+                Ok(added) => Ok(Reply::new(A::Revoked {
+                    added: u32::try_from(added).unwrap_or(u32::MAX),
+                })),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store received revocations");
+                    Err(RegistryError::Internal(
+                        "could not store the revocations; see the registry's log",
+                    ))
+                }
+            },
+        },
     };
     Some(reply.unwrap_or_else(Reply::from))
 }

@@ -802,6 +802,43 @@ fn a_worker_joins_from_an_issued_directory_without_the_ca_key() {
             .code(),
         Some(4)
     );
+
+    // A revocation made at home reaches the other machine: the coordinator
+    // passes it on, and worker-7's own list (which its live-migration
+    // listener honours) gains it.
+    let third = up.dir.with_file_name("third-machine");
+    let o = run(up.cmd(&["cert", "issue", "worker-9", "--out"]).arg(&third));
+    assert!(o.status.success(), "cert issue: {}", stderr(&o));
+    let o = run(&mut up.cmd(&["cert", "revoke", "worker-9"]));
+    assert!(o.status.success(), "cert revoke: {}", stderr(&o));
+    assert!(stdout(&o).contains("passes it on"), "{}", stdout(&o));
+    let serial = std::fs::read_to_string(up.dir.join("revoked.toml"))
+        .expect("revoked.toml at home")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("serial = ")
+                .map(|s| s.trim_matches('"').to_owned())
+        })
+        .expect("a serial");
+    wait_until("worker-7's list has it", Duration::from_secs(10), || {
+        std::fs::read_to_string(other.join("revoked.toml")).is_ok_and(|t| t.contains(&serial))
+    });
+    // And the registry took it (here it shares the directory, so it adds
+    // nothing new, but the hand-over ran).
+    let log = up.dir.join("logs").join("coordinator.log");
+    wait_until("the registry has the list", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("revocations passed on to the registry"))
+    });
+    // Only an operator may add to the cluster's list.
+    let o = run(wmig()
+        .env("WMIG_CLUSTER", &other)
+        .args(["cert", "revoke", "worker-1", "--serial", "abcdef"]));
+    assert!(
+        stderr(&o).contains("revoking certificates needs an operator"),
+        "{}",
+        stderr(&o)
+    );
     let _ = worker.kill();
     let _ = worker.wait();
 }

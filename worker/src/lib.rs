@@ -68,6 +68,9 @@ pub struct WorkerConfig {
     /// Linear-memory limit of tasks that do not set their own, so that one
     /// runaway allocator cannot take the worker's memory.
     pub memory_limit: u64,
+    /// The revocation list the live-migration listener honours (this
+    /// worker's `revoked.toml`); the coordinator keeps it up to date.
+    pub revocations: Option<Arc<wmig_net::revocation::Revocations>>,
 }
 
 /// Where a worker serves the live-migration protocol.
@@ -144,7 +147,9 @@ pub async fn run(
         Listen::Auto => Some(local_addr_towards(config.coordinator)),
     }
     .map(|addr| {
-        wmig_net::server_endpoint(addr, &config.creds, &live::endpoint_config())
+        let mut live_config = live::endpoint_config();
+        live_config.revocations = config.revocations.clone();
+        wmig_net::server_endpoint(addr, &config.creds, &live_config)
             .with_context(|| format!("serving live migrations on {addr}"))
     })
     .transpose()?;
@@ -578,6 +583,23 @@ impl Worker {
                 tokio::spawn(async move {
                     if let Err(e) = me.module(&bundle).await {
                         tracing::warn!(%task, error = %format!("{e:#}"), "could not prepare an expected task's module");
+                    }
+                });
+            }
+            WorkerCommand::Revocations { revoked } => {
+                let Some(list) = self.config.revocations.clone() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    match wmig_net::revocation::merge_received(list, revoked).await {
+                        Ok(0) => {}
+                        Ok(added) => tracing::info!(
+                            added,
+                            "revoked certificates received from the coordinator"
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not store revocations from the coordinator")
+                        }
                     }
                 });
             }

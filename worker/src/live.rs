@@ -349,6 +349,11 @@ pub(crate) async fn serve(worker: Arc<Worker>, endpoint: wmig_net::Endpoint) {
             };
             let peer = Arc::new(wmig_net::PeerIdentity::of(&conn));
             while let Ok((send, recv)) = conn.accept_bi().await {
+                // Revoked since the handshake: cut off.
+                let list = worker.config.revocations.as_ref();
+                if wmig_net::revocation::close_if_revoked(&conn, &peer, list) {
+                    break;
+                }
                 let worker = worker.clone();
                 let peer = peer.clone();
                 tokio::spawn(async move { receive(worker, peer, send, recv).await });

@@ -17,6 +17,9 @@ use anyhow::Context;
 use wmig_net::certs::format_utc;
 use wmig_net::{CertRole, ClusterDir, Validity, DEFAULT_CLUSTER_DIR, DEFAULT_DAYS};
 
+use crate::cmd::control::ControlTarget;
+use crate::cmd::registry::runtime;
+
 #[derive(clap::Args)]
 pub struct CertCommand {
     #[command(subcommand)]
@@ -188,14 +191,44 @@ impl CertCommand {
                         )
                     })?;
                 if added.is_empty() {
-                    println!("`{name}`: those certificates were already revoked; nothing changed");
+                    println!("`{name}`: those certificates were already revoked");
                 } else {
                     let serials: Vec<&str> = added.iter().map(|r| r.serial.as_str()).collect();
                     println!(
-                        "revoked `{name}` (serial {}); the coordinator and the registry refuse it \
-                         from its next connection or request on",
-                        serials.join(", ")
+                        "revoked `{name}` (serial {}); servers sharing {} refuse it from its \
+                         next connection or request on",
+                        serials.join(", "),
+                        cluster.display()
                     );
+                }
+                // Servers on other machines learn it from the coordinator,
+                // which passes its whole list on to the registry and every
+                // worker. Sent even when nothing was new here: a list that
+                // did not get through last time gets another chance.
+                let all = ClusterDir::new(&cluster).revoked()?;
+                let target = ControlTarget {
+                    coordinator: None,
+                    cluster: cluster.clone(),
+                };
+                let pushed = runtime()?.block_on(async {
+                    let client = target.connect().await?;
+                    let revoked = all.into_iter().map(Into::into).collect();
+                    let answer = client
+                        .ask(&wmig_coordinator::wire::ControlRequest::Revocations { revoked })
+                        .await;
+                    client.close();
+                    answer.map_err(anyhow::Error::new)
+                });
+                match pushed {
+                    Ok(_) => println!(
+                        "the coordinator has the list and passes it on to the registry and every \
+                         worker, wherever they run"
+                    ),
+                    Err(e) => eprintln!(
+                        "warning: could not pass the list on through the coordinator ({e:#}); \
+                         servers on other machines refuse `{name}` once this command reaches the \
+                         coordinator (run it again) or revoked.toml is copied to them"
+                    ),
                 }
                 Ok(0)
             }

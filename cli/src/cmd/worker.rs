@@ -111,6 +111,7 @@ impl WorkerCommand {
             checkpoint_every: self.checkpoint_every,
             yield_fuel: self.yield_fuel.max(1),
             memory_limit: self.max_memory_size as u64,
+            revocations: Some(dir.revocations()),
         };
         eprintln!("worker {name} starting (coordinator {coordinator}, registry {registry})");
         wmig_worker::run(config, runtime, shutdown_signal()).await?;

@@ -100,6 +100,12 @@ pub(super) struct ApiError {
     message: String,
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
@@ -711,7 +717,7 @@ async fn timeline(State(shared): State<Arc<Shared>>) -> ApiResult {
 
 /// The registry connection, reused across requests (a QUIC handshake with
 /// mutual TLS per request would dominate a submission).
-async fn registry_client(shared: &Shared) -> Result<RegistryClient, ApiError> {
+pub(super) async fn registry_client(shared: &Shared) -> Result<RegistryClient, ApiError> {
     let mut cached = shared.registry.lock().await;
     if let Some(c) = cached.as_ref().filter(|c| !c.is_closed()) {
         return Ok(c.clone());
@@ -723,7 +729,7 @@ async fn registry_client(shared: &Shared) -> Result<RegistryClient, ApiError> {
 
 /// Forget the cached connection after a failure, so the next request
 /// connects anew (the registry may have restarted on another port).
-async fn registry_failed(shared: &Shared) {
+pub(super) async fn registry_failed(shared: &Shared) {
     *shared.registry.lock().await = None;
 }
 

@@ -70,7 +70,8 @@ pub(super) fn authorize(peer: &PeerIdentity, req: &ControlRequest) -> Result<(),
         | Q::Drain { .. }
         | Q::Uncordon { .. }
         | Q::Remove { .. }
-        | Q::Input { .. } => &[CertRole::Operator],
+        | Q::Input { .. }
+        | Q::Revocations { .. } => &[CertRole::Operator],
         // Reads: any member of the cluster.
         _ => return Ok(()),
     };
@@ -109,6 +110,7 @@ fn kind(req: &ControlRequest) -> &'static str {
         Q::Remove { .. } => "removing a node",
         Q::Input { .. } => "sending input to a task",
         Q::ReadInput { .. } => "reading a task's input",
+        Q::Revocations { .. } => "revoking certificates",
         _ => "this request",
     }
 }

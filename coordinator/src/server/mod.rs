@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use wmig_net::stream::{read_frame, timed, write_frame};
 use wmig_net::{EndpointConfig, NetError};
 use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
-use wmig_proto::wire::{ErrorCode, RemoteError, CONTROL_ALPN};
+use wmig_proto::wire::{ErrorCode, RemoteError, RevokedCert, CONTROL_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
 use crate::membership::{Liveness, MembershipEvent, Role};
@@ -613,6 +613,47 @@ fn effects(core: &mut Core, event: &Event) {
     }
 }
 
+/// Pass the whole revocation list on to every attached worker and to the
+/// registry (retrying for a while if the registry is away), so servers on
+/// other machines refuse the same certificates.
+fn spread_revocations(shared: &Arc<Shared>, list: &Arc<wmig_net::revocation::Revocations>) {
+    let revoked: Vec<RevokedCert> = list.all().into_iter().map(RevokedCert::from).collect();
+    {
+        let core = shared.lock();
+        for (_, tx) in core.attached.values() {
+            let _ = tx.send(WorkerCommand::Revocations {
+                revoked: revoked.clone(),
+            });
+        }
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut wait = Duration::from_secs(1);
+        for _ in 0..8 {
+            let sent = match api::registry_client(&shared).await {
+                Ok(client) => client
+                    .revocations(revoked.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(added) => {
+                    tracing::info!(added, "revocations passed on to the registry");
+                    return;
+                }
+                Err(e) => {
+                    api::registry_failed(&shared).await;
+                    tracing::warn!(error = %e, retry_in = ?wait, "could not pass revocations on to the registry");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        tracing::error!("gave up passing revocations on to the registry; copy revoked.toml to it or revoke again");
+    });
+}
+
 fn send_command(core: &mut Core, worker: &NodeId, cmd: WorkerCommand) {
     match core.attached.get(worker) {
         Some((_, tx)) => {
@@ -962,6 +1003,21 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             migrate::live_failed(shared, &mut shared.lock(), &node, task, epoch, &reason);
             R::Ok
         }
+        Q::Revocations { revoked } => {
+            let Some(list) = shared.config.endpoint.revocations.clone() else {
+                return Err(RemoteError::new(
+                    ErrorCode::Invalid,
+                    "this coordinator keeps no revocation list (it was started without a \
+                     cluster directory); copy revoked.toml to each server instead",
+                ));
+            };
+            let added = wmig_net::revocation::merge_received(list.clone(), revoked)
+                .await
+                .map_err(|e| storage_error("could not store the revocations", e))?;
+            tracing::info!(added, "revocations from an operator");
+            spread_revocations(shared, &list);
+            R::Ok
+        }
         Q::Migrate { task, to, precopy } => {
             let rx = migrate::start(shared, &mut shared.lock(), task, &to, precopy)?;
             R::Migrated(migrate::wait(rx).await?)
@@ -1190,6 +1246,14 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
 /// either side goes away.
 async fn attach(node: NodeId, send: &mut quinn::SendStream, shared: &Arc<Shared>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // First what the worker's own listener must refuse: a worker on another
+    // machine has only the revocations the coordinator passes on.
+    if let Some(list) = &shared.config.endpoint.revocations {
+        let revoked: Vec<RevokedCert> = list.all().into_iter().map(RevokedCert::from).collect();
+        if !revoked.is_empty() {
+            let _ = tx.send(WorkerCommand::Revocations { revoked });
+        }
+    }
     let generation = {
         let mut core = shared.lock();
         core.attach_gen += 1;

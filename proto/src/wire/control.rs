@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::RemoteError;
+use crate::wire::{RemoteError, RevokedCert};
 use crate::{Hash, NodeId, TaskId};
 
 /// Which output stream of a task.
@@ -240,6 +240,12 @@ pub enum ControlRequest {
         offset: u64,
         max: u32,
     },
+    /// Operator: certificates revoked (`wmig cert revoke`). The coordinator
+    /// adds them to its list and passes its whole list on to the registry
+    /// and every worker.
+    Revocations {
+        revoked: Vec<RevokedCert>,
+    },
 }
 
 /// A running task as its worker sees it, in every heartbeat: the epoch for
@@ -307,6 +313,9 @@ pub enum WorkerCommand {
     /// The live migration of `task` at `epoch` was abandoned: the source
     /// carries on, the target forgets what it received.
     Resume { task: TaskId, epoch: u64 },
+    /// The cluster's revoked certificates (sent on attach and whenever the
+    /// list grows): the worker's live-migration listener refuses them.
+    Revocations { revoked: Vec<RevokedCert> },
 }
 
 /// How one migration went.

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::control::*;
 use super::live::*;
-use super::registry::tests::{request, response};
+use super::registry::tests::{request, response, revoked};
 use super::registry::{RegistryRequest, RegistryResponse};
 use super::{ErrorCode, RemoteError};
 use crate::frame::{self, MAX_FRAME_LEN};
@@ -371,6 +371,7 @@ fn command() -> BoxedStrategy<WorkerCommand> {
             }
         ),
         (task_id(), n()).prop_map(|(task, epoch)| WorkerCommand::Resume { task, epoch }),
+        vec(revoked(), 0..4).prop_map(|revoked| WorkerCommand::Revocations { revoked }),
     ]
     .boxed()
 }
@@ -527,6 +528,7 @@ fn control_request() -> BoxedStrategy<ControlRequest> {
                 max
             }
         ),
+        vec(revoked(), 0..4).prop_map(|revoked| R::Revocations { revoked }),
     ]
     .boxed()
 }

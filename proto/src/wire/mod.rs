@@ -69,3 +69,16 @@ impl RemoteError {
         }
     }
 }
+
+/// One revoked certificate, as `revoked.toml` lists it; passed from the
+/// operator to the coordinator and on to the registry and the workers, so
+/// that servers on other machines refuse it too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCert {
+    /// The certificate's serial number in lowercase hex.
+    pub serial: String,
+    /// The name it was issued to.
+    pub name: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
+}

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Manifest;
-use crate::wire::RemoteError;
+use crate::wire::{RemoteError, RevokedCert};
 use crate::{Hash, TaskId};
 
 /// A registry request.
@@ -48,6 +48,9 @@ pub enum RegistryRequest {
     Gc,
     /// Object, byte and lease counts.
     Stats,
+    /// Coordinator or operator: certificates revoked in the cluster; the
+    /// registry adds them to its own list.
+    Revocations { revoked: Vec<RevokedCert> },
 }
 
 /// A registry response.
@@ -76,6 +79,10 @@ pub enum RegistryResponse {
     Gc(GcReport),
     Stats(RegistryStats),
     Error(RemoteError),
+    /// Answers `Revocations`: how many were new here.
+    Revoked {
+        added: u32,
+    },
 }
 
 /// One chunk announced by `PutChunks`.

@@ -93,6 +93,16 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         )
 }
 
+pub(crate) fn revoked() -> impl Strategy<Value = crate::wire::RevokedCert> {
+    ("[0-9a-f]{0,40}", ".{0,20}", any::<i64>()).prop_map(|(serial, name, revoked_at)| {
+        crate::wire::RevokedCert {
+            serial,
+            name,
+            revoked_at,
+        }
+    })
+}
+
 pub(crate) fn request() -> impl Strategy<Value = RegistryRequest> {
     let chunk = (hash(), any::<u32>()).prop_map(|(hash, len)| ChunkHeader { hash, len });
     prop_oneof![
@@ -116,6 +126,7 @@ pub(crate) fn request() -> impl Strategy<Value = RegistryRequest> {
         any::<u64>().prop_map(|t| RegistryRequest::ListManifests { task: TaskId(t) }),
         Just(RegistryRequest::Gc),
         Just(RegistryRequest::Stats),
+        vec(revoked(), 0..4).prop_map(|revoked| RegistryRequest::Revocations { revoked }),
     ]
 }
 
@@ -200,6 +211,7 @@ pub(crate) fn response() -> impl Strategy<Value = RegistryResponse> {
         })),
         stats.prop_map(RegistryResponse::Stats),
         (code(), ".{0,40}").prop_map(|(c, m)| RegistryResponse::Error(RemoteError::new(c, m))),
+        any::<u32>().prop_map(|added| RegistryResponse::Revoked { added }),
     ]
 }
 

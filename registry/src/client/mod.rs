@@ -319,6 +319,20 @@ impl RegistryClient {
         }
     }
 
+    /// Pass revoked certificates on (the coordinator does, or an operator);
+    /// returns how many were new to the registry.
+    pub async fn revocations(
+        &self,
+        revoked: Vec<wmig_proto::wire::RevokedCert>,
+    ) -> Result<u32, ClientError> {
+        match self.ask(&Q::Revocations { revoked }).await? {
+            A::Revoked { added } => Ok(added),
+            _ => Err(ClientError::Unexpected {
+                expected: "Revoked",
+            }),
+        }
+    }
+
     /// Close the connection (the registry releases this client's leases)
     /// and give the close a moment to leave. Not the whole draining period
     /// `wait_idle` would wait (three probe timeouts, ~80 ms even on
