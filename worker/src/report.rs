@@ -280,11 +280,7 @@ async fn deliver(
                 // Not applied (a failed append leaves nothing half done):
                 // the coordinator's disk or log may recover, so try again.
                 tracing::warn!(%node, reason = %e, retry_in = ?backoff, "the coordinator could not take a report; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = client.changed() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = pause(client, backoff, Duration::from_secs(5)).await;
             }
             Err(ControlError::Remote(e)) => {
                 match e.code {
@@ -300,14 +296,20 @@ async fn deliver(
             }
             Err(e) => {
                 tracing::debug!(%node, error = %e, "report not delivered; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = client.changed() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = pause(client, backoff, Duration::from_secs(1)).await;
             }
         }
     }
+}
+
+/// Wait `backoff` before the next try, or less if a new connection comes;
+/// returns the next backoff (doubled, at most `cap`).
+async fn pause(client: &mut ClientSlot, backoff: Duration, cap: Duration) -> Duration {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff) => {}
+        _ = client.changed() => {}
+    }
+    (backoff * 2).min(cap)
 }
 
 #[cfg(test)]
