@@ -41,3 +41,53 @@ fn completions_and_man_pages_cover_every_command() {
         "wmig man prints wmig.1"
     );
 }
+
+/// A directory issued for another machine carries the addresses that
+/// machine reaches the servers at, when the operator names them.
+#[test]
+fn cert_issue_writes_the_addresses_the_other_machine_needs() {
+    let tmp = tempfile::TempDir::new().expect("tempdir");
+    let home = tmp.path().join("home");
+    let o = run(wmig().args(["init", "--cluster"]).arg(&home));
+    assert!(o.status.success(), "init: {}", stderr(&o));
+    let far = tmp.path().join("far");
+    let bad = run(wmig()
+        .args([
+            "cert",
+            "issue",
+            "worker-5",
+            "--coordinator",
+            "10.0.0.5",
+            "--out",
+        ])
+        .arg(&far)
+        .arg("--cluster")
+        .arg(&home));
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("is not HOST:PORT"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(!far.exists(), "nothing written for a bad address");
+    let o = run(wmig()
+        .args(["cert", "issue", "worker-5"])
+        .args([
+            "--coordinator",
+            "10.0.0.5:7700",
+            "--registry",
+            "10.0.0.6:7701",
+        ])
+        .arg("--out")
+        .arg(&far)
+        .arg("--cluster")
+        .arg(&home));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(far.join("config.toml")).expect("config.toml");
+    assert!(
+        config.contains("coordinator = \"10.0.0.5:7700\"")
+            && config.contains("registry = \"10.0.0.6:7701\"")
+            && config.contains("identity = \"worker-5\""),
+        "{config}"
+    );
+}

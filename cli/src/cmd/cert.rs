@@ -51,6 +51,14 @@ enum CertAction {
         /// Where to write the new cluster directory (must not hold one).
         #[arg(long)]
         out: PathBuf,
+        /// The coordinator's address as the other machine reaches it
+        /// (default: the one this cluster recorded, which is loopback when
+        /// the coordinator listens on every interface).
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// The registry's address as the other machine reaches it.
+        #[arg(long)]
+        registry: Option<String>,
         /// This cluster's directory (holds the CA key).
         #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
         cluster: PathBuf,
@@ -115,8 +123,18 @@ impl CertCommand {
                 role,
                 days,
                 out,
+                coordinator,
+                registry,
                 cluster,
             } => {
+                for addr in coordinator.iter().chain(&registry) {
+                    anyhow::ensure!(
+                        addr.rsplit_once(':')
+                            .is_some_and(|(host, port)| !host.is_empty()
+                                && port.parse::<u16>().is_ok_and(|p| p > 0)),
+                        "`{addr}` is not HOST:PORT (e.g. 10.0.0.5:7700)"
+                    );
+                }
                 let (_, issued) = ClusterDir::new(&cluster)
                     .export_identity(&name, role, Validity::days(days), &out)
                     .with_context(|| {
@@ -125,6 +143,16 @@ impl CertCommand {
                             cluster.display()
                         )
                     })?;
+                if coordinator.is_some() || registry.is_some() {
+                    ClusterDir::new(&out).update_config(|c| {
+                        if let Some(a) = coordinator {
+                            c.coordinator = Some(a);
+                        }
+                        if let Some(a) = registry {
+                            c.registry = Some(a);
+                        }
+                    })?;
+                }
                 let r = &issued.record;
                 println!(
                     "wrote {}: CA certificate, identity `{name}` ({role}, serial {}, valid until \
