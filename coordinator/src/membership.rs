@@ -307,10 +307,16 @@ impl Membership {
     }
 
     /// After replaying the log: heartbeat times were not persisted, so every
-    /// node believed online gets a full timeout from `now` to prove it.
+    /// node believed online gets two timeouts from `now` to prove it. One is
+    /// the usual allowance; the other is for finding out that the
+    /// coordinator is back (a worker notices a dead connection, then dials
+    /// again). Declaring a live worker offline is expensive (every task on
+    /// it restarts from its last checkpoint elsewhere), and a restart is
+    /// exactly when every worker is reconnecting at once.
     pub fn resume(&mut self, now: Millis) {
+        let grace = now.saturating_add(self.config.offline_timeout);
         for node in self.nodes.values_mut() {
-            node.last_seen = now;
+            node.last_seen = grace;
             node.heard = false;
         }
     }
@@ -555,11 +561,24 @@ mod tests {
 
     #[test]
     fn resume_gives_a_fresh_grace_period() {
+        // Two timeouts (5 s each here): one to notice the restart, one as usual.
         let mut m = table();
         m.register(info("w", Role::Worker, 1), 0).unwrap();
         m.resume(1_000_000);
-        assert!(m.poll_timeouts(1_004_999).is_empty());
-        assert_eq!(m.poll_timeouts(1_005_000).len(), 1);
+        assert!(m.poll_timeouts(1_009_999).is_empty());
+        assert_eq!(m.poll_timeouts(1_010_000).len(), 1);
+        // A heartbeat after the restart counts from then, as always.
+        let mut m = table();
+        m.register(info("w", Role::Worker, 1), 0).unwrap();
+        m.resume(1_000_000);
+        m.heartbeat(&id("w"), 1_001_000).unwrap();
+        assert!(
+            m.poll_timeouts(1_009_999).is_empty(),
+            "the grace is not cut short"
+        );
+        m.heartbeat(&id("w"), 1_012_000).unwrap();
+        assert!(m.poll_timeouts(1_016_999).is_empty());
+        assert_eq!(m.poll_timeouts(1_017_000).len(), 1);
     }
 
     #[test]

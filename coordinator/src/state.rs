@@ -706,10 +706,11 @@ mod tests {
         let mut c = Coordinator::new(CoordinatorConfig::default());
         let log = c.register(worker("w", 1), 0).unwrap();
         let mut r = Coordinator::replay(CoordinatorConfig::default(), &log, 90_000);
-        assert_eq!(r.next_deadline(), Some(95_000));
-        assert!(r.tick(94_999).is_empty());
+        // Two offline timeouts (5 s each): noticing the restart, then as usual.
+        assert_eq!(r.next_deadline(), Some(100_000));
+        assert!(r.tick(99_999).is_empty());
         assert_eq!(
-            r.tick(95_000),
+            r.tick(100_000),
             vec![Event::Node(MembershipEvent::Offline(NodeId("w".into())))]
         );
     }

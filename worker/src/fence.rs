@@ -38,6 +38,18 @@ impl Fence {
         self.fenced.load(Ordering::SeqCst)
     }
 
+    /// How long to wait for the coordinator to answer a new connection:
+    /// half its offline timeout once known (a coordinator restarted on its
+    /// address answers in milliseconds; an attempt sent while it was down
+    /// would only be retried by QUIC seconds later), else 5 s.
+    pub fn connect_timeout(&self) -> Duration {
+        match self.timeout_ms.load(Ordering::SeqCst) {
+            0 => Duration::from_secs(5),
+            t => Duration::from_millis(t / 2)
+                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+        }
+    }
+
     /// Registered: the coordinator's offline timeout, and a fresh start.
     pub fn registered(&self, offline_timeout_ms: u64, at_ms: u64) {
         self.timeout_ms.store(offline_timeout_ms, Ordering::SeqCst);

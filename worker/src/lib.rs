@@ -312,7 +312,7 @@ async fn supervise(
         }
         client_slot.send_replace(None);
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -342,7 +342,7 @@ async fn session(
 ) -> Result<(), SessionError> {
     let cfg = &worker.config;
     let client = Arc::new(
-        ControlClient::connect(cfg.coordinator, &cfg.creds, Duration::from_secs(5)).await?,
+        ControlClient::connect(cfg.coordinator, &cfg.creds, worker.fence.connect_timeout()).await?,
     );
     let info = NodeInfo {
         name: cfg.name.clone(),
