@@ -203,6 +203,25 @@ pub fn hash() -> BoxedStrategy<Hash> {
     .boxed()
 }
 
+/// Every error code a peer may send.
+pub fn code() -> BoxedStrategy<crate::wire::ErrorCode> {
+    use crate::wire::ErrorCode::*;
+    proptest::sample::select(vec![
+        Malformed,
+        UnsupportedVersion,
+        TooLarge,
+        HashMismatch,
+        NotWasm,
+        NotFound,
+        MissingChunks,
+        Invalid,
+        Conflict,
+        Timeout,
+        Internal,
+    ])
+    .boxed()
+}
+
 pub fn task_id() -> BoxedStrategy<TaskId> {
     prop_oneof![0u64..16, any::<u64>()].prop_map(TaskId).boxed()
 }

@@ -24,9 +24,9 @@ use super::control::*;
 use super::live::*;
 use super::registry::tests::{request, response, revoked};
 use super::registry::{RegistryRequest, RegistryResponse};
-use super::{ErrorCode, RemoteError};
+use super::RemoteError;
 use crate::frame::{self, MAX_FRAME_LEN};
-use crate::fuzzing::{self, check_frame, hash, manifest, mutations, node_id, task_id, text};
+use crate::fuzzing::{self, check_frame, code, hash, manifest, mutations, node_id, task_id, text};
 
 // --- strategies ---------------------------------------------------------------
 
@@ -388,24 +388,6 @@ fn beat() -> BoxedStrategy<TaskBeat> {
             },
         )
         .boxed()
-}
-
-fn code() -> BoxedStrategy<ErrorCode> {
-    use ErrorCode::*;
-    proptest::sample::select(vec![
-        Malformed,
-        UnsupportedVersion,
-        TooLarge,
-        HashMismatch,
-        NotWasm,
-        NotFound,
-        MissingChunks,
-        Invalid,
-        Conflict,
-        Timeout,
-        Internal,
-    ])
-    .boxed()
 }
 
 fn control_request() -> BoxedStrategy<ControlRequest> {

@@ -6,14 +6,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::*;
-use crate::checkpoint::{Counters, GlobalValue, MemoryImage};
 use crate::frame::{self, FrameError, MAX_FRAME_LEN};
-use crate::wasi::WasiSnapshot;
-use crate::wire::ErrorCode;
-
-fn hash() -> impl Strategy<Value = Hash> {
-    any::<[u8; 32]>().prop_map(Hash)
-}
+use crate::fuzzing::{code, hash, manifest};
 
 fn hashes() -> impl Strategy<Value = Vec<Hash>> {
     vec(hash(), 0..40)
@@ -29,68 +23,6 @@ fn bundle_ref() -> impl Strategy<Value = BundleRef> {
         hash().prop_map(BundleRef::Hash),
         name_tag().prop_map(BundleRef::Name)
     ]
-}
-
-fn global() -> impl Strategy<Value = GlobalValue> {
-    prop_oneof![
-        any::<i32>().prop_map(GlobalValue::I32),
-        any::<i64>().prop_map(GlobalValue::I64),
-        any::<u32>().prop_map(GlobalValue::F32),
-        any::<u64>().prop_map(GlobalValue::F64),
-        any::<u128>().prop_map(GlobalValue::V128),
-    ]
-}
-
-fn manifest() -> impl Strategy<Value = Manifest> {
-    let memory = (".{0,8}", any::<u64>(), vec((any::<u32>(), hash()), 0..8)).prop_map(
-        |(name, byte_len, chunks)| MemoryImage {
-            name,
-            byte_len,
-            chunks,
-        },
-    );
-    // Only the fields this protocol cares to vary; the rest of the WASI
-    // image belongs to the runtime and round-trips as a whole either way.
-    let wasi = (
-        vec(".{0,8}", 0..3),
-        vec((".{0,8}", ".{0,8}"), 0..3),
-        any::<u64>(),
-    )
-        .prop_map(|(args, env, stdout_offset)| WasiSnapshot {
-            args,
-            env,
-            stdout_offset,
-            ..WasiSnapshot::default()
-        });
-    (
-        (
-            hash(),
-            any::<u32>(),
-            hash(),
-            proptest::option::of(any::<u64>()),
-        ),
-        any::<[u64; 4]>(),
-        vec(memory, 0..3),
-        vec((".{0,8}", global()), 0..4),
-        wasi,
-    )
-        .prop_map(
-            |((module, rewriter, instrumented, task), n, memories, globals, wasi)| Manifest {
-                module,
-                rewriter,
-                instrumented,
-                task: task.map(TaskId),
-                seq: n[0],
-                epoch: n[1],
-                memories,
-                globals,
-                wasi,
-                counters: Counters {
-                    yields: n[2],
-                    fuel: n[3],
-                },
-            },
-        )
 }
 
 pub(crate) fn revoked() -> impl Strategy<Value = crate::wire::RevokedCert> {
@@ -128,23 +60,6 @@ pub(crate) fn request() -> impl Strategy<Value = RegistryRequest> {
         Just(RegistryRequest::Stats),
         vec(revoked(), 0..4).prop_map(|revoked| RegistryRequest::Revocations { revoked }),
     ]
-}
-
-fn code() -> impl Strategy<Value = ErrorCode> {
-    use ErrorCode::*;
-    proptest::sample::select(vec![
-        Malformed,
-        UnsupportedVersion,
-        TooLarge,
-        HashMismatch,
-        NotWasm,
-        NotFound,
-        MissingChunks,
-        Invalid,
-        Conflict,
-        Timeout,
-        Internal,
-    ])
 }
 
 pub(crate) fn response() -> impl Strategy<Value = RegistryResponse> {
