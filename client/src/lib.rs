@@ -14,8 +14,12 @@ use wmig_proto::frame::{FrameError, MAX_FRAME_LEN};
 use wmig_proto::wire::control::{
     ClusterStats, ControlRequest, ControlResponse, MigrationReport, NodeStatus, TaskBeat, TaskView,
 };
-use wmig_proto::wire::{RemoteError, CONTROL_ALPN};
+use wmig_proto::wire::{ErrorCode, RemoteError, CONTROL_ALPN};
 use wmig_proto::{NodeId, TaskId};
+
+/// How often [`ControlClient::connect_cluster`] asks again during an
+/// election.
+const ELECTION_RETRY: Duration = Duration::from_millis(200);
 
 /// The node name on the coordinator's certificate.
 pub const COORDINATOR_NODE: &str = "coordinator";
@@ -89,6 +93,84 @@ impl ControlClient {
             _endpoint: endpoint,
             timeout,
         })
+    }
+
+    /// Connect to whichever of `addrs` leads. One address is a single
+    /// coordinator (or one of several replicated on etcd, which points at
+    /// the leader); several are replicated coordinators. All are dialled
+    /// at once, each is asked who leads, and a follower's answer is
+    /// followed, so a dead coordinator in the list costs nothing while
+    /// another answers. While followers answer that an election is under
+    /// way, this tries again until `timeout`.
+    pub async fn connect_cluster(
+        addrs: &[SocketAddr],
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Self, ControlError> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut tried: Vec<SocketAddr> = addrs.to_vec();
+            let mut pending: FuturesUnordered<_> = addrs
+                .iter()
+                .map(|&a| Self::probe(a, creds, timeout))
+                .collect();
+            let mut last = None;
+            let mut followers = false;
+            while let Some(result) = pending.next().await {
+                match result {
+                    Ok((client, None)) => return Ok(client),
+                    Ok((client, Some(leader))) => {
+                        client.close();
+                        followers = true;
+                        last = Some(ControlError::Remote(RemoteError::new(
+                            ErrorCode::NotLeader,
+                            match &leader {
+                                Some(l) => format!("the coordinators name {l} as their leader, and it did not answer; an election takes a few seconds after a leader stops: retry"),
+                                None => "no coordinator leads right now (an election takes a few seconds after a leader stops): retry".to_owned(),
+                            },
+                        )));
+                        if let Some(l) = leader.and_then(|l| l.parse::<SocketAddr>().ok()) {
+                            if !tried.contains(&l) {
+                                tried.push(l);
+                                pending.push(Self::probe(l, creds, timeout));
+                            }
+                        }
+                    }
+                    Err(e) => last = last.or(Some(e)),
+                }
+            }
+            let last = last.unwrap_or(ControlError::Unexpected {
+                what: "an empty list of coordinator addresses",
+            });
+            // Nobody answered at all: there is nothing to wait for here.
+            if !followers || tokio::time::Instant::now() + ELECTION_RETRY > deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(ELECTION_RETRY).await;
+        }
+    }
+
+    /// Connect to `addr` and ask who leads: the client when it leads, or
+    /// the leader it names (`None` during an election).
+    async fn probe(
+        addr: SocketAddr,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<(Self, Option<Option<String>>), ControlError> {
+        let client = Self::connect(addr, creds, timeout).await?;
+        match client.ask(&ControlRequest::WhoLeads).await? {
+            ControlResponse::Leader {
+                is_leader: true, ..
+            } => Ok((client, None)),
+            ControlResponse::Leader { leader, .. } => Ok((client, Some(leader))),
+            _ => Err(ControlError::Unexpected { what: "who leads" }),
+        }
+    }
+
+    /// The coordinator this client is connected to.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
     }
 
     /// True once the connection is gone (the caller reconnects).

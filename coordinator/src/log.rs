@@ -186,6 +186,25 @@ fn parse(path: &Path, offset: u64, buf: &[u8]) -> Result<Parsed, LogError> {
     Ok(Parsed::Record(event, HEADER + len))
 }
 
+/// Decode one whole record stored on its own (one etcd key per event):
+/// `source` names where it came from in errors; a torn or longer record is
+/// corruption there, since each was written whole.
+pub fn decode_record(source: &Path, bytes: &[u8]) -> Result<Event, LogError> {
+    match parse(source, 0, bytes)? {
+        Parsed::Record(event, len) if len == bytes.len() => Ok(event),
+        Parsed::Record(_, len) => Err(LogError::Corrupt {
+            path: source.to_path_buf(),
+            offset: 0,
+            reason: format!("{} bytes follow the record", bytes.len() - len),
+        }),
+        Parsed::Torn => Err(LogError::Corrupt {
+            path: source.to_path_buf(),
+            offset: 0,
+            reason: format!("the record is cut short at {} bytes", bytes.len()),
+        }),
+    }
+}
+
 impl EventLog {
     /// Open (creating if missing) the log at `path` and replay every record.
     pub fn open(path: impl AsRef<Path>) -> Result<(EventLog, Replay), LogError> {

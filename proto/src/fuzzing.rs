@@ -218,6 +218,7 @@ pub fn code() -> BoxedStrategy<crate::wire::ErrorCode> {
         Conflict,
         Timeout,
         Internal,
+        NotLeader,
     ])
     .boxed()
 }

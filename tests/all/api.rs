@@ -130,8 +130,13 @@ fn http_api_reads_acts_and_refuses_bad_input() {
 
     // Nodes: all, active, one, unknown.
     let all = api.ok("/api/nodes");
-    assert_eq!(names(&all), ["worker-1", "worker-2", "worker-3"]);
-    assert_eq!(names(&api.ok("/api/nodes/active")).len(), 3);
+    // The coordinator lists itself, as the leader (it is the only one).
+    assert_eq!(
+        names(&all),
+        ["worker-1", "worker-2", "worker-3", "coordinator"]
+    );
+    assert_eq!(api.ok("/api/nodes/coordinator")["leader"], true);
+    assert_eq!(names(&api.ok("/api/nodes/active")).len(), 4);
     let w1 = api.ok("/api/nodes/worker-1");
     assert_eq!(
         (w1["role"].as_str(), w1["state"].as_str()),

@@ -54,7 +54,9 @@ use report::Report;
 pub struct WorkerConfig {
     pub name: NodeId,
     pub creds: Credentials,
-    pub coordinator: SocketAddr,
+    /// Every coordinator's address (several when they are replicated on
+    /// etcd): the worker talks to whichever leads.
+    pub coordinators: Vec<SocketAddr>,
     pub registry: SocketAddr,
     pub slots: u32,
     pub labels: BTreeMap<String, String>,
@@ -93,6 +95,16 @@ const PREPARE_ATTEMPTS: u32 = 5;
 struct Running {
     epoch: u64,
     control: Arc<TaskControl>,
+}
+
+impl WorkerConfig {
+    /// The address to pick this host's outward interface by.
+    fn first_coordinator(&self) -> SocketAddr {
+        self.coordinators
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
 }
 
 /// A task the coordinator announced for a live migration here.
@@ -144,7 +156,7 @@ pub async fn run(
     let live_endpoint = match config.listen {
         Listen::Off => None,
         Listen::At(addr) => Some(addr),
-        Listen::Auto => Some(local_addr_towards(config.coordinator)),
+        Listen::Auto => Some(local_addr_towards(config.first_coordinator())),
     }
     .map(|addr| {
         let mut live_config = live::endpoint_config();
@@ -159,7 +171,7 @@ pub async fn run(
             // Bound to every interface: tell peers the one that reaches
             // the coordinator.
             if bound.ip().is_unspecified() {
-                bound.set_ip(local_addr_towards(config.coordinator).ip());
+                bound.set_ip(local_addr_towards(config.first_coordinator()).ip());
             }
             bound.to_string()
         }
@@ -307,7 +319,7 @@ async fn supervise(
             Ok(()) => delay = Duration::from_millis(100),
             Err(SessionError::Fatal(e)) => return Err(e),
             Err(SessionError::Retry(e)) => {
-                tracing::warn!(coordinator = %worker.config.coordinator, error = %e, "lost the coordinator; reconnecting");
+                tracing::warn!(coordinators = ?worker.config.coordinators, error = %e, "lost the coordinator; reconnecting");
             }
         }
         client_slot.send_replace(None);
@@ -342,7 +354,12 @@ async fn session(
 ) -> Result<(), SessionError> {
     let cfg = &worker.config;
     let client = Arc::new(
-        ControlClient::connect(cfg.coordinator, &cfg.creds, worker.fence.connect_timeout()).await?,
+        ControlClient::connect_cluster(
+            &cfg.coordinators,
+            &cfg.creds,
+            worker.fence.connect_timeout(),
+        )
+        .await?,
     );
     let info = NodeInfo {
         name: cfg.name.clone(),
@@ -385,7 +402,7 @@ async fn session(
         })
         .await?;
     client_slot.send_replace(Some(client.clone()));
-    tracing::info!(node = %cfg.name, coordinator = %cfg.coordinator, "registered and attached");
+    tracing::info!(node = %cfg.name, coordinator = %client.remote_address(), "registered and attached");
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

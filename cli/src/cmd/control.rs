@@ -5,6 +5,8 @@
 //! `.wmig`; for the coordinator address: `--coordinator`,
 //! `WMIG_COORDINATOR`, then `coordinator = "..."` in the cluster's
 //! `config.toml`, which `wmig coordinator` writes once it is listening.
+//! Each may list several addresses, comma-separated (coordinators
+//! replicated on etcd): commands reach whichever leads.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,9 +28,9 @@ pub struct ControlTarget {
 }
 
 impl ControlTarget {
-    /// The coordinator's address from the flag, the environment or the
-    /// cluster config.
-    pub async fn addr(&self) -> anyhow::Result<SocketAddr> {
+    /// The coordinators' addresses (comma-separated: several replicated
+    /// coordinators) from the flag, the environment or the cluster config.
+    pub async fn addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
         let addr = match &self.coordinator {
             Some(a) => a.clone(),
             None => ClusterDir::new(&self.cluster)
@@ -43,7 +45,15 @@ impl ControlTarget {
                     )
                 })?,
         };
-        resolve(&addr, "coordinator").await
+        let mut addrs = Vec::new();
+        for a in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            addrs.push(resolve(a, "coordinator").await?);
+        }
+        anyhow::ensure!(
+            !addrs.is_empty(),
+            "the coordinator address is empty; give HOST:PORT (or several, comma-separated)"
+        );
+        Ok(addrs)
     }
 
     /// Connect as the operator, run `f` on the connection and close it: the
@@ -71,19 +81,23 @@ impl ControlTarget {
     /// node's requests to its own certificate), issued with `role` on first
     /// use where the CA key is.
     pub async fn connect_as(&self, name: &str, role: CertRole) -> anyhow::Result<ControlClient> {
-        let addr = self.addr().await?;
+        let addrs = self.addrs().await?;
         let creds = ClusterDir::new(&self.cluster)
             .credentials_as(name, role)
             .with_context(|| format!("no certificate for `{name}`"))?;
-        match ControlClient::connect(addr, &creds, Duration::from_secs(5)).await {
+        match ControlClient::connect_cluster(&addrs, &creds, Duration::from_secs(5)).await {
             Ok(c) => Ok(c),
             // It answered, and refused our certificate: the error says why.
             Err(e @ wmig_coordinator::ControlError::Net(NetError::CertificateRefused { .. })) => {
                 Err(e.into())
             }
-            Err(e) => Err(anyhow::Error::new(e).context(format!(
-                "could not reach the coordinator at {addr}; is `wmig up` running?"
-            ))),
+            Err(e) => {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                Err(anyhow::Error::new(e).context(format!(
+                    "could not reach the coordinator at {}; is `wmig up` running?",
+                    list.join(", ")
+                )))
+            }
         }
     }
 }

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::watch;
 use wmig_coordinator::server::api::ApiConfig;
-use wmig_coordinator::server::{Server, ServerConfig};
+use wmig_coordinator::server::replica::{CoordinatorRecord, EtcdConfig, Replica};
+use wmig_coordinator::server::{serve_follower, RunEnd, Server, ServerConfig};
 use wmig_coordinator::COORDINATOR_NODE;
 use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR};
 
@@ -39,6 +41,23 @@ pub struct CoordinatorCommand {
     /// fails instead of moving to another worker (0: no limit).
     #[arg(long, default_value_t = wmig_coordinator::state::DEFAULT_CRASH_BUDGET)]
     crash_budget: u32,
+    /// etcd client URLs (comma-separated): run as one of several
+    /// coordinators replicated there. One leads (elected with an etcd
+    /// lease); the others point clients at it and take over within seconds
+    /// when it stops. The event log, task output and input live in etcd.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Every key in etcd lives under this prefix (several clusters can
+    /// share one etcd).
+    #[arg(long, default_value = "/wmig", requires = "etcd")]
+    etcd_prefix: String,
+    /// This coordinator's name among the replicated ones.
+    #[arg(long, requires = "etcd")]
+    name: Option<String>,
+    /// The control address other machines reach this coordinator on
+    /// (default: the listen address; loopback when it is 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 impl CoordinatorCommand {
@@ -50,10 +69,16 @@ impl CoordinatorCommand {
     async fn run(self) -> anyhow::Result<()> {
         let dir = ClusterDir::new(&self.cluster);
         let creds = dir.credentials(COORDINATOR_NODE)?;
-        let data = self
-            .data
-            .clone()
-            .unwrap_or_else(|| self.cluster.join("coordinator"));
+        // Replicated coordinators keep only a cache of etcd's state, each
+        // in its own directory.
+        let data = self.data.clone().unwrap_or_else(|| match &self.name {
+            Some(name) if !self.etcd.is_empty() => self.cluster.join("coordinators").join(name),
+            _ if !self.etcd.is_empty() => self
+                .cluster
+                .join("coordinators")
+                .join(format!("coordinator-{}", std::process::id())),
+            _ => self.cluster.join("coordinator"),
+        });
         anyhow::ensure!(
             self.heartbeat < self.offline_timeout,
             "--heartbeat ({:?}) must be shorter than --offline-timeout ({:?})",
@@ -71,41 +96,167 @@ impl CoordinatorCommand {
         // `wmig cert revoke` takes effect here without a restart: in the
         // handshake (the endpoint) and on open connections (the server).
         config.endpoint.revocations = Some(dir.revocations());
+        let endpoint = wmig_net::server_endpoint(self.listen, &creds, &config.endpoint)?;
+        let addr = loopback_if_unspecified(endpoint.local_addr()?);
+        let advertise = self.advertise.clone().unwrap_or_else(|| addr.to_string());
+        config.advertise = Some(advertise.clone());
+        let http = match self.http.as_str() {
+            "off" => None,
+            a => Some(
+                std::net::TcpListener::bind(a)
+                    .with_context(|| format!("could not listen for HTTP on {a}"))?,
+            ),
+        };
+        let http_addr = match &http {
+            Some(l) => Some(loopback_if_unspecified(l.local_addr()?)),
+            None => None,
+        };
+        let tokio_http = |l: std::net::TcpListener| -> anyhow::Result<tokio::net::TcpListener> {
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(l)?)
+        };
+        if !self.etcd.is_empty() {
+            return self
+                .run_replicated(config, endpoint, http, http_addr, advertise)
+                .await;
+        }
         let server = Server::open(config.clone()).with_context(|| {
             format!(
                 "could not open the coordinator's state in {}",
                 data.display()
             )
         })?;
-        let endpoint = wmig_net::server_endpoint(self.listen, &creds, &config.endpoint)?;
-        let addr = loopback_if_unspecified(endpoint.local_addr()?);
-        let http = match self.http.as_str() {
-            "off" => None,
-            a => {
-                let listener = tokio::net::TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("could not listen for HTTP on {a}"))?;
-                Some(listener)
-            }
-        };
-        let http_addr = match &http {
-            Some(l) => Some(loopback_if_unspecified(l.local_addr()?)),
-            None => None,
-        };
         dir.update_config(|c| {
             c.coordinator = Some(addr.to_string());
             c.http = http_addr.map(|a| a.to_string());
         })?;
         println!("listening on {addr}");
-        if let Some(h) = http_addr {
-            println!("metrics on http://{h}/metrics");
-            println!(
-                "dashboard and API on http://{h}/ (`wmig dashboard` prints the URL with the token)"
-            );
-        }
+        print_http(http_addr);
         std::io::stdout().flush()?;
+        let http = http.map(tokio_http).transpose()?;
         server.run(endpoint, http, shutdown_signal()).await;
         eprintln!("coordinator stopped");
         Ok(())
     }
 }
+
+fn print_http(http_addr: Option<SocketAddr>) {
+    if let Some(h) = http_addr {
+        println!("metrics on http://{h}/metrics");
+        println!(
+            "dashboard and API on http://{h}/ (`wmig dashboard` prints the URL with the token)"
+        );
+    }
+}
+
+impl CoordinatorCommand {
+    /// One of several coordinators on etcd: follow until elected, then
+    /// lead until stopped or deposed.
+    async fn run_replicated(
+        &self,
+        config: ServerConfig,
+        endpoint: wmig_net::Endpoint,
+        http: Option<std::net::TcpListener>,
+        http_addr: Option<SocketAddr>,
+        advertise: String,
+    ) -> anyhow::Result<()> {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
+        let me = CoordinatorRecord {
+            name: name.clone(),
+            addr: advertise,
+            http: http_addr.map(|a| a.to_string()),
+            pid: std::process::id(),
+        };
+        let mut etcd = EtcdConfig::new(self.etcd.clone());
+        etcd.prefix = self.etcd_prefix.trim_end_matches('/').to_owned();
+        // Listening already: clients that come before etcd answers get "no
+        // leader yet" rather than silence.
+        println!(
+            "listening on {}",
+            loopback_if_unspecified(endpoint.local_addr()?)
+        );
+        print_http(http_addr);
+        std::io::stdout().flush()?;
+        let (leader_tx, leader_rx) = watch::channel(None);
+        let follower_http = match &http {
+            Some(l) => Some(l.try_clone()?),
+            None => None,
+        };
+        let follower = tokio::spawn(serve_follower(
+            endpoint.clone(),
+            follower_http,
+            name.clone(),
+            leader_rx,
+        ));
+        let replica = Replica::join(etcd, me, Duration::from_secs(30))
+            .await
+            .context("could not join the coordinators in etcd")?;
+        let mut lost = replica.lost();
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut following: Option<String> = None;
+        loop {
+            match replica.campaign().await {
+                Ok(true) => break,
+                Ok(false) => match replica.leader().await {
+                    Ok(leader) => {
+                        let now = leader.as_ref().map(|l| format!("{} at {}", l.name, l.addr));
+                        if now != following {
+                            match &now {
+                                Some(l) => tracing::info!(leader = %l, "following"),
+                                None => tracing::info!("no leader; campaigning"),
+                            }
+                            following = now;
+                        }
+                        leader_tx.send_replace(leader);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not read the leader from etcd"),
+                },
+                Err(e) => tracing::warn!(error = %e, "could not campaign in etcd; retrying"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => {
+                    follower.abort();
+                    replica.resign().await;
+                    eprintln!("coordinator stopped");
+                    return Ok(());
+                }
+                Ok(why) = lost.wait_for(Option::is_some) => {
+                    anyhow::bail!("lost this coordinator's etcd lease while following ({}); start it again", why.clone().unwrap_or_default());
+                }
+                _ = tokio::time::sleep(CAMPAIGN_EVERY) => {}
+            }
+        }
+        follower.abort();
+        let _ = follower.await;
+        let term = replica.term();
+        let server = Server::open_replicated(config, replica)
+            .await
+            .context("elected, but could not load the cluster's state from etcd")?;
+        tracing::info!(name = %name, term, "elected leader");
+        eprintln!("{name} leads (etcd term {term})");
+        let http = match http {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(l)?)
+            }
+            None => None,
+        };
+        match server.run(endpoint, http, shutdown).await {
+            RunEnd::Shutdown => {
+                eprintln!("coordinator stopped");
+                Ok(())
+            }
+            RunEnd::SteppedDown(why) => anyhow::bail!(
+                "{name} stopped leading: {why}; start it again and it follows the new leader"
+            ),
+        }
+    }
+}
+
+/// How often a follower tries to take a free leadership (and refreshes
+/// the leader it points clients at).
+const CAMPAIGN_EVERY: Duration = Duration::from_millis(250);

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use wmig_coordinator::wire::{ControlRequest, ControlResponse};
-use wmig_coordinator::Liveness;
+use wmig_coordinator::{Liveness, Role};
 use wmig_proto::NodeId;
 
 use crate::cmd::control::{ago, ControlTarget};
@@ -33,22 +33,36 @@ impl NodesCommand {
             return Ok(0);
         }
         println!(
-            "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}  ADDRESS",
+            "{:<14} {:<11} {:<9} {:>7} {:>14} {:>8}  ADDRESS",
             "NAME", "ROLE", "STATE", "TASKS", "LAST HEARTBEAT", "PID"
         );
         for n in &nodes {
             let state = if n.draining && n.liveness == Liveness::Online {
                 "draining"
+            } else if n.role == Role::Coordinator {
+                if n.leader {
+                    "leader"
+                } else {
+                    "follower"
+                }
             } else {
                 liveness(n.liveness)
             };
+            let (tasks, seen) = match n.role {
+                // Coordinators run no tasks and send no heartbeats.
+                Role::Coordinator => ("-".to_owned(), "-".to_owned()),
+                _ => (
+                    format!("{}/{}", n.tasks, n.slots),
+                    format!("{} ago", ago(n.last_seen_ms)),
+                ),
+            };
             println!(
-                "{:<14} {:<8} {:<9} {:>7} {:>14} {:>8}  {}",
+                "{:<14} {:<11} {:<9} {:>7} {:>14} {:>8}  {}",
                 n.name.0,
                 n.role.to_string(),
                 state,
-                format!("{}/{}", n.tasks, n.slots),
-                format!("{} ago", ago(n.last_seen_ms)),
+                tasks,
+                seen,
                 n.pid,
                 if n.addr.is_empty() { "-" } else { &n.addr }
             );

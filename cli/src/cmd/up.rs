@@ -59,11 +59,19 @@ pub struct UpCommand {
     /// Do not start a child again when it dies.
     #[arg(long)]
     no_restart: bool,
+    /// Coordinators: 1 is the embedded coordinator with its local event
+    /// log; more start that many etcd members (Debian's `etcd`, data under
+    /// CLUSTER/etcd) and as many coordinators replicated on them, one of
+    /// which leads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+    coordinators: u32,
 }
 
 /// One supervised child: how to start it again, and its current process.
 struct Node {
     name: String,
+    /// The program (`wmig` itself unless set, e.g. `etcd`).
+    program: Option<PathBuf>,
     args: Vec<String>,
     /// Prints `listening on ADDR` on stdout (the registry, the coordinator).
     listens: bool,
@@ -81,6 +89,7 @@ impl Node {
     fn new(name: &str, args: &[&str], listens: bool) -> Node {
         Node {
             name: name.to_owned(),
+            program: None,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             listens,
             pid: 0,
@@ -143,32 +152,85 @@ impl UpCommand {
             let beat = (self.offline_timeout / 4).min(Duration::from_secs(1));
             let heartbeat = format!("{}ms", beat.as_millis().max(10));
             let budget = self.crash_budget.to_string();
-            let mut coordinator = Node::new(
-                "coordinator",
-                &[
+            if self.coordinators > 1 {
+                let endpoints = start_etcd(
+                    &exe,
+                    &logs,
+                    &self.cluster,
+                    self.coordinators,
+                    &mut nodes,
+                    &exited_tx,
+                )?;
+                let mut addrs = Vec::new();
+                let mut https = Vec::new();
+                for i in 1..=self.coordinators {
+                    let name = format!("coordinator-{i}");
+                    let http = format!("127.0.0.1:{}", free_port()?);
+                    let mut coordinator = Node::new(
+                        &name,
+                        &[
+                            "coordinator",
+                            "--cluster",
+                            &cluster,
+                            "--listen",
+                            "127.0.0.1:0",
+                            "--http",
+                            &http,
+                            "--offline-timeout",
+                            &timeout,
+                            "--heartbeat",
+                            &heartbeat,
+                            "--crash-budget",
+                            &budget,
+                            "--etcd",
+                            &endpoints,
+                            "--name",
+                            &name,
+                        ],
+                        true,
+                    );
+                    let addr = start(&exe, &logs, &mut coordinator, &exited_tx, false)?
+                        .unwrap_or_default();
+                    eprintln!("{name} {addr} (pid {})", coordinator.pid);
+                    coordinator.pin("--listen", &addr);
+                    addrs.push(addr);
+                    https.push(http);
+                    nodes.push(coordinator);
+                }
+                // Clients and workers reach whichever coordinator leads.
+                dir.update_config(|c| {
+                    c.coordinator = Some(addrs.join(","));
+                    c.http = https.first().cloned();
+                })?;
+            } else {
+                let mut coordinator = Node::new(
                     "coordinator",
-                    "--cluster",
-                    &cluster,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--http",
-                    "127.0.0.1:0",
-                    "--offline-timeout",
-                    &timeout,
-                    "--heartbeat",
-                    &heartbeat,
-                    "--crash-budget",
-                    &budget,
-                ],
-                true,
-            );
-            let addr = start(&exe, &logs, &mut coordinator, &exited_tx, false)?.unwrap_or_default();
-            eprintln!("coordinator  {addr} (pid {})", coordinator.pid);
-            coordinator.pin("--listen", &addr);
-            if let Some(http) = dir.config().ok().and_then(|c| c.http) {
-                coordinator.pin("--http", &http);
+                    &[
+                        "coordinator",
+                        "--cluster",
+                        &cluster,
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--http",
+                        "127.0.0.1:0",
+                        "--offline-timeout",
+                        &timeout,
+                        "--heartbeat",
+                        &heartbeat,
+                        "--crash-budget",
+                        &budget,
+                    ],
+                    true,
+                );
+                let addr =
+                    start(&exe, &logs, &mut coordinator, &exited_tx, false)?.unwrap_or_default();
+                eprintln!("coordinator  {addr} (pid {})", coordinator.pid);
+                coordinator.pin("--listen", &addr);
+                if let Some(http) = dir.config().ok().and_then(|c| c.http) {
+                    coordinator.pin("--http", &http);
+                }
+                nodes.push(coordinator);
             }
-            nodes.push(coordinator);
             let slots = self.slots.to_string();
             let every = format!("{}ms", self.checkpoint_every.as_millis());
             for i in 1..=self.workers {
@@ -326,6 +388,114 @@ impl UpCommand {
     }
 }
 
+/// A port free on loopback now (for children that must be told theirs).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .context("could not find a free port")?
+        .local_addr()?
+        .port())
+}
+
+/// Start an etcd cluster of `members` processes under CLUSTER/etcd and
+/// return its client URLs, comma-separated. The ports are kept in
+/// CLUSTER/etcd/ports, because a member's data remembers its peers'
+/// addresses: a later `wmig up` on the same directory reuses them.
+fn start_etcd(
+    _exe: &Path,
+    logs: &Path,
+    cluster: &Path,
+    members: u32,
+    nodes: &mut Vec<Node>,
+    exited: &mpsc::Sender<(String, String)>,
+) -> anyhow::Result<String> {
+    let etcd = which("etcd").context(
+        "`wmig up --coordinators N` runs etcd, which is not installed: install Debian's \
+         etcd-server (`apt-get install etcd-server`, or run scripts/deps)",
+    )?;
+    let root = cluster.join("etcd");
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("could not create {}", root.display()))?;
+    let ports_file = root.join("ports");
+    let saved: Vec<(u16, u16)> = std::fs::read_to_string(&ports_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (c, p) = l.split_once(' ')?;
+            Some((c.parse().ok()?, p.parse().ok()?))
+        })
+        .collect();
+    let ports: Vec<(u16, u16)> = if saved.len() == members as usize {
+        saved
+    } else {
+        let mut fresh = Vec::new();
+        for _ in 0..members {
+            fresh.push((free_port()?, free_port()?));
+        }
+        let text: String = fresh.iter().map(|(c, p)| format!("{c} {p}\n")).collect();
+        std::fs::write(&ports_file, text)
+            .with_context(|| format!("could not write {}", ports_file.display()))?;
+        fresh
+    };
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("etcd-{}=http://127.0.0.1:{p}", i + 1))
+        .collect();
+    let initial = initial.join(",");
+    let token = format!("wmig-{}", cluster.display());
+    let mut clients = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let name = format!("etcd-{}", i + 1);
+        let data = root.join(&name);
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let data_s = data.display().to_string();
+        let mut node = Node::new(
+            &name,
+            &[
+                "--name",
+                &name,
+                "--data-dir",
+                &data_s,
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-token",
+                &token,
+                "--initial-cluster-state",
+                "new",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ],
+            false,
+        );
+        node.program = Some(etcd.clone());
+        start(&etcd, logs, &mut node, exited, false)?;
+        eprintln!("{name}       {client_url} (pid {})", node.pid);
+        nodes.push(node);
+        clients.push(client_url);
+    }
+    Ok(clients.join(","))
+}
+
+/// `name` on `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 fn log_path(cluster: &Path, name: &str) -> PathBuf {
     cluster.join("logs").join(format!("{name}.log"))
 }
@@ -378,7 +548,8 @@ fn start(
     restart: bool,
 ) -> anyhow::Result<Option<String>> {
     let name = node.name.clone();
-    let mut cmd = command(exe, logs, &name, &node.args, restart)?;
+    let program = node.program.clone().unwrap_or_else(|| exe.to_path_buf());
+    let mut cmd = command(&program, logs, &name, &node.args, restart)?;
     cmd.stdout(if node.listens {
         Stdio::piped()
     } else {

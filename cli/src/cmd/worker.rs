@@ -82,7 +82,7 @@ impl WorkerCommand {
         let creds = dir
             .credentials_as(&name, CertRole::Worker)
             .with_context(|| format!("no certificate for worker `{name}`"))?;
-        let coordinator = self.target.addr().await?;
+        let coordinators = self.target.addrs().await?;
         let registry = match &self.registry {
             Some(a) => a.clone(),
             None => dir.config()?.registry.with_context(|| {
@@ -102,7 +102,7 @@ impl WorkerCommand {
         let config = WorkerConfig {
             name: NodeId(name.clone()),
             creds,
-            coordinator,
+            coordinators: coordinators.clone(),
             registry,
             slots: self.slots.max(1),
             labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
@@ -113,7 +113,11 @@ impl WorkerCommand {
             memory_limit: self.max_memory_size as u64,
             revocations: Some(dir.revocations()),
         };
-        eprintln!("worker {name} starting (coordinator {coordinator}, registry {registry})");
+        let list: Vec<String> = coordinators.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "worker {name} starting (coordinator {}, registry {registry})",
+            list.join(",")
+        );
         wmig_worker::run(config, runtime, shutdown_signal()).await?;
         eprintln!("worker {name} stopped");
         Ok(())

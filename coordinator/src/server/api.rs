@@ -140,6 +140,7 @@ impl From<RemoteError> for ApiError {
             }
             ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ErrorCode::NotLeader => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             ErrorCode::UnsupportedVersion | ErrorCode::Internal => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -297,6 +298,7 @@ pub fn node_json(n: &NodeStatus) -> Value {
         "slots": n.slots,
         "tasks": n.tasks,
         "last_seen_ms": n.last_seen_ms,
+        "leader": n.leader,
     })
 }
 

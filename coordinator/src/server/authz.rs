@@ -56,25 +56,31 @@ pub(super) fn authorize(peer: &PeerIdentity, req: &ControlRequest) -> Result<(),
             )));
         }
     }
-    let roles: &[CertRole] = match req {
-        Q::Register(info) => match info.role {
-            Role::Worker => &[CertRole::Worker],
-            Role::Monitor => &[CertRole::Monitor],
-        },
-        Q::Heartbeat { .. } => &[CertRole::Worker, CertRole::Monitor],
-        _ if speaks_for.is_some() => &[CertRole::Worker],
-        Q::Submit { .. }
-        | Q::Cancel { .. }
-        | Q::Checkpoint { .. }
-        | Q::Migrate { .. }
-        | Q::Drain { .. }
-        | Q::Uncordon { .. }
-        | Q::Remove { .. }
-        | Q::Input { .. }
-        | Q::Revocations { .. } => &[CertRole::Operator],
-        // Reads: any member of the cluster.
-        _ => return Ok(()),
-    };
+    let roles: &[CertRole] =
+        match req {
+            Q::Register(info) => match info.role {
+                Role::Worker => &[CertRole::Worker],
+                Role::Monitor => &[CertRole::Monitor],
+                Role::Coordinator => return Err(denied(
+                    "coordinators do not register as members: they find each other through etcd \
+                     (`wmig coordinator --etcd URL`)"
+                        .into(),
+                )),
+            },
+            Q::Heartbeat { .. } => &[CertRole::Worker, CertRole::Monitor],
+            _ if speaks_for.is_some() => &[CertRole::Worker],
+            Q::Submit { .. }
+            | Q::Cancel { .. }
+            | Q::Checkpoint { .. }
+            | Q::Migrate { .. }
+            | Q::Drain { .. }
+            | Q::Uncordon { .. }
+            | Q::Remove { .. }
+            | Q::Input { .. }
+            | Q::Revocations { .. } => &[CertRole::Operator],
+            // Reads: any member of the cluster.
+            _ => return Ok(()),
+        };
     peer.require(roles, kind(req)).map_err(denied)
 }
 
@@ -89,6 +95,7 @@ fn kind(req: &ControlRequest) -> &'static str {
         Q::Register(info) => match info.role {
             Role::Worker => "registering as a worker",
             Role::Monitor => "registering as a monitor",
+            Role::Coordinator => "registering as a coordinator",
         },
         Q::Heartbeat { .. } => "a heartbeat",
         Q::Attach { .. } => "attaching to the command stream",

@@ -15,10 +15,12 @@
 
 pub mod api;
 mod authz;
+mod follower;
 pub mod http;
 pub mod input;
 mod migrate;
 pub mod output;
+pub mod replica;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -42,7 +44,9 @@ use crate::wire::{
     RecoveryReport, Stream, TaskBeat, TaskView, WorkerCommand,
 };
 use crate::{Coordinator, CoordinatorConfig, CoordinatorError, Event, EventLog, LogError};
+pub use follower::serve_follower;
 use output::OutputStore;
+use replica::{CoordinatorRecord, Replica};
 
 /// Settings of a coordinator process.
 #[derive(Clone, Debug)]
@@ -59,6 +63,9 @@ pub struct ServerConfig {
     pub stats_interval: Duration,
     /// The HTTP API's token and the way to the registry.
     pub api: api::ApiConfig,
+    /// This coordinator's control address as clients reach it (answers
+    /// `WhoLeads`).
+    pub advertise: Option<String>,
 }
 
 impl ServerConfig {
@@ -75,6 +82,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(1),
             api: api::ApiConfig::default(),
+            advertise: None,
         }
     }
 }
@@ -87,6 +95,24 @@ pub enum ServerError {
     Output(#[from] output::OutputError),
     #[error(transparent)]
     Input(#[from] input::InputError),
+    #[error(transparent)]
+    Replica(#[from] replica::ReplicaError),
+    #[error("could not clear {path} for the state kept in etcd: {source}")]
+    Clear {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why [`Server::run`] returned.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// The shutdown future resolved.
+    Shutdown,
+    /// A replicated coordinator lost its leadership (or could not write to
+    /// etcd): it decided nothing more and must be started again to follow.
+    SteppedDown(String),
 }
 
 /// A logged event with its sequence number (its index in the log, from 0)
@@ -121,6 +147,9 @@ struct Core {
     recovering: HashMap<TaskId, (NodeId, u64)>,
     /// The latest migrations and recoveries, oldest first, for dashboards.
     timeline: VecDeque<MonitorItem>,
+    /// Every coordinator holding an etcd lease (replicated mode), refreshed
+    /// every second, for `wmig nodes`.
+    coordinators: Vec<CoordinatorRecord>,
 }
 
 /// Migrations and recoveries kept for [`Core::timeline`].
@@ -166,12 +195,23 @@ struct Shared {
     output_sync: Notify,
     /// `Err((covers, why))`: the pass meant to cover up to `covers` failed.
     output_synced: watch::Sender<Result<u64, (u64, String)>>,
+    /// Replicated mode: etcd holds the log, output and input, and decides
+    /// who leads.
+    replica: Option<Arc<Replica>>,
+    /// Set (with the reason) once a replicated coordinator must stop.
+    step_down: watch::Sender<Option<String>>,
 }
 
 /// A coordinator with its log replayed, ready to serve.
 pub struct Server {
     shared: Arc<Shared>,
-    log: EventLog,
+    log: Log,
+}
+
+/// Where committed events go.
+enum Log {
+    File(EventLog),
+    Etcd(Arc<Replica>),
 }
 
 fn unix_ms() -> u64 {
@@ -193,10 +233,55 @@ impl Server {
             source,
         })?;
         let (log, replay) = EventLog::open(config.data_dir.join("events.log"))?;
+        let outputs = OutputStore::open(&config.data_dir.join("output"))?;
+        let inputs = input::InputStore::open(&config.data_dir.join("input"))?;
+        Ok(Self::build(
+            config,
+            replay.events,
+            Log::File(log),
+            outputs,
+            inputs,
+        ))
+    }
+
+    /// The state of a newly elected leader: the event log, output and input
+    /// as etcd holds them. Local output and input files are only a cache of
+    /// etcd here, so they are cleared and rebuilt: this machine may have
+    /// been a leader before, or never seen the cluster at all.
+    pub async fn open_replicated(
+        config: ServerConfig,
+        replica: Arc<Replica>,
+    ) -> Result<Server, ServerError> {
+        let events = replica.load_log().await?;
+        let output = replica.load_output().await?;
+        let input = replica.load_input().await?;
+        let dir = config.data_dir.clone();
+        let (outputs, inputs) =
+            tokio::task::spawn_blocking(move || rebuild_local(&dir, output, input))
+                .await
+                .map_err(|e| ServerError::Clear {
+                    path: config.data_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+        Ok(Self::build(
+            config,
+            events,
+            Log::Etcd(replica),
+            outputs,
+            inputs,
+        ))
+    }
+
+    fn build(
+        config: ServerConfig,
+        events: Vec<Event>,
+        log: Log,
+        outputs: OutputStore,
+        inputs: input::InputStore,
+    ) -> Server {
         let clock = Instant::now();
-        let coord = Coordinator::replay(config.coordinator.clone(), &replay.events, 0);
-        let history: Vec<Logged> = replay
-            .events
+        let coord = Coordinator::replay(config.coordinator.clone(), &events, 0);
+        let history: Vec<Logged> = events
             .into_iter()
             .enumerate()
             .map(|(i, event)| Logged {
@@ -216,14 +301,16 @@ impl Server {
             nodes = coord.nodes().count(),
             "replayed event log"
         );
-        let outputs = OutputStore::open(&config.data_dir.join("output"))?;
-        let inputs = input::InputStore::open(&config.data_dir.join("input"))?;
         let (durable, _) = watch::channel(Durable {
             next: next_seq,
             failed: None,
         });
         let (monitor, _) = broadcast::channel(4096);
-        Ok(Server {
+        let replica = match &log {
+            Log::Etcd(r) => Some(r.clone()),
+            Log::File(_) => None,
+        };
+        Server {
             shared: Arc::new(Shared {
                 core: Mutex::new(Core {
                     coord,
@@ -239,6 +326,7 @@ impl Server {
                     usage: HashMap::new(),
                     recovering: HashMap::new(),
                     timeline: VecDeque::new(),
+                    coordinators: Vec::new(),
                 }),
                 config,
                 clock,
@@ -251,19 +339,22 @@ impl Server {
                 output_written: std::sync::atomic::AtomicU64::new(0),
                 output_sync: Notify::new(),
                 output_synced: watch::channel(Ok(0)).0,
+                replica,
+                step_down: watch::channel(None).0,
             }),
             log,
-        })
+        }
     }
 
     /// Serve on `endpoint` (and `/metrics` on `http`, if given) until
-    /// `shutdown` resolves.
+    /// `shutdown` resolves or, replicated, until this coordinator must stop
+    /// leading.
     pub async fn run(
         self,
         endpoint: quinn::Endpoint,
         http: Option<tokio::net::TcpListener>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> RunEnd {
         let shared = self.shared;
         let mut background = tokio::task::JoinSet::new();
         background.spawn(committer(shared.clone(), self.log));
@@ -273,24 +364,103 @@ impl Server {
         if let Some(listener) = http {
             background.spawn(http::serve(listener, shared.clone()));
         }
+        let mut lost = match &shared.replica {
+            Some(r) => {
+                background.spawn(watch_coordinators(shared.clone(), r.clone()));
+                r.lost()
+            }
+            None => watch::channel(None).1,
+        };
+        let mut step_down = shared.step_down.subscribe();
         let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
-        loop {
+        let end = loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => break RunEnd::Shutdown,
+                Ok(why) = lost.wait_for(Option::is_some) => {
+                    break RunEnd::SteppedDown(format!("lost the etcd lease: {}", why.clone().unwrap_or_default()));
+                }
+                Ok(why) = step_down.wait_for(Option::is_some) => {
+                    break RunEnd::SteppedDown(why.clone().unwrap_or_default());
+                }
                 incoming = endpoint.accept() => match incoming {
                     Some(incoming) => { connections.spawn(serve_connection(incoming, shared.clone())); }
-                    None => break,
+                    None => break RunEnd::Shutdown,
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
+        };
+        if let RunEnd::SteppedDown(why) = &end {
+            // Nothing more may be decided or sent: refuse commands at once.
+            tracing::error!(reason = %why, "stepping down: this coordinator no longer leads");
+            shared
+                .durable
+                .send_modify(|d| d.failed = Some(format!("it stepped down ({why})")));
         }
         endpoint.close(quinn::VarInt::from_u32(0), b"coordinator shutting down");
         connections.abort_all();
-        // Let the committer flush what is queued.
-        shared.queued.notify_one();
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        if matches!(end, RunEnd::Shutdown) {
+            // Let the committer flush what is queued.
+            shared.queued.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            if let Some(r) = &shared.replica {
+                // Hand over now rather than when the lease runs out.
+                r.resign().await;
+            }
+        }
         background.abort_all();
+        end
+    }
+}
+
+/// Clear the local output and input files and write what etcd holds.
+fn rebuild_local(
+    dir: &std::path::Path,
+    output: Vec<OutputChunk>,
+    input: Vec<(TaskId, u64, Option<Vec<u8>>)>,
+) -> Result<(OutputStore, input::InputStore), ServerError> {
+    for sub in ["output", "input"] {
+        let path = dir.join(sub);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ServerError::Clear { path, source }),
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::Clear {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut outputs = OutputStore::open(&dir.join("output"))?;
+    for chunk in output {
+        if let Err(e) = outputs.append(&chunk) {
+            // A piece after a write that never reached etcd: the worker is
+            // asked to send the rest again when it reports next.
+            tracing::warn!(task = %chunk.task, stream = chunk.stream.name(), offset = chunk.offset, error = %e, "output in etcd has a gap; keeping what comes before it");
+        }
+    }
+    output::sync_paths(&outputs.take_dirty())?;
+    let mut inputs = input::InputStore::open(&dir.join("input"))?;
+    for (task, offset, bytes) in input {
+        let result = match bytes {
+            Some(b) => inputs.append(task, Some(offset), &b, false),
+            None => inputs.append(task, None, &[], true),
+        };
+        if let Err(e) = result {
+            tracing::warn!(%task, offset, error = %e, "input in etcd does not follow on; keeping what comes before it");
+        }
+    }
+    Ok((outputs, inputs))
+}
+
+/// Keep [`Core::coordinators`] current for `wmig nodes`.
+async fn watch_coordinators(shared: Arc<Shared>, replica: Arc<Replica>) {
+    loop {
+        match replica.members().await {
+            Ok(members) => shared.lock().coordinators = members,
+            Err(e) => tracing::warn!(error = %e, "could not list the coordinators in etcd"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -355,6 +525,20 @@ impl Shared {
         Ok(value)
     }
 
+    /// A replicated write failed: this coordinator stops leading (see
+    /// [`replica`]) and the client is told to retry, which reaches the next
+    /// leader.
+    fn replica_failed(&self, what: &str, e: replica::ReplicaError) -> RemoteError {
+        tracing::error!(error = %e, "could not {what} in etcd");
+        let _ = self
+            .step_down
+            .send(Some(format!("could not {what} in etcd: {e}")));
+        RemoteError::new(
+            ErrorCode::NotLeader,
+            format!("this coordinator could not {what} in etcd and stops leading; retry, and the next leader answers"),
+        )
+    }
+
     /// Send a migration or recovery to monitors and keep it for dashboards.
     fn publish(&self, core: &mut Core, item: MonitorItem) {
         core.remember(item.clone());
@@ -376,7 +560,7 @@ impl Shared {
                 }
                 (Role::Worker, Liveness::Offline) => s.workers_offline += 1,
                 (Role::Monitor, Liveness::Online) => s.monitors_online += 1,
-                (Role::Monitor, Liveness::Offline) => {}
+                (Role::Monitor, Liveness::Offline) | (Role::Coordinator, _) => {}
             }
         }
         for t in core.coord.tasks() {
@@ -430,8 +614,49 @@ impl Shared {
                 slots: n.info.slots,
                 tasks: load.get(&n.info.name).copied().unwrap_or(0),
                 last_seen_ms: now.saturating_sub(n.last_seen),
+                leader: false,
             })
+            .chain(self.coordinator_statuses(core))
             .collect()
+    }
+}
+
+impl Shared {
+    /// The coordinators, as nodes: this one alone, or every one holding an
+    /// etcd lease with the leader (this one) marked.
+    fn coordinator_statuses(&self, core: &Core) -> Vec<NodeStatus> {
+        let status = |name: &str, addr: &str, pid: u32, leader: bool| NodeStatus {
+            name: NodeId(name.to_owned()),
+            role: Role::Coordinator,
+            liveness: Liveness::Online,
+            draining: false,
+            addr: addr.to_owned(),
+            pid,
+            slots: 0,
+            tasks: 0,
+            last_seen_ms: 0,
+            leader,
+        };
+        match &self.replica {
+            None => vec![status(
+                crate::COORDINATOR_NODE,
+                self.config.advertise.as_deref().unwrap_or(""),
+                std::process::id(),
+                true,
+            )],
+            Some(r) => {
+                let mut list: Vec<NodeStatus> = core
+                    .coordinators
+                    .iter()
+                    .map(|c| status(&c.name, &c.addr, c.pid, c.name == r.me().name))
+                    .collect();
+                if !core.coordinators.iter().any(|c| c.name == r.me().name) {
+                    let me = r.me();
+                    list.push(status(&me.name, &me.addr, me.pid, true));
+                }
+                list
+            }
+        }
     }
 }
 
@@ -463,10 +688,13 @@ fn coordinator_error(e: CoordinatorError) -> RemoteError {
     RemoteError::new(code, e.to_string())
 }
 
-/// Writes queued events with one fsync per batch, then applies their side
-/// effects.
-async fn committer(shared: Arc<Shared>, log: EventLog) {
-    let log = Arc::new(Mutex::new(log));
+/// Writes queued events with one fsync (or one etcd transaction) per
+/// batch, then applies their side effects.
+async fn committer(shared: Arc<Shared>, log: Log) {
+    let file = match log {
+        Log::File(log) => Some(Arc::new(Mutex::new(log))),
+        Log::Etcd(_) => None,
+    };
     loop {
         shared.queued.notified().await;
         loop {
@@ -475,21 +703,39 @@ async fn committer(shared: Arc<Shared>, log: EventLog) {
                 break;
             }
             let events: Vec<Event> = batch.iter().map(|l| l.event.clone()).collect();
-            let log2 = log.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                log2.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .append(&events)
-            })
-            .await;
-            let failure = match written {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(format!("log writer panicked: {e}")),
+            let failure = match (&file, &shared.replica) {
+                (Some(log), _) => {
+                    let log = log.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        log.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .append(&events)
+                    })
+                    .await;
+                    match written {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(format!("log writer panicked: {e}")),
+                    }
+                }
+                (None, Some(replica)) => {
+                    let first = batch.first().map_or(0, |l| l.seq);
+                    replica
+                        .append(first, &events)
+                        .await
+                        .err()
+                        .map(|e| e.to_string())
+                }
+                (None, None) => Some("no event log".into()),
             };
             if let Some(why) = failure {
                 tracing::error!(error = %why, "event log append failed; refusing further commands");
-                shared.durable.send_modify(|d| d.failed = Some(why));
+                shared.durable.send_modify(|d| d.failed = Some(why.clone()));
+                if shared.replica.is_some() {
+                    let _ = shared
+                        .step_down
+                        .send(Some(format!("could not commit to etcd: {why}")));
+                }
                 return;
             }
             let next = batch.last().map_or(0, |l| l.seq + 1);
@@ -833,6 +1079,10 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
     use ControlRequest as Q;
     use ControlResponse as R;
     let reply = match req {
+        Q::WhoLeads => R::Leader {
+            is_leader: true,
+            leader: shared.config.advertise.clone(),
+        },
         Q::Register(info) => {
             let name = info.name.clone();
             shared
@@ -912,6 +1162,14 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                 }
             };
             if let Some(new) = new {
+                if let Some(replica) = &shared.replica {
+                    // Acknowledged only once etcd holds it. A failure leaves
+                    // the local copy ahead of etcd, so this leader stops and
+                    // the next one asks the worker for the rest again.
+                    if let Err(e) = replica.put_output(&new).await {
+                        return Err(shared.replica_failed("store task output", e));
+                    }
+                }
                 let _ = shared.monitor.send(Arc::new(MonitorItem::Output(new)));
             }
             // Also for a resend that added nothing: what it overlaps may be
@@ -1172,6 +1430,11 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                     ));
                 }
             }
+            // Replicated: the same bytes go to etcd once stored here.
+            let stored = match shared.replica {
+                Some(_) => bytes.clone(),
+                None => Vec::new(),
+            };
             let inputs = shared.inputs.clone();
             let len = tokio::task::spawn_blocking(move || {
                 inputs
@@ -1185,6 +1448,13 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                 input::InputError::Io { .. } => storage_error("could not store task input", e),
                 _ => RemoteError::new(ErrorCode::Conflict, e.to_string()),
             })?;
+            if let Some(replica) = &shared.replica {
+                // Without an offset the bytes went to the stored end.
+                let at = offset.unwrap_or(len.saturating_sub(stored.len() as u64));
+                if let Err(e) = replica.put_input(task, at, &stored, eof).await {
+                    return Err(shared.replica_failed("store task input", e));
+                }
+            }
             shared.input_added.send_modify(|n| *n += 1);
             R::InputStored { len }
         }

@@ -246,6 +246,10 @@ pub enum ControlRequest {
     Revocations {
         revoked: Vec<RevokedCert>,
     },
+    // --- replicated coordinators -----------------------------------------
+    /// Which coordinator leads? Asked first on every connection, so a
+    /// client given several coordinators ends up on the leader.
+    WhoLeads,
 }
 
 /// A running task as its worker sees it, in every heartbeat: the epoch for
@@ -405,6 +409,8 @@ pub struct NodeStatus {
     pub tasks: u32,
     /// Milliseconds since the last heartbeat.
     pub last_seen_ms: u64,
+    /// A coordinator that holds the leader lease (exactly one does).
+    pub leader: bool,
 }
 
 /// Cluster-wide counters, also exported on `/metrics`.
@@ -510,6 +516,13 @@ pub enum ControlResponse {
     /// stored; send the stream again from byte `from`.
     Resend {
         from: u64,
+    },
+    /// Answers `WhoLeads`: `is_leader` when this coordinator leads (a
+    /// single coordinator always does); otherwise `leader` is the leader's
+    /// control address, `None` while an election is under way.
+    Leader {
+        is_leader: bool,
+        leader: Option<String>,
     },
 }
 
@@ -715,6 +728,9 @@ pub enum Role {
     Worker,
     /// Receives the live stream of events; never runs tasks.
     Monitor,
+    /// One of several coordinators replicated on etcd: listed by `wmig
+    /// nodes`, never registered as a member.
+    Coordinator,
 }
 
 impl std::fmt::Display for Role {
@@ -722,6 +738,7 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Worker => "worker",
             Role::Monitor => "monitor",
+            Role::Coordinator => "coordinator",
         })
     }
 }

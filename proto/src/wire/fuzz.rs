@@ -96,7 +96,12 @@ fn outcome() -> BoxedStrategy<Outcome> {
 }
 
 fn role() -> BoxedStrategy<Role> {
-    prop_oneof![Just(Role::Worker), Just(Role::Monitor)].boxed()
+    prop_oneof![
+        Just(Role::Worker),
+        Just(Role::Monitor),
+        Just(Role::Coordinator)
+    ]
+    .boxed()
 }
 
 fn node_info() -> BoxedStrategy<NodeInfo> {
@@ -181,10 +186,10 @@ fn node_status() -> BoxedStrategy<NodeStatus> {
         any::<bool>(),
         text(),
         any::<[u32; 3]>(),
-        n(),
+        (n(), any::<bool>()),
     )
         .prop_map(
-            |(name, role, liveness, draining, addr, k, last_seen_ms)| NodeStatus {
+            |(name, role, liveness, draining, addr, k, (last_seen_ms, leader))| NodeStatus {
                 name,
                 role,
                 liveness,
@@ -194,6 +199,7 @@ fn node_status() -> BoxedStrategy<NodeStatus> {
                 slots: k[1],
                 tasks: k[2],
                 last_seen_ms,
+                leader,
             },
         )
         .boxed()
@@ -511,6 +517,7 @@ fn control_request() -> BoxedStrategy<ControlRequest> {
             }
         ),
         vec(revoked(), 0..4).prop_map(|revoked| R::Revocations { revoked }),
+        Just(R::WhoLeads),
     ]
     .boxed()
 }
@@ -539,6 +546,7 @@ fn control_response() -> BoxedStrategy<ControlResponse> {
         n().prop_map(|len| R::InputStored { len }),
         (bytes(), any::<bool>()).prop_map(|(bytes, eof)| R::Input { bytes, eof }),
         n().prop_map(|from| R::Resend { from }),
+        (any::<bool>(), of(text())).prop_map(|(is_leader, leader)| R::Leader { is_leader, leader }),
     ]
     .boxed()
 }

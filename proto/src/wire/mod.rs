@@ -49,6 +49,9 @@ pub enum ErrorCode {
     Timeout,
     /// The server failed; details are in its log, not on the wire.
     Internal,
+    /// This coordinator is a follower (or lost its leadership): ask the
+    /// leader, which the message names.
+    NotLeader,
 }
 
 /// The answer a node sends instead of a response. `message` is written for
