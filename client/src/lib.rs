@@ -20,6 +20,9 @@ use wmig_proto::{NodeId, TaskId};
 /// How often [`ControlClient::connect_cluster`] asks again during an
 /// election.
 const ELECTION_RETRY: Duration = Duration::from_millis(200);
+/// How long the leader named by a follower has to answer before the round
+/// starts again.
+const FOLLOW_GRACE: Duration = Duration::from_millis(500);
 
 /// The node name on the coordinator's certificate.
 pub const COORDINATOR_NODE: &str = "coordinator";
@@ -117,12 +120,25 @@ impl ControlClient {
                 .collect();
             let mut last = None;
             let mut followers = false;
-            while let Some(result) = pending.next().await {
+            // Once a follower has answered, the leader it names gets a
+            // moment to answer too; a leader that died does not hold the
+            // round up for a whole connect timeout.
+            let mut round_end: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match round_end {
+                    Some(end) => match tokio::time::timeout_at(end, pending.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                    None => pending.next().await,
+                };
+                let Some(result) = next else { break };
                 match result {
                     Ok((client, None)) => return Ok(client),
                     Ok((client, Some(leader))) => {
                         client.close();
                         followers = true;
+                        round_end.get_or_insert_with(|| tokio::time::Instant::now() + FOLLOW_GRACE);
                         last = Some(ControlError::Remote(RemoteError::new(
                             ErrorCode::NotLeader,
                             match &leader {
@@ -140,6 +156,7 @@ impl ControlClient {
                     Err(e) => last = last.or(Some(e)),
                 }
             }
+            drop(pending);
             let last = last.unwrap_or(ControlError::Unexpected {
                 what: "an empty list of coordinator addresses",
             });

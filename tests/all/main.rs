@@ -8,5 +8,6 @@ mod cluster;
 mod corpus;
 mod migration;
 mod registry;
+mod replicated;
 mod runtime;
 mod support;
