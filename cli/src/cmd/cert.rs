@@ -53,7 +53,8 @@ enum CertAction {
         out: PathBuf,
         /// The coordinator's address as the other machine reaches it
         /// (default: the one this cluster recorded, which is loopback when
-        /// the coordinator listens on every interface).
+        /// the coordinator listens on every interface); comma-separated
+        /// for coordinators replicated on etcd.
         #[arg(long)]
         coordinator: Option<String>,
         /// The registry's address as the other machine reaches it.
@@ -127,7 +128,8 @@ impl CertCommand {
                 registry,
                 cluster,
             } => {
-                for addr in coordinator.iter().chain(&registry) {
+                let coordinators = coordinator.iter().flat_map(|c| c.split(','));
+                for addr in coordinators.chain(registry.iter().map(String::as_str)) {
                     anyhow::ensure!(
                         addr.rsplit_once(':')
                             .is_some_and(|(host, port)| !host.is_empty()
