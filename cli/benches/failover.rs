@@ -164,7 +164,10 @@ async fn leader_of_three(c: &Cluster) -> anyhow::Result<u32> {
                 }
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "no leader among three coordinators");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no leader among three coordinators"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -226,7 +229,9 @@ fn main() -> anyhow::Result<()> {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         println!();
-        println!("| failover (kill -9 of the leader → accepted submission), {rounds} rounds | ms |");
+        println!(
+            "| failover (kill -9 of the leader → accepted submission), {rounds} rounds | ms |"
+        );
         println!("|---|---:|");
         println!("| median | {median:.0} |");
         println!("| min | {:.0} |", times[0]);

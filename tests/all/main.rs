@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod corpus;
 mod migration;
+mod netns;
 mod registry;
 mod replicated;
 mod runtime;

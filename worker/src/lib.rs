@@ -128,6 +128,8 @@ struct Worker {
     cache: ChunkCache,
     reports: mpsc::UnboundedSender<Report>,
     uploads: mpsc::UnboundedSender<Upload>,
+    /// Checkpoints stored and not yet reported (see [`report::Unreported`]).
+    unreported: Arc<report::Unreported>,
     /// Where the live protocol is served (empty: not served).
     addr: String,
     /// Live migrations the coordinator announced, by task.
@@ -190,6 +192,7 @@ pub async fn run(
         cache: Arc::new(Mutex::new(MemChunks::new())),
         reports: report_tx,
         uploads: upload_tx,
+        unreported: Arc::default(),
         addr,
         expected: Mutex::new(HashMap::new()),
         expected_changed: tokio::sync::Notify::new(),
@@ -212,6 +215,7 @@ pub async fn run(
         worker.config.name.clone(),
         fenced_tx,
         worker.backlog.clone(),
+        worker.unreported.clone(),
     ));
     background.spawn(uploader(worker.clone(), upload_rx));
     {
@@ -1002,12 +1006,18 @@ async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) 
     while let Some(up) = rx.recv().await {
         let (task, seq) = (up.task, up.manifest.seq);
         let stored = store_checkpoint(&worker, &up).await;
-        // Stored or given up: the task may checkpoint again.
-        let _ = up
-            .pending
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                Some(n.saturating_sub(1))
-            });
+        if stored.is_ok() && up.handoff.is_none() {
+            // The task may checkpoint again once the coordinator knows of
+            // this one (the reporter releases it).
+            worker.unreported.hold(task, seq, up.pending.clone());
+        } else {
+            // Handed off, or given up: the task may checkpoint again.
+            let _ = up
+                .pending
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
         let node = worker.config.name.clone();
         match (stored, up.handoff) {
             (Ok(bytes), Some(h)) => {

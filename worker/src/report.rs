@@ -13,6 +13,7 @@
 //! tail) answers [`ControlResponse::Resend`], and the hole is filled from
 //! that copy instead of being dropped with everything after it.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +97,38 @@ impl Delivered {
 
 pub(crate) type ClientSlot = watch::Receiver<Option<Arc<ControlClient>>>;
 
+/// Checkpoints stored in the registry whose report the coordinator has not
+/// accepted yet. Each holds its task's `uploads_pending`, so the task takes
+/// no new checkpoint until the coordinator knows this one: the registry
+/// keeps only each epoch's newest few, and a worker cut off from the
+/// coordinator that kept checkpointing would push out the one the
+/// coordinator resumes the task from when it recovers it elsewhere.
+#[derive(Debug, Default)]
+pub struct Unreported(std::sync::Mutex<HashMap<(TaskId, u64), Arc<AtomicU32>>>);
+
+impl Unreported {
+    pub fn hold(&self, task: TaskId, seq: u64, pending: Arc<AtomicU32>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((task, seq), pending);
+    }
+
+    /// The report left the queue (accepted, or refused for good).
+    fn release(&self, task: TaskId, seq: u64) {
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(task, seq));
+        if let Some(pending) = held {
+            let _ = pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            });
+        }
+    }
+}
+
 /// Output bytes queued for the coordinator and not yet accepted, across
 /// the worker's tasks. While the coordinator is away this is what grows;
 /// past [`Backlog::MAX`] tasks wait at their yield points (see
@@ -131,6 +164,7 @@ pub(crate) async fn reporter(
     node: NodeId,
     fenced: mpsc::UnboundedSender<(TaskId, u64)>,
     backlog: Arc<Backlog>,
+    unreported: Arc<Unreported>,
 ) {
     let mut pending: Option<ControlRequest> = None;
     let mut delivered = Delivered::default();
@@ -181,9 +215,16 @@ pub(crate) async fn reporter(
             ControlRequest::Output { chunk, .. } => chunk.bytes.len(),
             _ => 0,
         };
+        let checkpoint = match &req {
+            ControlRequest::Checkpointed { task, seq, .. } => Some((*task, *seq)),
+            _ => None,
+        };
         deliver_filling(req, &mut client, &node, &fenced, &mut delivered).await;
         // Accepted or refused for good: either way it left the queue.
         backlog.sub(queued);
+        if let Some((task, seq)) = checkpoint {
+            unreported.release(task, seq);
+        }
     }
 }
 

@@ -107,10 +107,65 @@ impl EtcdConfig {
     }
 }
 
+/// The etcd endpoints and the one in use.
+struct Endpoints {
+    clients: Vec<Client>,
+    current: std::sync::atomic::AtomicUsize,
+    names: String,
+}
+
+impl Endpoints {
+    /// Run `op` on the endpoint in use; on any failure, on each other
+    /// endpoint in turn. Safe because every operation here is idempotent:
+    /// puts write the same value under the same key, and a fenced write
+    /// replayed after it was applied still holds the same term.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, ReplicaError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0..n {
+            let i = (first + attempt) % n;
+            let Some(client) = self.clients.get(i) else {
+                continue;
+            };
+            match tokio::time::timeout(OP_TIMEOUT, op(client.clone())).await {
+                Ok(Ok(v)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(etcd_client::Error::InvalidArgs(format!(
+                        "no answer within {OP_TIMEOUT:?}"
+                    )))
+                }
+            }
+        }
+        Err(ReplicaError::Etcd {
+            endpoints: self.names.clone(),
+            source: last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no endpoints".into())),
+        })
+    }
+}
+
+/// How long one endpoint has to answer one request before the next is
+/// tried: well under the lease TTL, so a member that went silent costs a
+/// fraction of it.
+const OP_TIMEOUT: Duration = Duration::from_millis(600);
+
 /// One coordinator's connection to etcd, its lease and (when it leads) its
 /// term.
 pub struct Replica {
-    client: Client,
+    /// One client per etcd endpoint. etcd-client's own balancing spreads
+    /// requests over every endpoint, so with one member cut off a third of
+    /// them would hang until their timeout and a healthy leader would step
+    /// down; instead each call goes to the endpoint that answered last and
+    /// moves on to the next one when it does not answer.
+    clients: Arc<Endpoints>,
     config: EtcdConfig,
     lease: i64,
     me: CoordinatorRecord,
@@ -158,32 +213,45 @@ impl Replica {
         config: EtcdConfig,
         me: CoordinatorRecord,
     ) -> Result<Arc<Replica>, ReplicaError> {
-        let endpoints = config.endpoints.join(",");
-        let etcd = |source| ReplicaError::Etcd {
-            endpoints: endpoints.clone(),
-            source,
-        };
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(3));
-        let mut client = Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(etcd)?;
+        let names = config.endpoints.join(",");
+        let mut clients = Vec::new();
+        for endpoint in &config.endpoints {
+            let options = ConnectOptions::new()
+                .with_connect_timeout(OP_TIMEOUT)
+                .with_timeout(OP_TIMEOUT);
+            let client = Client::connect([endpoint], Some(options))
+                .await
+                .map_err(|source| ReplicaError::Etcd {
+                    endpoints: endpoint.clone(),
+                    source,
+                })?;
+            clients.push(client);
+        }
+        let clients = Arc::new(Endpoints {
+            clients,
+            current: std::sync::atomic::AtomicUsize::new(0),
+            names,
+        });
         let ttl = config.ttl.as_secs().max(1) as i64;
-        let lease = client.lease_grant(ttl, None).await.map_err(etcd)?.id();
+        let lease = clients
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?
+            .id();
         let record = serde_json::to_vec(&me).unwrap_or_default();
-        client
-            .put(
-                format!("{}/coordinators/{}", config.prefix, me.name),
-                record,
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await
-            .map_err(etcd)?;
+        let key = format!("{}/coordinators/{}", config.prefix, me.name);
+        clients
+            .call(|mut c| {
+                let (key, record) = (key.clone(), record.clone());
+                async move {
+                    c.put(key, record, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            })
+            .await?;
         let (lost_tx, lost) = watch::channel(None);
-        let keepalive = tokio::spawn(keep_alive(client.clone(), lease, config.ttl, lost_tx));
+        let keepalive = tokio::spawn(keep_alive(clients.clone(), lease, config.ttl, lost_tx));
         Ok(Arc::new(Replica {
-            client,
+            clients,
             config,
             lease,
             me,
@@ -195,13 +263,6 @@ impl Replica {
 
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.config.prefix)
-    }
-
-    fn etcd(&self, source: etcd_client::Error) -> ReplicaError {
-        ReplicaError::Etcd {
-            endpoints: self.config.endpoints.join(","),
-            source,
-        }
     }
 
     pub fn me(&self) -> &CoordinatorRecord {
@@ -218,11 +279,12 @@ impl Replica {
     pub async fn leader(&self) -> Result<Option<CoordinatorRecord>, ReplicaError> {
         let key = self.key("leader");
         let resp = self
-            .client
-            .clone()
-            .get(key.clone(), None)
-            .await
-            .map_err(|e| self.etcd(e))?;
+            .clients
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => parse_record(&key, kv.value()).map(Some),
@@ -236,22 +298,38 @@ impl Replica {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
-                key,
+                key.clone(),
                 record,
                 Some(PutOptions::new().with_lease(self.lease)),
-            )]);
+            )])
+            .or_else([TxnOp::get(key, None)]);
         let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|e| self.etcd(e))?;
-        if !resp.succeeded() {
-            return Ok(false);
-        }
-        // The put is the transaction's only write, so the revision it
-        // created is the leader key's create revision: our term.
-        let term = resp.header().map_or(0, |h| h.revision());
+            .clients
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        let term = if resp.succeeded() {
+            // The put is the transaction's only write, so the revision it
+            // created is the leader key's create revision: our term.
+            resp.header().map_or(0, |h| h.revision())
+        } else {
+            // Taken, perhaps by this very coordinator in an attempt whose
+            // answer was lost (the call was retried): the key's lease says.
+            let mine = resp.op_responses().into_iter().find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.lease() == self.lease)
+                    .map(|kv| kv.create_revision()),
+                _ => None,
+            });
+            match mine {
+                Some(rev) => rev,
+                None => return Ok(false),
+            }
+        };
         self.term.store(term, Ordering::SeqCst);
         Ok(term > 0)
     }
@@ -263,7 +341,11 @@ impl Replica {
     /// Give the leadership (and the membership) up now rather than when the
     /// lease times out: a clean stop hands over at once.
     pub async fn resign(&self) {
-        let _ = self.client.clone().lease_revoke(self.lease).await;
+        let lease = self.lease;
+        let _ = self
+            .clients
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await;
     }
 
     /// Every coordinator that holds a lease.
@@ -293,15 +375,23 @@ impl Replica {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let resp = match self.client.clone().get(from.clone(), Some(options)).await {
+            let resp = match self
+                .clients
+                .call(|mut c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { c.get(from, Some(options)).await }
+                })
+                .await
+            {
                 Ok(r) => r,
-                Err(etcd_client::Error::GRpcStatus(s))
-                    if limit > 1 && s.message().contains("too large") =>
-                {
+                Err(ReplicaError::Etcd {
+                    source: etcd_client::Error::GRpcStatus(s),
+                    ..
+                }) if limit > 1 && s.message().contains("too large") => {
                     limit = (limit / 8).max(1);
                     continue;
                 }
-                Err(e) => return Err(self.etcd(e)),
+                Err(e) => return Err(e),
             };
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
@@ -356,12 +446,14 @@ impl Replica {
             term,
         )];
         when.extend(extra);
+        let txn = Txn::new().when(when).and_then(ops);
         let resp = self
-            .client
-            .clone()
-            .txn(Txn::new().when(when).and_then(ops))
-            .await
-            .map_err(|e| self.etcd(e))?;
+            .clients
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             Ok(())
         } else {
@@ -373,16 +465,13 @@ impl Replica {
     /// also requires its first key to be new, so nothing is overwritten.
     pub async fn append(&self, first: u64, events: &[Event]) -> Result<(), ReplicaError> {
         let mut batch: Vec<TxnOp> = Vec::new();
-        let mut batch_first = first;
         let mut bytes = 0;
         for (seq, event) in (first..).zip(events) {
             let record = encode_record(event)?;
             if !batch.is_empty()
                 && (batch.len() == MAX_TXN_OPS || bytes + record.len() > MAX_TXN_BYTES)
             {
-                self.append_batch(batch_first, std::mem::take(&mut batch))
-                    .await?;
-                batch_first = seq;
+                self.append_batch(std::mem::take(&mut batch)).await?;
                 bytes = 0;
             }
             bytes += record.len();
@@ -393,14 +482,16 @@ impl Replica {
             ));
         }
         if !batch.is_empty() {
-            self.append_batch(batch_first, batch).await?;
+            self.append_batch(batch).await?;
         }
         Ok(())
     }
 
-    async fn append_batch(&self, first: u64, ops: Vec<TxnOp>) -> Result<(), ReplicaError> {
-        let new = Compare::version(self.key(&format!("log/{first:016x}")), CompareOp::Equal, 0);
-        self.fenced(Some(new), ops).await
+    async fn append_batch(&self, ops: Vec<TxnOp>) -> Result<(), ReplicaError> {
+        // The term alone fences: nobody else writes log keys while it
+        // holds, so a batch written again after a lost answer writes the
+        // same records under the same keys.
+        self.fenced(None, ops).await
     }
 
     /// Store output bytes (already checked to extend the stream).
@@ -534,14 +625,13 @@ fn parse_record(key: &str, value: &[u8]) -> Result<CoordinatorRecord, ReplicaErr
 /// the *sending* of the last renewal etcd confirmed: from then on etcd may
 /// have let it expire and elected someone else.
 async fn keep_alive(
-    mut client: Client,
+    clients: Arc<Endpoints>,
     lease: i64,
     ttl: Duration,
     lost: watch::Sender<Option<String>>,
 ) {
     let period = ttl / 3;
     let mut confirmed = Instant::now();
-    let mut stream = None;
     loop {
         if confirmed.elapsed() >= ttl * 3 / 4 {
             let _ = lost.send(Some(format!(
@@ -551,27 +641,23 @@ async fn keep_alive(
             return;
         }
         let sent = Instant::now();
-        if stream.is_none() {
-            stream = tokio::time::timeout(period, client.lease_keep_alive(lease))
-                .await
-                .ok()
-                .and_then(Result::ok);
-        }
-        if let Some((keeper, responses)) = stream.as_mut() {
-            let answer = tokio::time::timeout(period, async {
+        // One renewal: open a keep-alive stream, send, read the answer. A
+        // new stream each time costs a round trip more, and lets every
+        // renewal go to whichever endpoint answers.
+        let answer = clients
+            .call(|mut c| async move {
+                let (mut keeper, mut responses) = c.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 responses.message().await
             })
             .await;
-            match answer {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => confirmed = sent,
-                Ok(Ok(Some(_))) => {
-                    let _ = lost.send(Some("etcd says the lease expired".into()));
-                    return;
-                }
-                // The stream broke (an etcd member went away): open another.
-                _ => stream = None,
+        match answer {
+            Ok(Some(r)) if r.ttl() > 0 => confirmed = sent,
+            Ok(Some(_)) => {
+                let _ = lost.send(Some("etcd says the lease expired".into()));
+                return;
             }
+            Ok(None) | Err(_) => {}
         }
         tokio::time::sleep_until((sent + period).into()).await;
     }
