@@ -6,6 +6,11 @@
 //! 10 % of a core at 200 workers.
 //!
 //! `WMIG_BENCH_WORKERS=50,100,200` (default) chooses the sizes.
+//!
+//! Then simulated members: `WMIG_BENCH_SIMULATED=1000` (default; 0 skips)
+//! members registered and heartbeating once a second from this one
+//! process, each over its own QUIC connection with its own certificate,
+//! exactly as a worker does; the coordinator cannot tell them apart.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -64,13 +69,13 @@ fn online_workers(dir: &Path) -> usize {
     })
 }
 
-fn measure(n: usize) -> anyhow::Result<(f64, u64)> {
-    let tmp = tempfile::TempDir::new()?;
-    let dir = tmp.path().join("cluster");
-    let exe = env!("CARGO_BIN_EXE_wmig");
-    let mut up = Command::new(exe)
+/// Start `wmig up` with one worker; the cluster directory and the
+/// coordinator's pid.
+fn start_up(tmp: &Path, children: &mut Reaped) -> anyhow::Result<(std::path::PathBuf, u32)> {
+    let dir = tmp.join("cluster");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_wmig"))
         .env("WMIG_CLUSTER", &dir)
-        .env("WMIG_CACHE_DIR", tmp.path().join("cache"))
+        .env("WMIG_CACHE_DIR", tmp.join("cache"))
         .env("WMIG_LOG", "warn")
         .args(["up", "--workers", "1", "--slots", "2"])
         .stdout(Stdio::piped())
@@ -84,13 +89,12 @@ fn measure(n: usize) -> anyhow::Result<(f64, u64)> {
         .stderr
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut children = Reaped(vec![up]);
+    children.0.push(up);
     let mut lines = BufReader::new(out).lines();
     anyhow::ensure!(
         matches!(lines.next(), Some(Ok(l)) if l == "ready"),
         "wmig up did not get ready"
     );
-    // Keep draining `wmig up`'s stderr: it reports there until it stops.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(err).lines().map_while(Result::ok) {
@@ -103,9 +107,88 @@ fn measure(n: usize) -> anyhow::Result<(f64, u64)> {
             }
         }
     });
-    let coordinator = rx
+    let pid = rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| anyhow::anyhow!("wmig up did not report the coordinator's pid"))?;
+    Ok((dir, pid))
+}
+
+/// `n` members registered and heartbeating from this process.
+fn measure_simulated(n: usize) -> anyhow::Result<f64> {
+    use wmig_coordinator::wire::{ControlRequest, ControlResponse};
+    use wmig_coordinator::{ControlClient, NodeInfo, Role};
+    let tmp = tempfile::TempDir::new()?;
+    let mut children = Reaped(Vec::new());
+    let (dir, coordinator) = start_up(tmp.path(), &mut children)?;
+    let cluster = wmig_net::ClusterDir::new(&dir);
+    let addr: std::net::SocketAddr = cluster
+        .config()?
+        .coordinator
+        .ok_or_else(|| anyhow::anyhow!("no coordinator address"))?
+        .parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let share = rt.block_on(async {
+        let mut members: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let name = format!("sim-{i}");
+            let creds = cluster.credentials_as(&name, wmig_net::CertRole::Worker)?;
+            members.spawn(async move {
+                let client = ControlClient::connect(addr, &creds, Duration::from_secs(30)).await?;
+                let info = NodeInfo {
+                    name: wmig_proto::NodeId(name.clone()),
+                    role: Role::Worker,
+                    slots: 2,
+                    labels: Default::default(),
+                    addr: String::new(),
+                    pid: std::process::id(),
+                };
+                match client.ask(&ControlRequest::Register(info)).await? {
+                    ControlResponse::Registered { .. } => {}
+                    other => anyhow::bail!("registration answered {other:?}"),
+                }
+                // Spread the beats over the second, as independent nodes are.
+                tokio::time::sleep(Duration::from_millis((i * 997 % 1000) as u64)).await;
+                let mut beat = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    beat.tick().await;
+                    let _ = client
+                        .heartbeat(&wmig_proto::NodeId(name.clone()), Vec::new())
+                        .await;
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while online_workers(&dir) < n + 1 {
+            if let Some(Ok(Err(e))) = members.try_join_next() {
+                anyhow::bail!("a simulated member failed: {e:#}");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "not all {n} members came online");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let window = Duration::from_secs(10);
+        let before = cpu_ticks(coordinator)?;
+        tokio::time::sleep(window).await;
+        let ticks = cpu_ticks(coordinator)? - before;
+        let online = online_workers(&dir);
+        anyhow::ensure!(
+            online == n + 1,
+            "{online} of {} members online at the end",
+            n + 1
+        );
+        members.abort_all();
+        anyhow::Ok(ticks as f64 / clock_ticks() / window.as_secs_f64())
+    })?;
+    Ok(share)
+}
+
+fn measure(n: usize) -> anyhow::Result<(f64, u64)> {
+    let tmp = tempfile::TempDir::new()?;
+    let exe = env!("CARGO_BIN_EXE_wmig");
+    let mut children = Reaped(Vec::new());
+    let (dir, coordinator) = start_up(tmp.path(), &mut children)?;
 
     for i in 0..n {
         let log = std::fs::File::create(tmp.path().join(format!("idle-{i}.log")))?;
@@ -157,6 +240,18 @@ fn main() -> anyhow::Result<()> {
         let (share, _) = measure(n)?;
         let per = share * 1e3 / (n + 1) as f64;
         println!("| {n} | {:.1} % | {per:.2} ms/s | < 10 % |", share * 100.0);
+    }
+    let simulated: usize = std::env::var("WMIG_BENCH_SIMULATED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    if simulated > 0 {
+        let share = measure_simulated(simulated)?;
+        let per = share * 1e3 / (simulated + 1) as f64;
+        println!(
+            "| {simulated} simulated (one process, a connection and certificate each) | {:.1} % | {per:.2} ms/s | — |",
+            share * 100.0
+        );
     }
     Ok(())
 }
