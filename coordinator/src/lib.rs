@@ -19,8 +19,10 @@
 //! Around the core: [`wire`] (the control protocol's messages), [`server`]
 //! (the coordinator process: QUIC, group-committed log, task output, the
 //! monitor stream, `/metrics`, and the HTTP API with the dashboard in
-//! [`server::api`]) and [`client`] (what workers, monitors and `wmig` use
-//! to talk to it).
+//! [`server::api`]; with `--etcd`, [`server::replica`] keeps the log, output
+//! and input in etcd instead and elects one leader among several
+//! coordinators) and [`client`] (what workers, monitors and `wmig` use to
+//! talk to it).
 //!
 //! The messages and the plain records they carry ([`TaskSpec`],
 //! [`TaskState`], [`NodeInfo`], [`Placement`], [`Event`], ...) live in
