@@ -20,6 +20,7 @@
 
 mod exec;
 mod fence;
+mod heartbeat;
 mod input;
 mod live;
 mod report;
@@ -407,46 +408,21 @@ async fn session(
         .await?;
     client_slot.send_replace(Some(client.clone()));
     tracing::info!(node = %cfg.name, coordinator = %client.remote_address(), "registered and attached");
-    let mut beat = tokio::time::interval(heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    // Stops with the session (dropped on every return below).
+    let _pulse = heartbeat::start(
+        worker.clone(),
+        client.remote_address(),
+        heartbeat,
+        patience,
+        ended_tx,
+    )
+    .map_err(|e| {
+        SessionError::Retry(anyhow::Error::new(e).context("could not start the heartbeat thread"))
+    })?;
     loop {
         tokio::select! {
-            _ = beat.tick() => {
-                let sent = fence::now_ms();
-                let answer = tokio::time::timeout(
-                    patience,
-                    client.heartbeat(&cfg.name, worker.running_tasks()),
-                )
-                .await
-                .unwrap_or_else(|_| Err(ControlError::from(wmig_net::NetError::Timeout(patience))));
-                match answer {
-                    Ok(stale) => {
-                        for (task, epoch) in stale {
-                            tracing::warn!(%task, epoch, "no longer ours (fenced); dropping it");
-                            worker.drop_task(task, epoch);
-                        }
-                        // After the drops: a task that moved on never runs
-                        // another instruction here.
-                        if worker.fence.heard(sent) {
-                            tracing::info!("the coordinator answers again: tasks still ours carry on");
-                        }
-                    }
-                    Err(ControlError::Remote(e)) if e.code == ErrorCode::NotFound => {
-                        // The coordinator forgot us (fresh log): register again.
-                        return Err(SessionError::Retry(e.into()));
-                    }
-                    Err(e) if client.is_closed() => return Err(e.into()),
-                    // Fenced: the connection may be to a coordinator that
-                    // is gone (one restarted on the same address does not
-                    // know it); a new one finds out at once.
-                    Err(e) if worker.fence.is_fenced() => {
-                        return Err(SessionError::Retry(anyhow::Error::new(e).context(
-                            "no answer from the coordinator for most of its offline timeout",
-                        )))
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                }
-            }
+            Some(why) = ended.recv() => return Err(SessionError::Retry(why)),
             next = commands.next() => match next? {
                 Some(ControlResponse::Command(cmd)) => worker.obey(cmd),
                 Some(other) => tracing::warn!(?other, "unexpected message on the attach stream"),
