@@ -98,6 +98,18 @@ fn tasks(up: &Up) -> Vec<Value> {
         .collect()
 }
 
+/// `task` (the counter with `args`) completes, with the output of a run of
+/// the same module alone.
+fn completes_as_alone(up: &Up, task: &str, args: &[&str]) {
+    up.ok(&["wait", task, "--timeout", "300s"]);
+    let view = up.json(&["inspect", task, "--json"]);
+    assert_eq!(view["state"], "completed", "{view}");
+    assert_eq!(
+        up.ok(&["logs", task]),
+        local_stdout(artifacts::COUNTER, args)
+    );
+}
+
 /// What the exit-code task prints alone (it exits non-zero on purpose).
 fn exit_code_stdout(code: &str) -> String {
     crate::support::stdout(&run(crate::support::wmig()
@@ -163,13 +175,7 @@ fn a_killed_leader_is_replaced_and_running_tasks_finish_unchanged() {
             .code(),
         Some(4)
     );
-    up.ok(&["wait", &running, "--timeout", "300s"]);
-    let view = up.json(&["inspect", &running, "--json"]);
-    assert_eq!(view["state"], "completed", "{view}");
-    assert_eq!(
-        up.ok(&["logs", &running]),
-        local_stdout(artifacts::COUNTER, &args)
-    );
+    completes_as_alone(&up, &running, &args);
     // The dead coordinator's lease expired with it.
     wait_until(
         "the dead coordinator unlisted",
@@ -241,13 +247,7 @@ fn a_paused_leader_is_deposed_and_commits_nothing_after_it_wakes() {
             .code(),
         Some(7)
     );
-    up.ok(&["wait", &running, "--timeout", "300s"]);
-    let view = up.json(&["inspect", &running, "--json"]);
-    assert_eq!(view["state"], "completed", "{view}");
-    assert_eq!(
-        up.ok(&["logs", &running]),
-        local_stdout(artifacts::COUNTER, &args)
-    );
+    completes_as_alone(&up, &running, &args);
 }
 
 #[test]
@@ -335,11 +335,5 @@ fn a_coordinator_on_a_fresh_disk_takes_over_with_every_task_and_node() {
     }
     // Output of ended tasks came from etcd, not from a disk.
     assert_eq!(up.ok(&["logs", &ids[2]]), exit_code_stdout("2"));
-    up.ok(&["wait", &running, "--timeout", "300s"]);
-    let view = up.json(&["inspect", &running, "--json"]);
-    assert_eq!(view["state"], "completed", "{view}");
-    assert_eq!(
-        up.ok(&["logs", &running]),
-        local_stdout(artifacts::COUNTER, &args)
-    );
+    completes_as_alone(&up, &running, &args);
 }

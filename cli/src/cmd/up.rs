@@ -152,6 +152,19 @@ impl UpCommand {
             let beat = (self.offline_timeout / 4).min(Duration::from_secs(1));
             let heartbeat = format!("{}ms", beat.as_millis().max(10));
             let budget = self.crash_budget.to_string();
+            let coordinator_args = vec![
+                "coordinator",
+                "--cluster",
+                &cluster,
+                "--listen",
+                "127.0.0.1:0",
+                "--offline-timeout",
+                &timeout,
+                "--heartbeat",
+                &heartbeat,
+                "--crash-budget",
+                &budget,
+            ];
             if self.coordinators > 1 {
                 let endpoints = start_etcd(
                     &exe,
@@ -166,29 +179,9 @@ impl UpCommand {
                 for i in 1..=self.coordinators {
                     let name = format!("coordinator-{i}");
                     let http = format!("127.0.0.1:{}", free_port()?);
-                    let mut coordinator = Node::new(
-                        &name,
-                        &[
-                            "coordinator",
-                            "--cluster",
-                            &cluster,
-                            "--listen",
-                            "127.0.0.1:0",
-                            "--http",
-                            &http,
-                            "--offline-timeout",
-                            &timeout,
-                            "--heartbeat",
-                            &heartbeat,
-                            "--crash-budget",
-                            &budget,
-                            "--etcd",
-                            &endpoints,
-                            "--name",
-                            &name,
-                        ],
-                        true,
-                    );
+                    let mut args = coordinator_args.clone();
+                    args.extend(["--http", &http, "--etcd", &endpoints, "--name", &name]);
+                    let mut coordinator = Node::new(&name, &args, true);
                     let addr = start(&exe, &logs, &mut coordinator, &exited_tx, false)?
                         .unwrap_or_default();
                     eprintln!("{name} {addr} (pid {})", coordinator.pid);
@@ -203,25 +196,9 @@ impl UpCommand {
                     c.http = https.first().cloned();
                 })?;
             } else {
-                let mut coordinator = Node::new(
-                    "coordinator",
-                    &[
-                        "coordinator",
-                        "--cluster",
-                        &cluster,
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--http",
-                        "127.0.0.1:0",
-                        "--offline-timeout",
-                        &timeout,
-                        "--heartbeat",
-                        &heartbeat,
-                        "--crash-budget",
-                        &budget,
-                    ],
-                    true,
-                );
+                let mut args = coordinator_args.clone();
+                args.extend(["--http", "127.0.0.1:0"]);
+                let mut coordinator = Node::new("coordinator", &args, true);
                 let addr =
                     start(&exe, &logs, &mut coordinator, &exited_tx, false)?.unwrap_or_default();
                 eprintln!("coordinator  {addr} (pid {})", coordinator.pid);

@@ -303,13 +303,7 @@ impl Replica {
                 Some(PutOptions::new().with_lease(self.lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self
-            .clients
-            .call(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.txn(txn).await?;
         let term = if resp.succeeded() {
             // The put is the transaction's only write, so the revision it
             // created is the leader key's create revision: our term.
@@ -332,6 +326,15 @@ impl Replica {
         };
         self.term.store(term, Ordering::SeqCst);
         Ok(term > 0)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, ReplicaError> {
+        self.clients
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
     }
 
     pub fn term(&self) -> i64 {
@@ -446,14 +449,7 @@ impl Replica {
             term,
         )];
         when.extend(extra);
-        let txn = Txn::new().when(when).and_then(ops);
-        let resp = self
-            .clients
-            .call(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.txn(Txn::new().when(when).and_then(ops)).await?;
         if resp.succeeded() {
             Ok(())
         } else {
