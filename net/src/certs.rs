@@ -453,6 +453,18 @@ impl ClusterCa {
         role: CertRole,
         validity: Validity,
     ) -> Result<Issued, ClusterError> {
+        self.issue_for(name, role, validity, &[])
+    }
+
+    /// [`Self::issue`], also valid for the IP addresses `ips`: for servers
+    /// that clients dial by address rather than by name (etcd members).
+    pub fn issue_for(
+        &self,
+        name: &str,
+        role: CertRole,
+        validity: Validity,
+        ips: &[std::net::IpAddr],
+    ) -> Result<Issued, ClusterError> {
         validate_node_name(name)?;
         role.check_name(name)?;
         let key = KeyPair::generate()?;
@@ -464,6 +476,9 @@ impl ClusterCa {
             SanType::DnsName(name.try_into()?),
             SanType::URI(role.uri().try_into()?),
         ];
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

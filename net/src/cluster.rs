@@ -50,6 +50,14 @@ const CONFIG_FILE: &str = "config.toml";
 const INDEX_FILE: &str = "issued.toml";
 const REVOKED_FILE: &str = "revoked.toml";
 
+/// Where [`ClusterDir::etcd_tls`] wrote etcd's TLS files.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Settings shared by every command run against this cluster.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterConfig {
@@ -218,6 +226,43 @@ impl ClusterDir {
         self.store_identity(&issued.identity)?;
         self.record(&issued.record)?;
         Ok(issued)
+    }
+
+    /// TLS files for etcd members reached at `ips`, written to `out`:
+    /// `ca.pem` (this cluster's CA, which members and coordinators trust),
+    /// `etcd.pem` and `etcd.key` (a `coordinator` certificate also valid
+    /// for those addresses: etcd serves and dials its peers with it).
+    /// Coordinators dial etcd with their own `coordinator` certificate, and
+    /// etcd admits only certificates of this CA.
+    pub fn etcd_tls(
+        &self,
+        ips: &[std::net::IpAddr],
+        validity: Validity,
+        out: &Path,
+    ) -> Result<EtcdTls, ClusterError> {
+        let issued = self
+            .ca()?
+            .issue_for("coordinator", CertRole::Coordinator, validity, ips)?;
+        self.record(&issued.record)?;
+        fs::create_dir_all(out).map_err(ClusterError::io(out))?;
+        let tls = EtcdTls {
+            ca: out.join("ca.pem"),
+            cert: out.join("etcd.pem"),
+            key: out.join("etcd.key"),
+        };
+        let ca = self.read_to_string(&self.ca_cert_path())?;
+        write_atomic(&tls.ca, ca.as_bytes(), false)?;
+        write_atomic(&tls.cert, issued.identity.cert_pem.as_bytes(), false)?;
+        write_atomic(&tls.key, issued.identity.key_pem.as_bytes(), true)?;
+        Ok(tls)
+    }
+
+    /// PEM of the CA certificate and of `name`'s stored certificate with
+    /// its key (one file), for clients outside rustls' reach (etcd's gRPC).
+    pub fn pem_identity(&self, name: &str) -> Result<(String, String), ClusterError> {
+        let ca = self.read_to_string(&self.ca_cert_path())?;
+        let id = self.read_to_string(&self.identity_path(name))?;
+        Ok((ca, id))
     }
 
     /// A cluster directory for another machine at `out`: the CA

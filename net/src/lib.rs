@@ -28,7 +28,7 @@ pub use certs::{
     CertInfo, CertRecord, CertRole, ClusterCa, Credentials, Identity, Issued, TimeProblem,
     Validity, COORDINATOR, DEFAULT_DAYS, OPERATOR,
 };
-pub use cluster::{ClusterConfig, ClusterDir, DEFAULT_CLUSTER_DIR, REGISTRY_NODE};
+pub use cluster::{ClusterConfig, ClusterDir, EtcdTls, DEFAULT_CLUSTER_DIR, REGISTRY_NODE};
 pub use endpoint::{
     accept, any_addr_for, client_endpoint, connect, server_endpoint, EndpointConfig,
 };

@@ -247,19 +247,26 @@ fn start() -> Option<Hosts> {
     };
     let o = run(&mut hosts.cmd(&["init"]));
     assert!(o.status.success(), "wmig init: {}", stderr(&o));
+    // etcd over mutual TLS with the cluster's CA, as the README deploys it.
+    let tls = dir.join("etcd-tls");
+    let ips: Vec<String> = (1..=3).map(addr).collect();
+    let o = run(hosts
+        .cmd(&["cert", "etcd", "--ip", &ips.join(","), "--out"])
+        .arg(&tls));
+    assert!(o.status.success(), "wmig cert etcd: {}", stderr(&o));
     let peers: Vec<String> = (1..=3)
-        .map(|h| format!("etcd-{h}=http://{}:2380", addr(h)))
+        .map(|h| format!("etcd-{h}=https://{}:2380", addr(h)))
         .collect();
     let peers = peers.join(",");
     let clients: Vec<String> = (1..=3)
-        .map(|h| format!("http://{}:2379", addr(h)))
+        .map(|h| format!("https://{}:2379", addr(h)))
         .collect();
     let clients = clients.join(",");
     for h in 1..=3 {
         let data = dir.join(format!("etcd-{h}"));
         let (client, peer) = (
-            format!("http://{}:2379", addr(h)),
-            format!("http://{}:2380", addr(h)),
+            format!("https://{}:2379", addr(h)),
+            format!("https://{}:2380", addr(h)),
         );
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &hosts.net.host(h), "etcd"])
@@ -284,7 +291,18 @@ fn start() -> Option<Hosts> {
                 "--initial-cluster-state",
                 "new",
             ])
-            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        for (flag, file) in [
+            ("--trusted-ca-file", "ca.pem"),
+            ("--cert-file", "etcd.pem"),
+            ("--key-file", "etcd.key"),
+            ("--peer-trusted-ca-file", "ca.pem"),
+            ("--peer-cert-file", "etcd.pem"),
+            ("--peer-key-file", "etcd.key"),
+        ] {
+            c.arg(flag).arg(tls.join(file));
+        }
         hosts.spawn(&format!("etcd-{h}"), c);
     }
     let registry = format!("{}:7701", addr(4));

@@ -184,6 +184,83 @@ fn a_killed_leader_is_replaced_and_running_tasks_finish_unchanged() {
     );
 }
 
+/// GET /version from etcd member `port` over TLS, with the cluster's
+/// certificate `identity` (a PEM with certificate and key) or none; the
+/// answer's body, or the error (Python's ssl, so that nothing of wmig's is
+/// on the client side).
+fn etcd_get_version(
+    ca: &std::path::Path,
+    port: &str,
+    identity: Option<&std::path::Path>,
+) -> String {
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+if len(sys.argv) > 3:
+    ctx.load_cert_chain(sys.argv[3])
+try:
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=5), server_hostname="127.0.0.1") as s:
+        s.sendall(b"GET /version HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        print(s.recv(4096).decode(errors="replace"))
+except Exception as e:
+    print("refused:", e)
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(ca).arg(port);
+    if let Some(id) = identity {
+        cmd.arg(id);
+    }
+    crate::support::stdout(&run(&mut cmd))
+}
+
+#[test]
+fn etcd_admits_only_the_clusters_certificates() {
+    let Some(up) = up3(1) else { return };
+    let ports = std::fs::read_to_string(up.dir.join("etcd").join("ports")).expect("etcd ports");
+    let port = ports
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a client port")
+        .to_owned();
+    let ca = up.dir.join("etcd").join("tls").join("ca.pem");
+    let with_cert = etcd_get_version(
+        &ca,
+        &port,
+        Some(&up.dir.join("certs").join("coordinator.pem")),
+    );
+    assert!(
+        with_cert.contains("etcdserver"),
+        "with the coordinator's certificate: {with_cert}"
+    );
+    let without = etcd_get_version(&ca, &port, None);
+    assert!(
+        without.starts_with("refused") && !without.contains("etcdserver"),
+        "without a certificate: {without}"
+    );
+    // A certificate of another cluster's CA is no better.
+    let other = tempfile::TempDir::new().expect("tempdir");
+    let o = run(crate::support::wmig()
+        .env("WMIG_CLUSTER", other.path())
+        .arg("init"));
+    assert!(o.status.success());
+    let o = run(crate::support::wmig()
+        .env("WMIG_CLUSTER", other.path())
+        .args(["cert", "etcd", "--ip", "127.0.0.1", "--out"])
+        .arg(other.path().join("tls")));
+    assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    let foreign = std::fs::read_to_string(other.path().join("tls").join("etcd.pem"))
+        .unwrap_or_default()
+        + &std::fs::read_to_string(other.path().join("tls").join("etcd.key")).unwrap_or_default();
+    let foreign_pem = other.path().join("foreign.pem");
+    std::fs::write(&foreign_pem, foreign).expect("write foreign.pem");
+    let foreign = etcd_get_version(&ca, &port, Some(&foreign_pem));
+    assert!(
+        foreign.starts_with("refused") && !foreign.contains("etcdserver"),
+        "with another cluster's certificate: {foreign}"
+    );
+}
+
 #[test]
 fn a_paused_leader_is_deposed_and_commits_nothing_after_it_wakes() {
     let Some(up) = up3(1) else { return };

@@ -90,6 +90,24 @@ enum CertAction {
         #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
         cluster: PathBuf,
     },
+    /// TLS files for etcd members: the CA certificate, and a certificate
+    /// and key valid for the members' addresses, for `etcd --cert-file
+    /// --key-file --trusted-ca-file --client-cert-auth` (and the same for
+    /// `--peer-…`). Coordinators then dial `https://` endpoints with their
+    /// own certificate, and etcd admits only this cluster's.
+    Etcd {
+        /// Every address clients and peers dial the members on
+        /// (comma-separated or repeated).
+        #[arg(long, required = true, value_delimiter = ',')]
+        ip: Vec<std::net::IpAddr>,
+        #[arg(long, default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DAYS)))]
+        days: u32,
+        /// Where to write ca.pem, etcd.pem and etcd.key.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
+        cluster: PathBuf,
+    },
     /// List the certificates this cluster issued: name, role, serial,
     /// expiry, revoked or not.
     Ls {
@@ -260,6 +278,28 @@ impl CertCommand {
                          coordinator (run it again) or revoked.toml is copied to them"
                     ),
                 }
+                Ok(0)
+            }
+            CertAction::Etcd {
+                ip,
+                days,
+                out,
+                cluster,
+            } => {
+                let tls = ClusterDir::new(&cluster)
+                    .etcd_tls(&ip, Validity::days(days), &out)
+                    .with_context(|| {
+                        format!(
+                            "could not issue etcd's certificate from {}",
+                            cluster.display()
+                        )
+                    })?;
+                println!(
+                    "etcd --client-cert-auth --trusted-ca-file {ca} --cert-file {cert} --key-file {key} \\\n  --peer-client-cert-auth --peer-trusted-ca-file {ca} --peer-cert-file {cert} --peer-key-file {key} ...",
+                    ca = tls.ca.display(),
+                    cert = tls.cert.display(),
+                    key = tls.key.display()
+                );
                 Ok(0)
             }
             CertAction::Ls { json, cluster } => {

@@ -172,6 +172,15 @@ impl CoordinatorCommand {
         };
         let mut etcd = EtcdConfig::new(self.etcd.clone());
         etcd.prefix = self.etcd_prefix.trim_end_matches('/').to_owned();
+        if self.etcd.iter().any(|u| u.starts_with("https://")) {
+            // etcd admits this cluster's certificates only; ours says
+            // coordinator.
+            etcd.tls = Some(
+                ClusterDir::new(&self.cluster)
+                    .pem_identity(COORDINATOR_NODE)
+                    .context("no coordinator certificate to show etcd")?,
+            );
+        }
         // Listening already: clients that come before etcd answers get "no
         // leader yet" rather than silence.
         println!(

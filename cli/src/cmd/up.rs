@@ -413,10 +413,27 @@ fn start_etcd(
             .with_context(|| format!("could not write {}", ports_file.display()))?;
         fresh
     };
+    // Members and coordinators speak TLS with certificates of this
+    // cluster's CA, both ways (`--client-cert-auth`): nothing else on the
+    // machine can read or write the cluster's state.
+    let tls_dir = root.join("tls");
+    // A fresh one at every start, so it never expires under a cluster.
+    let tls = ClusterDir::new(cluster)
+        .etcd_tls(
+            &[std::net::Ipv4Addr::LOCALHOST.into()],
+            wmig_net::certs::Validity::days(wmig_net::certs::DEFAULT_DAYS),
+            &tls_dir,
+        )
+        .context("could not issue etcd's certificate")?;
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, p))| format!("etcd-{}=http://127.0.0.1:{p}", i + 1))
+        .map(|(i, (_, p))| format!("etcd-{}=https://127.0.0.1:{p}", i + 1))
         .collect();
     let initial = initial.join(",");
     let token = format!("wmig-{}", cluster.display());
@@ -424,8 +441,8 @@ fn start_etcd(
     for (i, (client, peer)) in ports.iter().enumerate() {
         let name = format!("etcd-{}", i + 1);
         let data = root.join(&name);
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let client_url = format!("https://127.0.0.1:{client}");
+        let peer_url = format!("https://127.0.0.1:{peer}");
         let data_s = data.display().to_string();
         let mut node = Node::new(
             &name,
@@ -452,6 +469,20 @@ fn start_etcd(
                 "zap",
                 "--log-outputs",
                 "stderr",
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                &ca,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--peer-client-cert-auth",
+                "--peer-trusted-ca-file",
+                &ca,
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
             ],
             false,
         );

@@ -95,6 +95,10 @@ pub struct EtcdConfig {
     /// Lease time to live: how long a dead leader holds on to its
     /// leadership. etcd's smallest is about 2 s with its default timings.
     pub ttl: Duration,
+    /// For `https://` endpoints: the cluster CA's PEM, and this
+    /// coordinator's certificate with its key (one PEM), which etcd
+    /// checks against that CA (`--client-cert-auth`).
+    pub tls: Option<(String, String)>,
 }
 
 impl EtcdConfig {
@@ -103,6 +107,7 @@ impl EtcdConfig {
             endpoints,
             prefix: "/wmig".into(),
             ttl: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -216,9 +221,18 @@ impl Replica {
         let names = config.endpoints.join(",");
         let mut clients = Vec::new();
         for endpoint in &config.endpoints {
-            let options = ConnectOptions::new()
+            let mut options = ConnectOptions::new()
                 .with_connect_timeout(OP_TIMEOUT)
                 .with_timeout(OP_TIMEOUT);
+            if let Some((ca, id)) = &config.tls {
+                options = options.with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(ca))
+                        // One PEM holds both: the certificate is read from
+                        // its CERTIFICATE block, the key from its KEY block.
+                        .identity(etcd_client::Identity::from_pem(id, id)),
+                );
+            }
             let client = Client::connect([endpoint], Some(options))
                 .await
                 .map_err(|source| ReplicaError::Etcd {
