@@ -365,7 +365,7 @@ fn a_coordinator_on_a_fresh_disk_takes_over_with_every_task_and_node() {
     let endpoints: Vec<String> = ports
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .map(|p| format!("http://127.0.0.1:{p}"))
+        .map(|p| format!("https://127.0.0.1:{p}"))
         .collect();
     let fresh = tempfile::TempDir::new().expect("tempdir");
     let timeout = format!("{}ms", OFFLINE_TIMEOUT.as_millis());
