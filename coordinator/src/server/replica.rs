@@ -144,15 +144,18 @@ impl Endpoints {
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => {
-                    last = Some(etcd_client::Error::InvalidArgs(format!(
-                        "no answer within {OP_TIMEOUT:?}"
+                    last = Some(etcd_client::Error::IoError(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {OP_TIMEOUT:?}"),
                     )))
                 }
             }
         }
         Err(ReplicaError::Etcd {
             endpoints: self.names.clone(),
-            source: last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no endpoints".into())),
+            source: last.unwrap_or_else(|| {
+                etcd_client::Error::InvalidArgs("no etcd endpoints given (--etcd)".into())
+            }),
         })
     }
 }
