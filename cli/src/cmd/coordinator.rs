@@ -22,7 +22,8 @@ use crate::cmd::registry::{parse_duration, runtime};
 pub struct CoordinatorCommand {
     #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
     cluster: PathBuf,
-    /// Event log and task output (default: CLUSTER/coordinator).
+    /// Event log and task output (default: CLUSTER/coordinator; with
+    /// --etcd, CLUSTER/coordinators/NAME, a cache of what etcd holds).
     #[arg(long)]
     data: Option<PathBuf>,
     /// QUIC address to listen on; port 0 picks a free port.
@@ -45,6 +46,8 @@ pub struct CoordinatorCommand {
     /// coordinators replicated there. One leads (elected with an etcd
     /// lease); the others point clients at it and take over within seconds
     /// when it stops. The event log, task output and input live in etcd.
+    /// With `https://` URLs this coordinator shows etcd its certificate
+    /// (see `wmig cert etcd`).
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
     /// Every key in etcd lives under this prefix (several clusters can
