@@ -988,11 +988,7 @@ async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) 
             worker.unreported.hold(task, seq, up.pending.clone());
         } else {
             // Handed off, or given up: the task may checkpoint again.
-            let _ = up
-                .pending
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    Some(n.saturating_sub(1))
-                });
+            report::release(&up.pending);
         }
         let node = worker.config.name.clone();
         match (stored, up.handoff) {

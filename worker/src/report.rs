@@ -122,11 +122,16 @@ impl Unreported {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(task, seq));
         if let Some(pending) = held {
-            let _ = pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                Some(n.saturating_sub(1))
-            });
+            release(&pending);
         }
     }
+}
+
+/// One upload of a task's checkpoint is over: it may checkpoint again.
+pub fn release(pending: &AtomicU32) {
+    let _ = pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        Some(n.saturating_sub(1))
+    });
 }
 
 /// Output bytes queued for the coordinator and not yet accepted, across
@@ -316,10 +321,14 @@ async fn deliver(
         match c.ask(req).await {
             Ok(answer) => return Some(answer),
             Err(ControlError::Remote(e))
-                if matches!(e.code, ErrorCode::Internal | ErrorCode::Timeout) =>
+                if matches!(
+                    e.code,
+                    ErrorCode::Internal | ErrorCode::Timeout | ErrorCode::NotLeader
+                ) =>
             {
                 // Not applied (a failed append leaves nothing half done):
-                // the coordinator's disk or log may recover, so try again.
+                // the coordinator's disk or log may recover, or (replicated)
+                // the next leader takes it once the session reconnects.
                 tracing::warn!(%node, reason = %e, retry_in = ?backoff, "the coordinator could not take a report; retrying");
                 backoff = pause(client, backoff, Duration::from_secs(5)).await;
             }

@@ -167,7 +167,6 @@ impl UpCommand {
             ];
             if self.coordinators > 1 {
                 let endpoints = start_etcd(
-                    &exe,
                     &logs,
                     &self.cluster,
                     self.coordinators,
@@ -378,7 +377,6 @@ fn free_port() -> anyhow::Result<u16> {
 /// CLUSTER/etcd/ports, because a member's data remembers its peers'
 /// addresses: a later `wmig up` on the same directory reuses them.
 fn start_etcd(
-    _exe: &Path,
     logs: &Path,
     cluster: &Path,
     members: u32,

@@ -208,9 +208,10 @@ pub struct Server {
     log: Log,
 }
 
-/// Where committed events go.
+/// Where committed events go. The file sits behind a lock because its
+/// appends run on the blocking pool.
 enum Log {
-    File(EventLog),
+    File(Arc<Mutex<EventLog>>),
     Etcd(Arc<Replica>),
 }
 
@@ -238,7 +239,7 @@ impl Server {
         Ok(Self::build(
             config,
             replay.events,
-            Log::File(log),
+            Log::File(Arc::new(Mutex::new(log))),
             outputs,
             inputs,
         ))
@@ -691,10 +692,6 @@ fn coordinator_error(e: CoordinatorError) -> RemoteError {
 /// Writes queued events with one fsync (or one etcd transaction) per
 /// batch, then applies their side effects.
 async fn committer(shared: Arc<Shared>, log: Log) {
-    let file = match log {
-        Log::File(log) => Some(Arc::new(Mutex::new(log))),
-        Log::Etcd(_) => None,
-    };
     loop {
         shared.queued.notified().await;
         loop {
@@ -703,11 +700,11 @@ async fn committer(shared: Arc<Shared>, log: Log) {
                 break;
             }
             let events: Vec<Event> = batch.iter().map(|l| l.event.clone()).collect();
-            let failure = match (&file, &shared.replica) {
-                (Some(log), _) => {
-                    let log = log.clone();
+            let failure = match &log {
+                Log::File(file) => {
+                    let file = file.clone();
                     let written = tokio::task::spawn_blocking(move || {
-                        log.lock()
+                        file.lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .append(&events)
                     })
@@ -718,24 +715,22 @@ async fn committer(shared: Arc<Shared>, log: Log) {
                         Err(e) => Some(format!("log writer panicked: {e}")),
                     }
                 }
-                (None, Some(replica)) => {
+                Log::Etcd(replica) => {
                     let first = batch.first().map_or(0, |l| l.seq);
-                    replica
-                        .append(first, &events)
-                        .await
-                        .err()
-                        .map(|e| e.to_string())
+                    let failed = replica.append(first, &events).await.err();
+                    failed.map(|e| {
+                        // Nothing more may be decided here: the next
+                        // leader replays what etcd holds.
+                        let _ = shared
+                            .step_down
+                            .send(Some(format!("could not commit to etcd: {e}")));
+                        e.to_string()
+                    })
                 }
-                (None, None) => Some("no event log".into()),
             };
             if let Some(why) = failure {
                 tracing::error!(error = %why, "event log append failed; refusing further commands");
-                shared.durable.send_modify(|d| d.failed = Some(why.clone()));
-                if shared.replica.is_some() {
-                    let _ = shared
-                        .step_down
-                        .send(Some(format!("could not commit to etcd: {why}")));
-                }
+                shared.durable.send_modify(|d| d.failed = Some(why));
                 return;
             }
             let next = batch.last().map_or(0, |l| l.seq + 1);
