@@ -80,6 +80,15 @@ impl Subscription {
     }
 }
 
+/// A coordinator's answer to a check-in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckIn {
+    /// Tasks (and the epochs the node reported) it no longer owns.
+    pub stale: Vec<(TaskId, u64)>,
+    /// Check in again within this long.
+    pub next: Duration,
+}
+
 impl ControlClient {
     pub async fn connect(
         addr: SocketAddr,
@@ -284,19 +293,22 @@ impl ControlClient {
         }
     }
 
-    /// Heartbeat; returns the listed tasks this node no longer owns.
+    /// Check in (heartbeat); returns the listed tasks this node no longer
+    /// owns, and when the coordinator wants to hear from it next.
     pub async fn heartbeat(
         &self,
         node: &NodeId,
         tasks: Vec<TaskBeat>,
-    ) -> Result<Vec<(TaskId, u64)>, ControlError> {
+    ) -> Result<CheckIn, ControlError> {
         let req = ControlRequest::Heartbeat {
             node: node.clone(),
             tasks,
         };
         match self.ask(&req).await? {
-            ControlResponse::Ok => Ok(Vec::new()),
-            ControlResponse::Stale(stale) => Ok(stale),
+            ControlResponse::CheckedIn { stale, next_ms } => Ok(CheckIn {
+                stale,
+                next: Duration::from_millis(next_ms),
+            }),
             _ => Err(ControlError::Unexpected { what: "Heartbeat" }),
         }
     }

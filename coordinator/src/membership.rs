@@ -37,6 +37,23 @@ pub struct Node {
     /// timeout; until they speak, another process may take the name over
     /// (e.g. `wmig up` run again after a crash).
     pub heard: bool,
+    /// What the SWIM membership says (volatile, like `last_seen`).
+    pub swim: Swim,
+}
+
+/// A node's standing in the SWIM membership, as the coordinator last heard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Swim {
+    /// Not (yet) a member: it must heartbeat, and silence for the offline
+    /// timeout takes it offline.
+    #[default]
+    Unknown,
+    /// An active member: the membership vouches for it, however rarely it
+    /// checks in.
+    Alive,
+    /// The membership declared it down (it failed direct and indirect
+    /// probes, then did not refute the suspicion): offline at once.
+    Down,
 }
 
 /// A node without its volatile heartbeat time: what a replay must reproduce.
@@ -178,15 +195,43 @@ impl Membership {
         Ok(Some(event))
     }
 
+    /// The membership says `name` is an active member: like a heartbeat, and
+    /// from now on silence alone does not take it offline. Names that never
+    /// registered are ignored (they register next).
+    pub fn swim_up(&mut self, name: &NodeId, now: Millis) -> Option<MembershipEvent> {
+        let node = self.nodes.get_mut(name)?;
+        node.swim = Swim::Alive;
+        self.heartbeat(name, now).ok().flatten()
+    }
+
+    /// The membership declared `name` down: the next
+    /// [`Self::poll_timeouts`] takes it offline (once).
+    pub fn swim_down(&mut self, name: &NodeId) {
+        if let Some(node) = self.nodes.get_mut(name) {
+            node.swim = Swim::Down;
+        }
+    }
+
+    /// When an online node is due to be declared offline.
+    fn due(&self, n: &Node) -> Option<Millis> {
+        if n.liveness != Liveness::Online {
+            return None;
+        }
+        match n.swim {
+            Swim::Alive => None,
+            Swim::Down => Some(0),
+            Swim::Unknown => Some(n.last_seen.saturating_add(self.config.offline_timeout)),
+        }
+    }
+
     /// Declare offline every online node silent for `offline_timeout` or
-    /// longer. Each silence produces exactly one event.
+    /// longer, or declared down by the membership. Each produces exactly
+    /// one event.
     pub fn poll_timeouts(&mut self, now: Millis) -> Vec<MembershipEvent> {
-        let timeout = self.config.offline_timeout;
         let expired: Vec<MembershipEvent> = self
             .nodes
             .values()
-            .filter(|n| n.liveness == Liveness::Online)
-            .filter(|n| now.saturating_sub(n.last_seen) >= timeout)
+            .filter(|n| self.due(n).is_some_and(|d| d <= now))
             .map(|n| MembershipEvent::Offline(n.info.name.clone()))
             .collect();
         for event in &expired {
@@ -198,11 +243,7 @@ impl Membership {
     /// The earliest time at which [`Self::poll_timeouts`] may have work to do;
     /// `None` when no node is online.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.nodes
-            .values()
-            .filter(|n| n.liveness == Liveness::Online)
-            .map(|n| n.last_seen.saturating_add(self.config.offline_timeout))
-            .min()
+        self.nodes.values().filter_map(|n| self.due(n)).min()
     }
 
     /// Forget an offline node. If its process comes back it is told it is
@@ -272,6 +313,7 @@ impl Membership {
                         draining: false,
                         last_seen: now,
                         heard: true,
+                        swim: Swim::Unknown,
                     },
                 );
             }
@@ -283,6 +325,11 @@ impl Membership {
                     n.liveness = Liveness::Online;
                     n.last_seen = now;
                     n.heard = true;
+                    // Back by its own word: what the membership said
+                    // before no longer stands.
+                    if n.swim == Swim::Down || info.is_some() {
+                        n.swim = Swim::Unknown;
+                    }
                 }
             }
             MembershipEvent::Offline(node) => {
@@ -318,6 +365,7 @@ impl Membership {
         for node in self.nodes.values_mut() {
             node.last_seen = grace;
             node.heard = false;
+            node.swim = Swim::Unknown;
         }
     }
 
@@ -325,6 +373,11 @@ impl Membership {
         if let Some(n) = self.nodes.get_mut(name) {
             n.last_seen = n.last_seen.max(now);
             n.heard = true;
+            // A check-in is direct evidence of life: a "down" from the
+            // membership that it answers no longer stands.
+            if n.swim == Swim::Down {
+                n.swim = Swim::Unknown;
+            }
         }
     }
 

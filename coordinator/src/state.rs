@@ -228,6 +228,20 @@ impl Coordinator {
         Ok(self.node_events(event))
     }
 
+    /// The SWIM membership says `node` is active (see
+    /// [`crate::membership::Membership::swim_up`]).
+    pub fn swim_up(&mut self, node: &NodeId, now: Millis) -> Vec<Event> {
+        self.advance(now);
+        let event = self.membership.swim_up(node, now);
+        self.node_events(event)
+    }
+
+    /// The SWIM membership declared `node` down: [`Self::tick`] takes it
+    /// offline and recovers its tasks.
+    pub fn swim_down(&mut self, node: &NodeId) {
+        self.membership.swim_down(node);
+    }
+
     /// Run the failure detector; call at [`Self::next_deadline`]. Tasks of a
     /// worker declared offline move to other workers with the next epoch
     /// (they resume there from their last checkpoint), or wait as pending

@@ -324,6 +324,15 @@ impl Gossip {
         config: GossipConfig,
     ) -> std::io::Result<(Gossip, mpsc::UnboundedReceiver<Change>)> {
         let socket = std::net::UdpSocket::bind(config.bind)?;
+        Self::start_on(socket, config)
+    }
+
+    /// [`Self::start`] on a socket bound already (`config.bind` unused):
+    /// its address can be published before the key is known.
+    pub fn start_on(
+        socket: std::net::UdpSocket,
+        config: GossipConfig,
+    ) -> std::io::Result<(Gossip, mpsc::UnboundedReceiver<Change>)> {
         socket.set_nonblocking(true)?;
         let addr = socket.local_addr()?;
         let sender = socket.try_clone()?;

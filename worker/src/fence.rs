@@ -14,8 +14,7 @@
 //! lifts the fence for the others.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub struct Fence {
@@ -26,11 +25,10 @@ pub struct Fence {
     timeout_ms: AtomicU64,
 }
 
-/// Milliseconds on a monotonic clock (since the first call).
+/// Milliseconds on a monotonic clock: the membership's, so that the time a
+/// beacon arrived compares with ours.
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    wmig_gossip::now_ms()
 }
 
 impl Fence {
@@ -61,6 +59,21 @@ impl Fence {
     pub fn heard(&self, sent_ms: u64) -> bool {
         self.last_ok_ms.fetch_max(sent_ms, Ordering::SeqCst);
         self.fenced.swap(false, Ordering::SeqCst)
+    }
+
+    /// A new leader beacon arrived through the membership at `at_ms`: the
+    /// leader's side of the cluster still hears this worker. Counts like an
+    /// answered heartbeat while not fenced; once fenced only [`Self::heard`]
+    /// (a check-in, which drops the tasks that moved on) lifts the fence.
+    pub fn heard_through_membership(&self, at_ms: u64) {
+        if at_ms > 0 && !self.is_fenced() {
+            self.last_ok_ms.fetch_max(at_ms, Ordering::SeqCst);
+        }
+    }
+
+    /// Fence now. Returns true if this call fenced.
+    pub fn raise(&self) -> bool {
+        !self.fenced.swap(true, Ordering::SeqCst)
     }
 
     /// Fence if it is time. Returns true when this call fenced (so the

@@ -67,9 +67,24 @@ async fn beat(
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+    // When the coordinator wants the next check-in (0: at once).
+    let mut due_ms = 0u64;
     loop {
         tick.tick().await;
         let sent = fence::now_ms();
+        // Between check-ins the membership vouches for this worker, and
+        // the leader's beacons for the leader; without fresh beacons (no
+        // membership, or it lost the leader) check in every period, as a
+        // plain heartbeat.
+        let beacon_ms = worker
+            .gossip
+            .member()
+            .map_or(0, |m| m.view().beacon_seen_ms());
+        let vouched = beacon_ms > 0 && sent.saturating_sub(beacon_ms) < 2 * every_ms;
+        if vouched && sent < due_ms && !worker.fence.is_fenced() {
+            continue;
+        }
         let answer = tokio::time::timeout(
             patience,
             client.heartbeat(&cfg.name, worker.running_tasks()),
@@ -77,8 +92,10 @@ async fn beat(
         .await
         .unwrap_or_else(|_| Err(ControlError::from(wmig_net::NetError::Timeout(patience))));
         match answer {
-            Ok(stale) => {
-                for (task, epoch) in stale {
+            Ok(answer) => {
+                due_ms =
+                    sent.saturating_add(u64::try_from(answer.next.as_millis()).unwrap_or(u64::MAX));
+                for (task, epoch) in answer.stale {
                     tracing::warn!(%task, epoch, "no longer ours (fenced); dropping it");
                     worker.drop_task(task, epoch);
                 }

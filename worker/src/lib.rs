@@ -20,6 +20,7 @@
 
 mod exec;
 mod fence;
+mod gossip;
 mod heartbeat;
 mod input;
 mod live;
@@ -74,6 +75,8 @@ pub struct WorkerConfig {
     /// The revocation list the live-migration listener honours (this
     /// worker's `revoked.toml`); the coordinator keeps it up to date.
     pub revocations: Option<Arc<wmig_net::revocation::Revocations>>,
+    /// UDP port of this worker's member of the SWIM membership (0: any).
+    pub gossip_port: u16,
 }
 
 /// Where a worker serves the live-migration protocol.
@@ -145,6 +148,8 @@ struct Worker {
     backlog: Arc<report::Backlog>,
     /// Set while the coordinator is out of reach (tasks wait paused).
     fence: Arc<fence::Fence>,
+    /// This worker's member of the SWIM membership, once it joined.
+    gossip: gossip::Membership,
 }
 
 /// Run the worker until `shutdown` resolves.
@@ -201,6 +206,7 @@ pub async fn run(
         clients: client_rx.clone(),
         backlog: Arc::default(),
         fence: Arc::default(),
+        gossip: gossip::Membership::default(),
         config,
     });
     let mut background = tokio::task::JoinSet::new();
@@ -268,15 +274,18 @@ async fn fence_watch(worker: Arc<Worker>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        // A new beacon from the leader, relayed by the membership, is as
+        // good as an answered heartbeat (but lifts no fence: only a
+        // check-in can, after it dropped the tasks that moved on).
+        if let Some(member) = worker.gossip.member() {
+            worker
+                .fence
+                .heard_through_membership(member.view().beacon_seen_ms());
+        }
         if worker.fence.raise_if_due(fence::now_ms()) {
-            let running = worker.lock_running();
-            tracing::warn!(
-                tasks = running.len(),
-                "no answer from the coordinator for most of its offline timeout: pausing every task until it answers (self-fencing), so none can run here and elsewhere at once"
+            worker.pause_all(
+                "no answer from the coordinator, directly or through the membership, for most of its offline timeout",
             );
-            for r in running.values() {
-                r.control.request_pause();
-            }
         }
     }
 }
@@ -379,8 +388,12 @@ async fn session(
         Ok(ControlResponse::Registered {
             heartbeat_ms,
             offline_timeout_ms,
+            gossip,
         }) => {
             worker.fence.registered(offline_timeout_ms, asked);
+            if let Some(join) = gossip {
+                gossip::join(worker, join, Duration::from_millis(offline_timeout_ms));
+            }
             // A heartbeat unanswered for half the offline timeout is lost:
             // waiting longer only delays the next one.
             (
@@ -433,6 +446,32 @@ async fn session(
 }
 
 impl Worker {
+    /// Fence now (see [`fence`]), whatever the clock says.
+    fn raise_fence(&self, why: &str) {
+        if self.fence.raise() {
+            self.pause_all(why);
+        }
+    }
+
+    fn pause_all(&self, why: &str) {
+        let running = self.lock_running();
+        tracing::warn!(
+            tasks = running.len(),
+            "{why}: pausing every task until the coordinator answers (self-fencing), so none can run here and elsewhere at once"
+        );
+        for r in running.values() {
+            r.control.request_pause();
+        }
+    }
+
+    /// The IP this host's gossip member is reached at.
+    fn gossip_ip(&self) -> std::net::IpAddr {
+        match self.config.listen {
+            Listen::At(a) if !a.ip().is_unspecified() => a.ip(),
+            _ => local_addr_towards(self.config.first_coordinator()).ip(),
+        }
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use wmig_coordinator::server::api::ApiConfig;
 use wmig_coordinator::server::replica::{CoordinatorRecord, EtcdConfig, Replica};
-use wmig_coordinator::server::{serve_follower, RunEnd, Server, ServerConfig};
+use wmig_coordinator::server::{gossip, serve_follower, GossipRole, RunEnd, Server, ServerConfig};
 use wmig_coordinator::COORDINATOR_NODE;
 use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR};
 
@@ -61,6 +61,12 @@ pub struct CoordinatorCommand {
     /// (default: the listen address; loopback when it is 0.0.0.0).
     #[arg(long)]
     advertise: Option<String>,
+    /// UDP address of this coordinator's member of the SWIM membership,
+    /// which detects failed workers so that they need not heartbeat every
+    /// second (open this port between all machines). `auto`: the listen
+    /// address's IP, any free port; `off`: every worker heartbeats instead.
+    #[arg(long, default_value = "auto")]
+    gossip: String,
 }
 
 impl CoordinatorCommand {
@@ -103,6 +109,7 @@ impl CoordinatorCommand {
         let addr = loopback_if_unspecified(endpoint.local_addr()?);
         let advertise = self.advertise.clone().unwrap_or_else(|| addr.to_string());
         config.advertise = Some(advertise.clone());
+        let gossip = self.gossip_socket(&advertise)?;
         let http = match self.http.as_str() {
             "off" => None,
             a => Some(
@@ -120,8 +127,26 @@ impl CoordinatorCommand {
         };
         if !self.etcd.is_empty() {
             return self
-                .run_replicated(config, endpoint, http, http_addr, advertise)
+                .run_replicated(config, endpoint, http, http_addr, advertise, gossip)
                 .await;
+        }
+        if let Some((socket, at)) = gossip {
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("could not create {}", data.display()))?;
+            let key = gossip::key_file(&data.join("gossip.key")).with_context(|| {
+                format!(
+                    "could not read or make {}",
+                    data.join("gossip.key").display()
+                )
+            })?;
+            config.gossip = Some(GossipRole::start(
+                socket,
+                COORDINATOR_NODE,
+                at,
+                key,
+                self.offline_timeout,
+                Vec::new(),
+            )?);
         }
         let server = Server::open(config.clone()).with_context(|| {
             format!(
@@ -153,15 +178,42 @@ fn print_http(http_addr: Option<SocketAddr>) {
 }
 
 impl CoordinatorCommand {
+    /// The bound gossip socket and the address members reach it at.
+    fn gossip_socket(
+        &self,
+        advertise: &str,
+    ) -> anyhow::Result<Option<(std::net::UdpSocket, SocketAddr)>> {
+        let bind = match self.gossip.as_str() {
+            "off" => return Ok(None),
+            "auto" => SocketAddr::new(self.listen.ip(), 0),
+            a => a.parse().with_context(|| {
+                format!("--gossip {a:?} is not an address (IP:PORT), `auto` or `off`")
+            })?,
+        };
+        let socket = std::net::UdpSocket::bind(bind)
+            .with_context(|| format!("could not bind the gossip socket on {bind}"))?;
+        let mut at = socket.local_addr()?;
+        if at.ip().is_unspecified() {
+            // Members reach it where clients reach the control port.
+            let ip = advertise
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            at.set_ip(ip);
+        }
+        Ok(Some((socket, at)))
+    }
+
     /// One of several coordinators on etcd: follow until elected, then
     /// lead until stopped or deposed.
     async fn run_replicated(
         &self,
-        config: ServerConfig,
+        mut config: ServerConfig,
         endpoint: wmig_net::Endpoint,
         http: Option<std::net::TcpListener>,
         http_addr: Option<SocketAddr>,
         advertise: String,
+        gossip: Option<(std::net::UdpSocket, SocketAddr)>,
     ) -> anyhow::Result<()> {
         let name = self
             .name
@@ -172,6 +224,7 @@ impl CoordinatorCommand {
             addr: advertise,
             http: http_addr.map(|a| a.to_string()),
             pid: std::process::id(),
+            gossip: gossip.as_ref().map(|(_, at)| *at),
         };
         let mut etcd = EtcdConfig::new(self.etcd.clone());
         etcd.prefix = self.etcd_prefix.trim_end_matches('/').to_owned();
@@ -206,6 +259,32 @@ impl CoordinatorCommand {
         let replica = Replica::join(etcd, me, Duration::from_secs(30))
             .await
             .context("could not join the coordinators in etcd")?;
+        if let Some((socket, at)) = gossip {
+            let key = replica
+                .gossip_key(gossip::fresh_key()?)
+                .await
+                .context("could not read the cluster's gossip key from etcd")?;
+            // Join the other coordinators; workers join through them all.
+            let seeds = match replica.members().await {
+                Ok(m) => m
+                    .into_iter()
+                    .filter_map(|c| c.gossip)
+                    .filter(|g| *g != at)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list the other coordinators; they find this one when they start");
+                    Vec::new()
+                }
+            };
+            config.gossip = Some(GossipRole::start(
+                socket,
+                &name,
+                at,
+                key,
+                self.offline_timeout,
+                seeds,
+            )?);
+        }
         let mut lost = replica.lost();
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);

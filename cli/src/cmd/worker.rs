@@ -49,6 +49,11 @@ pub struct WorkerCommand {
     /// IP:PORT, or `off` (migrations then travel through the registry).
     #[arg(long, default_value = "auto", env = "WMIG_WORKER_LISTEN", value_parser = parse_listen)]
     listen: Listen,
+    /// UDP port of this worker's member of the SWIM membership, which
+    /// tells the coordinator it is alive (open it between all machines);
+    /// 0: any free port.
+    #[arg(long, default_value_t = 0, env = "WMIG_GOSSIP_PORT")]
+    gossip_port: u16,
     #[command(flatten)]
     target: ControlTarget,
 }
@@ -112,6 +117,7 @@ impl WorkerCommand {
             yield_fuel: self.yield_fuel.max(1),
             memory_limit: self.max_memory_size as u64,
             revocations: Some(dir.revocations()),
+            gossip_port: self.gossip_port,
         };
         let list: Vec<String> = coordinators.iter().map(ToString::to_string).collect();
         eprintln!(

@@ -16,6 +16,7 @@
 pub mod api;
 mod authz;
 mod follower;
+pub mod gossip;
 pub mod http;
 pub mod input;
 mod migrate;
@@ -45,6 +46,7 @@ use crate::wire::{
 };
 use crate::{Coordinator, CoordinatorConfig, CoordinatorError, Event, EventLog, LogError};
 pub use follower::serve_follower;
+pub use gossip::GossipRole;
 use output::OutputStore;
 use replica::{CoordinatorRecord, Replica};
 
@@ -66,7 +68,17 @@ pub struct ServerConfig {
     /// This coordinator's control address as clients reach it (answers
     /// `WhoLeads`).
     pub advertise: Option<String>,
+    /// The SWIM membership this coordinator takes part in (`None`: every
+    /// node heartbeats, as before).
+    pub gossip: Option<GossipRole>,
 }
+
+/// Check-ins (heartbeats) the coordinator takes per second at most, once
+/// nodes are members of the SWIM membership: each node is told to check in
+/// every `members / CHECKINS_PER_SEC` seconds (never more often than the
+/// heartbeat), so their cost stays flat however large the cluster grows.
+/// Liveness in between comes from the membership.
+pub const CHECKINS_PER_SEC: u64 = 50;
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -83,6 +95,7 @@ impl ServerConfig {
             stats_interval: Duration::from_secs(1),
             api: api::ApiConfig::default(),
             advertise: None,
+            gossip: None,
         }
     }
 }
@@ -362,6 +375,11 @@ impl Server {
         background.spawn(output_syncer(shared.clone()));
         background.spawn(failure_detector(shared.clone()));
         background.spawn(stats_ticker(shared.clone()));
+        if let Some(gossip) = shared.config.gossip.clone() {
+            let term = shared.replica.as_ref().map_or(0, |r| r.term());
+            gossip.member.lead(Some(u64::try_from(term).unwrap_or(0)));
+            background.spawn(gossip::watch(shared.clone(), gossip));
+        }
         if let Some(listener) = http {
             background.spawn(http::serve(listener, shared.clone()));
         }
@@ -397,6 +415,9 @@ impl Server {
             shared
                 .durable
                 .send_modify(|d| d.failed = Some(format!("it stepped down ({why})")));
+        }
+        if let Some(gossip) = &shared.config.gossip {
+            gossip.member.lead(None);
         }
         endpoint.close(quinn::VarInt::from_u32(0), b"coordinator shutting down");
         connections.abort_all();
@@ -1087,6 +1108,19 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
             R::Registered {
                 heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
                 offline_timeout_ms: shared.config.coordinator.membership.offline_timeout,
+                gossip: shared.config.gossip.as_ref().map(|g| {
+                    // This coordinator and every other one it knows of.
+                    let mut seeds = vec![g.member.addr()];
+                    seeds.extend(
+                        g.member
+                            .view()
+                            .alive()
+                            .into_iter()
+                            .filter(|p| p.kind == wmig_gossip::Kind::Coordinator)
+                            .map(|p| p.addr),
+                    );
+                    wmig_proto::wire::control::GossipJoin { key: g.key, seeds }
+                }),
             }
         }
         Q::Heartbeat { node, tasks } => {
@@ -1104,11 +1138,15 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                     core.usage.insert(beat.task, beat);
                 }
             }
-            if stale.is_empty() {
-                R::Ok
-            } else {
-                R::Stale(stale)
-            }
+            let every = shared.config.heartbeat.as_millis() as u64;
+            let next_ms = match &shared.config.gossip {
+                Some(_) => {
+                    let members = core.coord.nodes().count() as u64;
+                    every.max(members * 1000 / CHECKINS_PER_SEC)
+                }
+                None => every,
+            };
+            R::CheckedIn { stale, next_ms }
         }
         Q::Attach { .. } | Q::Logs { .. } | Q::Events { .. } => {
             return Err(RemoteError::new(

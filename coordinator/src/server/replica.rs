@@ -60,6 +60,9 @@ pub struct CoordinatorRecord {
     /// HTTP address (API, dashboard, `/metrics`), if it serves one.
     pub http: Option<String>,
     pub pid: u32,
+    /// Where it takes part in the SWIM membership (UDP), if it does.
+    #[serde(default)]
+    pub gossip: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +359,31 @@ impl Replica {
 
     pub fn term(&self) -> i64 {
         self.term.load(Ordering::SeqCst)
+    }
+
+    /// The cluster's gossip key: the one in etcd, or `fresh` if there was
+    /// none (the first coordinator to ask sets it for all).
+    pub async fn gossip_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], ReplicaError> {
+        let key = self.key("gossip-key");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), fresh.to_vec(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(fresh);
+        }
+        let stored = resp.op_responses().into_iter().find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        stored
+            .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+            .ok_or_else(|| ReplicaError::Malformed {
+                what: "gossip key",
+                key,
+                reason: "not 32 bytes".into(),
+            })
     }
 
     /// Give the leadership (and the membership) up now rather than when the

@@ -64,7 +64,7 @@ pub enum ControlRequest {
     /// Join (or rejoin) the cluster.
     Register(NodeInfo),
     /// I am alive, and run these tasks (at these epochs). The answer names
-    /// the ones this node no longer owns ([`ControlResponse::Stale`]).
+    /// the ones this node no longer owns ([`ControlResponse::CheckedIn`]).
     Heartbeat {
         node: NodeId,
         tasks: Vec<TaskBeat>,
@@ -467,12 +467,25 @@ pub struct RecoveryReport {
     pub at_ms: u64,
 }
 
+/// What a registered worker needs to join the SWIM membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipJoin {
+    /// Authenticates every membership packet; handed out only over mutual
+    /// TLS, so only holders of a cluster certificate take part.
+    pub key: [u8; 32],
+    /// Members to join through (the coordinators' gossip addresses).
+    pub seeds: Vec<std::net::SocketAddr>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ControlResponse {
     Ok,
     Registered {
         heartbeat_ms: u64,
         offline_timeout_ms: u64,
+        /// How to join the cluster's SWIM membership (workers only; `None`
+        /// when the coordinator runs without it: keep heartbeating).
+        gossip: Option<GossipJoin>,
     },
     /// `worker` is `None` when every worker was busy: the task is pending
     /// and starts when a slot frees up.
@@ -492,8 +505,14 @@ pub enum ControlResponse {
     Ended(Box<TaskView>),
     /// On an events stream.
     Monitor(Box<MonitorItem>),
-    /// Answers `Heartbeat`: drop these tasks, they are no longer yours.
-    Stale(Vec<(TaskId, u64)>),
+    /// Answers `Heartbeat`: drop the `stale` tasks, they are no longer
+    /// yours; check in again within `next_ms` (the coordinator spreads
+    /// check-ins so that their total rate stays flat as the cluster grows;
+    /// liveness comes from the membership in between).
+    CheckedIn {
+        stale: Vec<(TaskId, u64)>,
+        next_ms: u64,
+    },
     Migrated(MigrationReport),
     /// Answers `Drain`: the tasks that moved, and why others did not.
     Drained {

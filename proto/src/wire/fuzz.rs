@@ -522,13 +522,31 @@ fn control_request() -> BoxedStrategy<ControlRequest> {
     .boxed()
 }
 
+fn gossip_join() -> BoxedStrategy<GossipJoin> {
+    (
+        any::<[u8; 32]>(),
+        vec((any::<[u8; 4]>(), any::<u16>()), 0..3),
+    )
+        .prop_map(|(key, seeds)| GossipJoin {
+            key,
+            seeds: seeds
+                .into_iter()
+                .map(|(ip, port)| std::net::SocketAddr::from((ip, port)))
+                .collect(),
+        })
+        .boxed()
+}
+
 fn control_response() -> BoxedStrategy<ControlResponse> {
     use ControlResponse as R;
     prop_oneof![
         Just(R::Ok),
-        (n(), n()).prop_map(|(heartbeat_ms, offline_timeout_ms)| R::Registered {
-            heartbeat_ms,
-            offline_timeout_ms
+        (n(), n(), of(gossip_join())).prop_map(|(heartbeat_ms, offline_timeout_ms, gossip)| {
+            R::Registered {
+                heartbeat_ms,
+                offline_timeout_ms,
+                gossip,
+            }
         }),
         (task_id(), of(node_id())).prop_map(|(task, worker)| R::Submitted { task, worker }),
         vec(task_view(), 0..3).prop_map(R::Tasks),
@@ -539,7 +557,8 @@ fn control_response() -> BoxedStrategy<ControlResponse> {
         chunk().prop_map(R::Output),
         task_view().prop_map(|t| R::Ended(Box::new(t))),
         monitor_item().prop_map(|m| R::Monitor(Box::new(m))),
-        vec((task_id(), n()), 0..4).prop_map(R::Stale),
+        (vec((task_id(), n()), 0..4), n())
+            .prop_map(|(stale, next_ms)| R::CheckedIn { stale, next_ms }),
         report().prop_map(R::Migrated),
         (vec(report(), 0..2), strings()).prop_map(|(moved, failed)| R::Drained { moved, failed }),
         (code(), text()).prop_map(|(c, m)| R::Error(RemoteError::new(c, m))),
