@@ -67,6 +67,12 @@ pub struct CoordinatorCommand {
     /// address's IP, any free port; `off`: every worker heartbeats instead.
     #[arg(long, default_value = "auto")]
     gossip: String,
+    /// Check-ins (heartbeats carrying task usage) to take per second at
+    /// most: members of the SWIM membership are told to check in every
+    /// NODES / this many seconds, so the coordinator's load stays flat as
+    /// the cluster grows.
+    #[arg(long, default_value_t = wmig_coordinator::server::CHECK_INS_PER_SEC)]
+    check_ins_per_sec: f64,
 }
 
 impl CoordinatorCommand {
@@ -97,6 +103,12 @@ impl CoordinatorCommand {
         let mut config = ServerConfig::new(data.clone());
         config.coordinator.membership.offline_timeout = self.offline_timeout.as_millis() as u64;
         config.heartbeat = self.heartbeat;
+        anyhow::ensure!(
+            self.check_ins_per_sec > 0.0,
+            "--check-ins-per-sec must be above 0 (it was {})",
+            self.check_ins_per_sec
+        );
+        config.check_ins_per_sec = self.check_ins_per_sec;
         config.coordinator.crash_budget = self.crash_budget;
         config.api = ApiConfig {
             token: Some(dir.operator_token()?),

@@ -65,6 +65,10 @@ pub struct UpCommand {
     /// which leads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
     coordinators: u32,
+    /// The coordinators' budget of check-ins per second (see `wmig
+    /// coordinator --help`).
+    #[arg(long, default_value_t = wmig_coordinator::server::CHECK_INS_PER_SEC)]
+    check_ins_per_sec: f64,
 }
 
 /// One supervised child: how to start it again, and its current process.
@@ -152,6 +156,7 @@ impl UpCommand {
             let beat = (self.offline_timeout / 4).min(Duration::from_secs(1));
             let heartbeat = format!("{}ms", beat.as_millis().max(10));
             let budget = self.crash_budget.to_string();
+            let check_ins = self.check_ins_per_sec.to_string();
             let coordinator_args = vec![
                 "coordinator",
                 "--cluster",
@@ -164,6 +169,8 @@ impl UpCommand {
                 &heartbeat,
                 "--crash-budget",
                 &budget,
+                "--check-ins-per-sec",
+                &check_ins,
             ];
             if self.coordinators > 1 {
                 let endpoints = start_etcd(

@@ -193,6 +193,40 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "counter",
         stats.events,
     );
+    gauge(
+        "check_ins_total",
+        "Check-ins (heartbeats) answered.",
+        "counter",
+        shared.check_ins.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    if let Some(g) = &shared.config.gossip {
+        let view = g.member.view();
+        gauge(
+            "gossip_members",
+            "Other active members of the SWIM membership, as this coordinator sees them.",
+            "gauge",
+            view.alive().len() as u64,
+        );
+        let (received, sent, rejected) = view.packets();
+        gauge(
+            "gossip_packets_received_total",
+            "Membership packets received.",
+            "counter",
+            received,
+        );
+        gauge(
+            "gossip_packets_sent_total",
+            "Membership packets sent.",
+            "counter",
+            sent,
+        );
+        gauge(
+            "gossip_packets_rejected_total",
+            "Membership packets dropped as not authentic (no or another cluster's gossip key).",
+            "counter",
+            rejected,
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP wmig_node_up Whether a node is online.\n# TYPE wmig_node_up gauge"

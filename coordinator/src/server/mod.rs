@@ -71,14 +71,16 @@ pub struct ServerConfig {
     /// The SWIM membership this coordinator takes part in (`None`: every
     /// node heartbeats, as before).
     pub gossip: Option<GossipRole>,
+    /// Check-ins (heartbeats with task usage) the coordinator takes per
+    /// second at most while nodes are members of the SWIM membership: each
+    /// is told to check in every `nodes / check_ins_per_sec` seconds (never
+    /// more often than `heartbeat`), so their cost stays flat however large
+    /// the cluster grows. Liveness in between comes from the membership.
+    pub check_ins_per_sec: f64,
 }
 
-/// Check-ins (heartbeats) the coordinator takes per second at most, once
-/// nodes are members of the SWIM membership: each node is told to check in
-/// every `members / CHECKINS_PER_SEC` seconds (never more often than the
-/// heartbeat), so their cost stays flat however large the cluster grows.
-/// Liveness in between comes from the membership.
-pub const CHECKINS_PER_SEC: u64 = 50;
+/// Default of [`ServerConfig::check_ins_per_sec`].
+pub const CHECK_INS_PER_SEC: f64 = 50.0;
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -96,6 +98,7 @@ impl ServerConfig {
             api: api::ApiConfig::default(),
             advertise: None,
             gossip: None,
+            check_ins_per_sec: CHECK_INS_PER_SEC,
         }
     }
 }
@@ -213,6 +216,8 @@ struct Shared {
     replica: Option<Arc<Replica>>,
     /// Set (with the reason) once a replicated coordinator must stop.
     step_down: watch::Sender<Option<String>>,
+    /// Check-ins (heartbeats) answered, for `/metrics`.
+    check_ins: std::sync::atomic::AtomicU64,
 }
 
 /// A coordinator with its log replayed, ready to serve.
@@ -355,6 +360,7 @@ impl Server {
                 output_synced: watch::channel(Ok(0)).0,
                 replica,
                 step_down: watch::channel(None).0,
+                check_ins: std::sync::atomic::AtomicU64::new(0),
             }),
             log,
         }
@@ -1138,11 +1144,15 @@ async fn answer(req: ControlRequest, shared: &Arc<Shared>) -> Result<ControlResp
                     core.usage.insert(beat.task, beat);
                 }
             }
+            shared
+                .check_ins
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let every = shared.config.heartbeat.as_millis() as u64;
             let next_ms = match &shared.config.gossip {
                 Some(_) => {
-                    let members = core.coord.nodes().count() as u64;
-                    every.max(members * 1000 / CHECKINS_PER_SEC)
+                    let nodes = core.coord.nodes().count() as f64;
+                    let spread = nodes * 1000.0 / shared.config.check_ins_per_sec.max(0.001);
+                    every.max(spread as u64)
                 }
                 None => every,
             };
