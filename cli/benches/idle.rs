@@ -8,9 +8,10 @@
 //! `WMIG_BENCH_WORKERS=50,100,200` (default) chooses the sizes.
 //!
 //! Then simulated members: `WMIG_BENCH_SIMULATED=1000` (default; 0 skips)
-//! members registered and heartbeating once a second from this one
-//! process, each over its own QUIC connection with its own certificate,
-//! exactly as a worker does; the coordinator cannot tell them apart.
+//! members from this one process, each registered over its own QUIC
+//! connection with its own certificate, each a member of the SWIM
+//! membership on its own UDP socket, each checking in when the coordinator
+//! asks, exactly as a worker does; the coordinator cannot tell them apart.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -144,18 +145,42 @@ fn measure_simulated(n: usize) -> anyhow::Result<f64> {
                     addr: String::new(),
                     pid: std::process::id(),
                 };
-                match client.ask(&ControlRequest::Register(info)).await? {
-                    ControlResponse::Registered { .. } => {}
+                let (join, timeout) = match client.ask(&ControlRequest::Register(info)).await? {
+                    ControlResponse::Registered {
+                        gossip,
+                        offline_timeout_ms,
+                        ..
+                    } => (gossip, Duration::from_millis(offline_timeout_ms)),
                     other => anyhow::bail!("registration answered {other:?}"),
-                }
-                // Spread the beats over the second, as independent nodes are.
+                };
+                // A member of the SWIM membership, as `wmig worker` runs one
+                // (here a task of this process's runtime, not a thread).
+                let _member = match join {
+                    Some(join) => {
+                        let at = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                        Some(
+                            wmig_gossip::Gossip::spawn(wmig_gossip::GossipConfig {
+                                me: wmig_gossip::Peer::new(wmig_gossip::Kind::Worker, &name, at),
+                                bind: at,
+                                key: join.key,
+                                offline_timeout: timeout,
+                                seeds: join.seeds,
+                            })
+                            .await?,
+                        )
+                    }
+                    None => None,
+                };
+                // Spread the check-ins over the second, as independent nodes are.
                 tokio::time::sleep(Duration::from_millis((i * 997 % 1000) as u64)).await;
-                let mut beat = tokio::time::interval(Duration::from_secs(1));
                 loop {
-                    beat.tick().await;
-                    let _ = client
+                    // Check in when the coordinator asks to (every second
+                    // without the membership).
+                    let next = client
                         .heartbeat(&wmig_proto::NodeId(name.clone()), Vec::new())
-                        .await;
+                        .await
+                        .map_or(Duration::from_secs(1), |c| c.next);
+                    tokio::time::sleep(next).await;
                 }
             });
         }
