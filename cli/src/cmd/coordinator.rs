@@ -268,7 +268,7 @@ impl CoordinatorCommand {
             name.clone(),
             leader_rx,
         ));
-        let replica = Replica::join(etcd, me, Duration::from_secs(30))
+        let mut replica = Replica::join(etcd.clone(), me.clone(), Duration::from_secs(30))
             .await
             .context("could not join the coordinators in etcd")?;
         if let Some((socket, at)) = gossip {
@@ -320,17 +320,25 @@ impl CoordinatorCommand {
                 },
                 Err(e) => tracing::warn!(error = %e, "could not campaign in etcd; retrying"),
             }
-            tokio::select! {
+            let lapsed = tokio::select! {
                 _ = &mut shutdown => {
                     follower.abort();
                     replica.resign().await;
                     eprintln!("coordinator stopped");
                     return Ok(());
                 }
-                Ok(why) = lost.wait_for(Option::is_some) => {
-                    anyhow::bail!("lost this coordinator's etcd lease while following ({}); start it again", why.clone().unwrap_or_default());
-                }
-                _ = tokio::time::sleep(CAMPAIGN_EVERY) => {}
+                Ok(why) = lost.wait_for(Option::is_some) => why.clone(),
+                _ = tokio::time::sleep(CAMPAIGN_EVERY) => None,
+            };
+            // A follower holds nothing a lapsed lease could make unsafe: it
+            // takes a new one and carries on (etcd electing a new raft
+            // leader can hold renewals back for longer than the lease).
+            if let Some(why) = lapsed {
+                tracing::warn!(reason = %why, "lost the etcd lease while following; joining again");
+                replica = Replica::join(etcd.clone(), me.clone(), Duration::from_secs(30))
+                    .await
+                    .context("lost this coordinator's etcd lease while following and could not join again")?;
+                lost = replica.lost();
             }
         }
         follower.abort();

@@ -136,12 +136,12 @@ pub(super) async fn watch(shared: Arc<Shared>, gossip: GossipRole) {
     while let Some(change) = changes.recv().await {
         match change {
             Change::Up(peer) => up(peer, &mut at),
-            Change::Down(peer) if peer.kind == Kind::Worker => {
-                if at.get(&peer.name) == Some(&peer.addr) {
-                    at.remove(&peer.name);
-                    tracing::info!(node = %peer.name, "the SWIM membership declared it down");
-                    shared.lock().coord.swim_down(&NodeId(peer.name));
-                }
+            Change::Down(peer)
+                if peer.kind == Kind::Worker && at.get(&peer.name) == Some(&peer.addr) =>
+            {
+                at.remove(&peer.name);
+                tracing::info!(node = %peer.name, "the SWIM membership declared it down");
+                shared.lock().coord.swim_down(&NodeId(peer.name));
             }
             _ => {}
         }
