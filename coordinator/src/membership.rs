@@ -503,6 +503,36 @@ mod tests {
     }
 
     #[test]
+    fn the_memberships_word_replaces_silence_both_ways() {
+        let mut m = table();
+        m.register(info("w", Role::Worker, 1), 0).expect("register");
+        assert_eq!(m.swim_up(&id("w"), 100), None, "online already");
+        // Vouched for by the membership: no timeout however long it is quiet.
+        assert_eq!(m.next_deadline(), None);
+        assert!(m.poll_timeouts(1_000_000).is_empty());
+        // Declared down: offline at the next poll, once.
+        m.swim_down(&id("w"));
+        assert_eq!(m.next_deadline(), Some(0));
+        assert_eq!(
+            m.poll_timeouts(1_000_001),
+            vec![MembershipEvent::Offline(id("w"))]
+        );
+        assert!(m.poll_timeouts(1_000_002).is_empty());
+        // Back in the membership: online again.
+        assert!(matches!(
+            m.swim_up(&id("w"), 1_000_003),
+            Some(MembershipEvent::Recovered { .. })
+        ));
+        // A check-in overrides a "down" it answers; silence counts again.
+        m.swim_down(&id("w"));
+        m.heartbeat(&id("w"), 1_000_004).expect("heartbeat");
+        assert_eq!(m.next_deadline(), Some(1_000_004 + 5_000));
+        // Names that never registered are not taken in.
+        assert_eq!(m.swim_up(&id("stranger"), 0), None);
+        assert!(m.node(&id("stranger")).is_none());
+    }
+
+    #[test]
     fn heartbeat_from_unknown_node_says_re_register() {
         let mut m = table();
         let err = m.heartbeat(&id("ghost"), 0).unwrap_err();
