@@ -64,6 +64,10 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Unix ms when the process started, +1 for each renewal.
     pub gen: u64,
+    /// Where it serves its role's protocol, when others need to know (a
+    /// registry node's QUIC address: the ring routes to it).
+    pub serves: Option<SocketAddr>,
+    pub pid: u32,
 }
 
 impl Peer {
@@ -76,6 +80,16 @@ impl Peer {
             name: name.into(),
             addr,
             gen,
+            serves: None,
+            pid: std::process::id(),
+        }
+    }
+
+    /// The same member, announcing the address it serves on.
+    pub fn serving(self, serves: SocketAddr) -> Peer {
+        Peer {
+            serves: Some(serves),
+            ..self
         }
     }
 
@@ -85,6 +99,8 @@ impl Peer {
             name: String::new(),
             addr,
             gen: 0,
+            serves: None,
+            pid: 0,
         }
     }
 }

@@ -589,6 +589,13 @@ impl Credentials {
         self.key.clone_key()
     }
 
+    /// A secret only holders of this identity's private key can compute.
+    /// Registry nodes share one identity and derive their gossip key from
+    /// it, so no key has to be handed out or stored beside it.
+    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.key.secret_der())
+    }
+
     /// What this identity's own certificate says (role, serial).
     pub fn info(&self) -> Option<CertInfo> {
         CertInfo::of(self.chain.first()?)

@@ -128,11 +128,12 @@ async fn upload(
     let report = client.put_chunks(data).await?;
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(report.written as usize, mib * 1024 * 1024 / CHUNK_SIZE);
-    let s = client.transport_stats();
-    eprintln!(
-        "{label}: {secs:.2} s; path MTU {}, {} datagrams in {} sends, {} lost",
-        s.path.current_mtu, s.udp_tx.datagrams, s.udp_tx.ios, s.path.lost_packets
-    );
+    if let Some(s) = client.transport_stats() {
+        eprintln!(
+            "{label}: {secs:.2} s; path MTU {}, {} datagrams in {} sends, {} lost",
+            s.path.current_mtu, s.udp_tx.datagrams, s.udp_tx.ios, s.path.lost_packets
+        );
+    }
     client.close().await;
     server.shutdown().await;
     Ok(Row {

@@ -68,6 +68,9 @@ pub enum RegistryError {
     MissingChunks { count: usize, first: Hash },
     #[error("{0}")]
     Conflict(String),
+    /// This node cannot do it now; another node or a later try can.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -86,6 +89,7 @@ impl RegistryError {
             RegistryError::UnknownName(_) | RegistryError::NoManifest { .. } => ErrorCode::NotFound,
             RegistryError::MissingChunks { .. } => ErrorCode::MissingChunks,
             RegistryError::Conflict(_) => ErrorCode::Conflict,
+            RegistryError::Unavailable(_) => ErrorCode::Unavailable,
             RegistryError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,
             RegistryError::Store(StoreError::HashMismatch { .. }) => ErrorCode::HashMismatch,
             RegistryError::Store(_) | RegistryError::Internal(_) => {

@@ -10,7 +10,11 @@
 //!   bundles and names, chunks and leases, manifests with retention, GC.
 //! - [`server`]: QUIC in, `Registry` calls out; `run(endpoint, registry,
 //!   config, shutdown)`.
-//! - [`RegistryClient`]: the library workers and the CLI call.
+//! - [`RegistryClient`]: the library workers and the CLI call; it routes
+//!   by hash over the nodes of a ring.
+//! - [`ring`] and [`cluster`]: several registry nodes as one registry
+//!   (SWIM membership, consistent hashing with virtual nodes, R copies of
+//!   each chunk, repair).
 //!
 //! # Why one file per object rather than redb
 //!
@@ -28,15 +32,18 @@
 //! for data that never changes.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod lease;
 mod manifests;
+pub mod ring;
 pub mod server;
 mod service;
 pub mod store;
 
-pub use client::{ClientConfig, RegistryClient};
+pub use client::{ClientConfig, NodeClient, RegistryClient};
+pub use cluster::{Cluster, ClusterConfig};
 
 /// Maps keyed by blake3 digests on the hot paths (lease table, object
 /// index): foldhash is several times faster than SipHash on 32-byte keys

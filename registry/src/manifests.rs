@@ -65,6 +65,39 @@ impl Registry {
     /// Commit a checkpoint manifest. Idempotent for identical bytes; a
     /// different manifest under an existing seq is a conflict.
     pub fn put_manifest(&self, m: &Manifest) -> Result<ManifestStored, RegistryError> {
+        self.put_manifest_with(m, true)
+    }
+
+    /// Store a manifest another registry node accepted: its chunks were
+    /// checked across the ring there and need not be on this node.
+    pub fn put_manifest_replica(&self, m: &Manifest) -> Result<ManifestStored, RegistryError> {
+        self.put_manifest_with(m, false)
+    }
+
+    /// The manifest's chunks this node does not hold.
+    pub fn chunks_not_here(&self, m: &Manifest) -> Vec<Hash> {
+        let hashes = m.chunk_hashes();
+        let present = self.store.contains_many(ObjectKind::Chunk, &hashes);
+        hashes
+            .into_iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|(h, _)| h)
+            .collect()
+    }
+
+    /// Whether this node keeps the task's checkpoint `seq`.
+    pub fn has_manifest(&self, task: TaskId, seq: u64) -> bool {
+        lock(&self.manifests)
+            .get(&task)
+            .is_some_and(|s| s.contains_key(&seq))
+    }
+
+    pub(crate) fn put_manifest_with(
+        &self,
+        m: &Manifest,
+        check_chunks: bool,
+    ) -> Result<ManifestStored, RegistryError> {
         let task = m.task.ok_or_else(|| {
             RegistryError::Invalid(
                 "the manifest names no task; only task checkpoints can be stored".into(),
@@ -109,14 +142,11 @@ impl Registry {
                  seq {seq} is stale and would be deleted at once"
             )));
         }
-        let hashes = m.chunk_hashes();
-        let present = self.store.contains_many(ObjectKind::Chunk, &hashes);
-        let missing: Vec<Hash> = hashes
-            .iter()
-            .zip(present)
-            .filter(|(_, p)| !p)
-            .map(|(h, _)| *h)
-            .collect();
+        let missing = if check_chunks {
+            self.chunks_not_here(m)
+        } else {
+            Vec::new()
+        };
         if let Some(first) = missing.first() {
             return Err(RegistryError::MissingChunks {
                 count: missing.len(),
@@ -170,6 +200,14 @@ impl Registry {
     /// Delete chunks that no kept manifest references and nothing protects.
     /// Refuses to delete anything if a kept manifest cannot be read.
     pub fn gc(&self, now: Instant) -> Result<GcReport, RegistryError> {
+        if !self.gc_allowed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(RegistryError::Unavailable(
+                "this registry node has not caught up with the others' checkpoints since it \
+                 started, so it cannot tell which chunks are unreferenced; try again in a \
+                 few seconds"
+                    .into(),
+            ));
+        }
         let _gc = self.gc_lock.write().unwrap_or_else(|e| e.into_inner());
         let kept: Vec<(TaskId, u64)> = lock(&self.manifests)
             .iter()

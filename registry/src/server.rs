@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub max_frame: usize,
     /// Payload bytes all requests together may hold in memory.
     pub memory_budget: u64,
+    /// This node's part in a ring of registry nodes (None: standalone).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             min_transfer_rate: 4 << 20,
             max_frame: MAX_FRAME_LEN,
             memory_budget: 1 << 30,
+            cluster: None,
         }
     }
 }
@@ -188,7 +191,7 @@ async fn serve_stream(
     let reply = match request {
         Ok(req) => match authorize(&peer, &req) {
             Err(why) => Reply::error(ErrorCode::Invalid, why),
-            Ok(()) => match dispatch(req, &mut recv, &shared, owner).await {
+            Ok(()) => match dispatch(req, &mut recv, &shared, owner, &peer).await {
                 Some(reply) => reply,
                 None => return,
             },
@@ -239,14 +242,26 @@ fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(),
     use wmig_net::CertRole;
     let (roles, what): (&[CertRole], &str) = match req {
         RegistryRequest::Gc => (&[CertRole::Operator], "collecting garbage"),
-        RegistryRequest::PutBundle { .. } => (&[CertRole::Operator], "uploading a module"),
+        // Registry nodes copy bundles and chunks to each other.
+        RegistryRequest::PutBundle { .. } => (
+            &[CertRole::Operator, CertRole::Registry],
+            "uploading a module",
+        ),
         RegistryRequest::CanStore { .. } => (
             &[CertRole::Worker, CertRole::Operator],
             "leasing chunks to store",
         ),
         RegistryRequest::PutChunks { .. } => (
-            &[CertRole::Worker, CertRole::Operator],
+            &[CertRole::Worker, CertRole::Operator, CertRole::Registry],
             "storing checkpoint chunks",
+        ),
+        RegistryRequest::ReplicateManifest { .. } => (
+            &[CertRole::Registry],
+            "copying a manifest between registry nodes",
+        ),
+        RegistryRequest::Inventory => (
+            &[CertRole::Registry, CertRole::Operator],
+            "listing a registry node's metadata",
         ),
         RegistryRequest::PutManifest { .. } => (
             &[CertRole::Worker, CertRole::Operator],
@@ -258,6 +273,8 @@ fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(),
         | RegistryRequest::HasPrefix { .. }
         | RegistryRequest::GetManifest { .. }
         | RegistryRequest::ListManifests { .. }
+        | RegistryRequest::Ring
+        | RegistryRequest::Holds { .. }
         | RegistryRequest::Stats => return Ok(()),
         RegistryRequest::Revocations { .. } => (
             &[CertRole::Coordinator, CertRole::Operator],
@@ -265,6 +282,30 @@ fn authorize(peer: &wmig_net::PeerIdentity, req: &RegistryRequest) -> Result<(),
         ),
     };
     peer.require(roles, what)
+}
+
+/// Commit a manifest on a ring node: its chunks may be on other nodes, so
+/// those this node lacks are looked for there; then it is stored here and
+/// copied to every alive node before the client hears it is committed.
+async fn put_manifest_on_ring(
+    cluster: &crate::cluster::Cluster,
+    reg: Arc<Registry>,
+    manifest: Box<wmig_proto::checkpoint::Manifest>,
+) -> Result<wmig_proto::wire::registry::ManifestStored, RegistryError> {
+    let m = manifest.clone();
+    let r = reg.clone();
+    let not_here = blocking(move || Ok(r.chunks_not_here(&m))).await?;
+    let missing = cluster.not_anywhere(not_here).await;
+    if let Some(first) = missing.first() {
+        return Err(RegistryError::MissingChunks {
+            count: missing.len(),
+            first: *first,
+        });
+    }
+    let m = manifest.clone();
+    let stored = blocking(move || reg.put_manifest_replica(&m)).await?;
+    cluster.replicate_manifest(&manifest).await;
+    Ok(stored)
 }
 
 /// Run `f` on the blocking pool: stores do file IO.
@@ -334,7 +375,16 @@ async fn dispatch(
     recv: &mut quinn::RecvStream,
     shared: &Shared,
     owner: u64,
+    peer: &wmig_net::PeerIdentity,
 ) -> Option<Reply> {
+    // Another registry node (copying, repairing): nothing it sends is
+    // copied on again, and its questions keep no garbage alive.
+    let from_node = peer.role() == Some(wmig_net::CertRole::Registry);
+    let cluster = shared
+        .config
+        .cluster
+        .clone()
+        .filter(|c| !c.peers_alive().is_empty());
     use RegistryRequest as Q;
     use RegistryResponse as A;
     let reg = shared.registry.clone();
@@ -357,9 +407,14 @@ async fn dispatch(
                 return reply;
             }
             let [bytes] = bufs;
-            blocking(move || reg.put_bundle(hash, &bytes, name.as_ref()))
-                .await
-                .map(|s| Reply::new(A::BundleStored(s)))
+            let bytes = Bytes::from(bytes);
+            let kept = bytes.clone();
+            let named = name.clone();
+            let stored = blocking(move || reg.put_bundle(hash, &kept, named.as_ref())).await;
+            if let (Ok(_), Some(c), false) = (&stored, &cluster, from_node) {
+                c.replicate_bundle(bytes, name).await;
+            }
+            stored.map(|s| Reply::new(A::BundleStored(s)))
         }
         Q::GetBundle { bundle } => {
             blocking(move || reg.bundle(&bundle))
@@ -421,9 +476,31 @@ async fn dispatch(
         Q::HasPrefix { hashes } => Ok(Reply::new(A::Prefix {
             stored: reg.has_prefix(&hashes, Instant::now()),
         })),
-        Q::PutManifest { manifest } => blocking(move || reg.put_manifest(&manifest))
+        Q::PutManifest { manifest } => match cluster {
+            None => blocking(move || reg.put_manifest(&manifest))
+                .await
+                .map(|s| Reply::new(A::ManifestStored(s))),
+            Some(c) => put_manifest_on_ring(&c, reg, manifest)
+                .await
+                .map(|s| Reply::new(A::ManifestStored(s))),
+        },
+        Q::ReplicateManifest { manifest } => blocking(move || reg.put_manifest_replica(&manifest))
             .await
             .map(|s| Reply::new(A::ManifestStored(s))),
+        Q::Ring => Ok(Reply::new(A::Ring(match &shared.config.cluster {
+            Some(c) => c.info(),
+            None => wmig_proto::wire::registry::RingInfo {
+                replicas: 1,
+                members: Vec::new(),
+            },
+        }))),
+        // As many hashes as a frame holds, like `CanStore`.
+        Q::Holds { hashes } => Ok(Reply::new(A::Held(reg.holds(
+            &hashes,
+            !from_node,
+            Instant::now(),
+        )))),
+        Q::Inventory => Ok(Reply::new(A::Inventory(reg.inventory()))),
         Q::GetManifest { task, seq } => blocking(move || reg.manifest(task, seq))
             .await
             .map(|m| Reply::new(A::Manifest(Box::new(m)))),

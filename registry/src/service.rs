@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use wmig_proto::wire::registry::{
-    BundleInfo, BundleRef, BundleStored, LeaseStatus, NameTag, PutReport, RegistryStats,
+    BundleInfo, BundleRef, BundleStored, Inventory, LeaseStatus, NameTag, PutReport, RegistryStats,
 };
 use wmig_proto::{Hash, TaskId};
 
@@ -40,6 +40,9 @@ pub struct Registry {
     chunks_deduplicated: AtomicU64,
     /// Chunk references of the manifests stored since start.
     pub(crate) chunks_referenced: AtomicU64,
+    /// Garbage collection may run: false on a ring node until it has
+    /// caught up with the others' manifests, which reference its chunks.
+    pub(crate) gc_allowed: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,6 +99,7 @@ impl Registry {
             chunks_written: AtomicU64::new(0),
             chunks_deduplicated: AtomicU64::new(0),
             chunks_referenced: AtomicU64::new(0),
+            gc_allowed: std::sync::atomic::AtomicBool::new(true),
             config,
         })
     }
@@ -284,6 +288,71 @@ impl Registry {
             leases.touch(*h, now);
         }
         n as u64
+    }
+
+    /// Which hashes are stored here. Those are spared from garbage
+    /// collection for a while, as by [`Self::has_prefix`].
+    /// `touch: false` for other registry nodes' repair, which asks about
+    /// every chunk and must not keep garbage alive.
+    pub fn holds(&self, hashes: &[Hash], touch: bool, now: Instant) -> Vec<bool> {
+        let stored = self.store.contains_many(ObjectKind::Chunk, hashes);
+        if !touch {
+            return stored;
+        }
+        let mut leases = lock(&self.leases);
+        for (h, s) in hashes.iter().zip(&stored) {
+            if *s {
+                leases.touch(*h, now);
+            }
+        }
+        stored
+    }
+
+    /// Point `name` at a bundle this node holds (a name another node took).
+    pub fn put_name(&self, name: &NameTag, hash: Hash) -> Result<(), RegistryError> {
+        name.validate()
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        if !self.store.contains(ObjectKind::Bundle, &hash) {
+            return Err(StoreError::NotFound(hash).into());
+        }
+        self.store
+            .put_ref(RefSpace::Names, &name.to_string(), hash.as_bytes())?;
+        self.names
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), hash);
+        Ok(())
+    }
+
+    /// What this node keeps of the metadata every node keeps.
+    pub fn inventory(&self) -> Inventory {
+        let manifests = lock(&self.manifests)
+            .iter()
+            .flat_map(|(t, seqs)| seqs.keys().map(move |s| (*t, *s)))
+            .collect();
+        let bundles = self
+            .store
+            .objects(ObjectKind::Bundle)
+            .into_iter()
+            .map(|o| o.hash)
+            .collect();
+        let names = self
+            .names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, h)| (n.clone(), *h))
+            .collect();
+        Inventory {
+            manifests,
+            bundles,
+            names,
+        }
+    }
+
+    /// Hold garbage collection back (or let it run again).
+    pub fn allow_gc(&self, allowed: bool) {
+        self.gc_allowed.store(allowed, Ordering::Release);
     }
 
     /// A connection closed: its leases go.

@@ -141,6 +141,7 @@ impl From<RemoteError> for ApiError {
             ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ErrorCode::NotLeader => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorCode::UnsupportedVersion | ErrorCode::Internal => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -52,6 +52,9 @@ pub enum ErrorCode {
     /// This coordinator is a follower (or lost its leadership): ask the
     /// leader, which the message names.
     NotLeader,
+    /// This node cannot serve the request now (it is catching up, or a
+    /// peer it needs is unreachable); another node or a later try can.
+    Unavailable,
 }
 
 /// The answer a node sends instead of a response. `message` is written for

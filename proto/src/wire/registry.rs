@@ -51,6 +51,17 @@ pub enum RegistryRequest {
     /// Coordinator or operator: certificates revoked in the cluster; the
     /// registry adds them to its own list.
     Revocations { revoked: Vec<RevokedCert> },
+    /// The registry nodes this one knows, for clients to route by hash.
+    Ring,
+    /// Per chunk hash, whether this node holds it. Those held are spared
+    /// from garbage collection for a while, as with `HasPrefix`.
+    Holds { hashes: Vec<Hash> },
+    /// Registry to registry: the manifests, bundles and names this node
+    /// keeps, so a node that was away can fetch what it missed.
+    Inventory,
+    /// Registry to registry: a manifest another node accepted after
+    /// checking its chunks across the ring; stored as it is.
+    ReplicateManifest { manifest: Box<Manifest> },
 }
 
 /// A registry response.
@@ -83,6 +94,43 @@ pub enum RegistryResponse {
     Revoked {
         added: u32,
     },
+    Ring(RingInfo),
+    /// One answer per requested hash, in request order.
+    Held(Vec<bool>),
+    Inventory(Inventory),
+}
+
+/// The registry nodes as one of them sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingInfo {
+    /// Copies of each chunk kept on distinct nodes (with local disks).
+    pub replicas: u32,
+    /// Every node this one has heard of, alive or not; only alive ones
+    /// are placed on the ring.
+    pub members: Vec<RingMember>,
+}
+
+/// One registry node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingMember {
+    pub name: String,
+    /// Where it serves the registry protocol (QUIC).
+    pub addr: std::net::SocketAddr,
+    /// Where it takes part in the membership (UDP).
+    pub gossip: std::net::SocketAddr,
+    /// Its points on the ring.
+    pub vnodes: u32,
+    pub pid: u32,
+    pub alive: bool,
+}
+
+/// What a node keeps of the cluster-wide metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Kept checkpoint manifests, by task and seq.
+    pub manifests: Vec<(TaskId, u64)>,
+    pub bundles: Vec<Hash>,
+    pub names: Vec<(NameTag, Hash)>,
 }
 
 /// One chunk announced by `PutChunks`.

@@ -59,9 +59,8 @@ impl Batcher {
         let batch = std::mem::take(&mut st.items);
         st.generation += 1;
         let me = client.clone();
-        st.pending.push_back(tokio::spawn(
-            async move { me.put_chunks_request(batch).await },
-        ));
+        st.pending
+            .push_back(tokio::spawn(async move { me.put_chunks(batch).await }));
     }
 
     fn record(&self, r: Result<Result<PutReport, ClientError>, tokio::task::JoinError>) {
