@@ -104,7 +104,9 @@ struct State {
 pub struct Cluster {
     me: RingMember,
     config: ClusterConfig,
-    gossip: Gossip,
+    /// Taken by [`Cluster::leave`].
+    gossip: Mutex<Option<Gossip>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     state: Mutex<State>,
     changed: tokio::sync::Notify,
     endpoint: quinn::Endpoint,
@@ -180,7 +182,8 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             me,
             config,
-            gossip,
+            gossip: Mutex::new(Some(gossip)),
+            tasks: Mutex::new(Vec::new()),
             state: Mutex::new(State {
                 members,
                 ring,
@@ -197,10 +200,27 @@ impl Cluster {
             manifests_pulled: AtomicU64::new(0),
             bundles_pulled: AtomicU64::new(0),
         });
-        tokio::spawn(cluster.clone().watch(changes));
-        tokio::spawn(cluster.clone().join());
-        tokio::spawn(cluster.clone().repair_loop(registry));
+        let tasks = vec![
+            tokio::spawn(cluster.clone().watch(changes)),
+            tokio::spawn(cluster.clone().join()),
+            tokio::spawn(cluster.clone().repair_loop(registry)),
+        ];
+        *cluster.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(cluster)
+    }
+
+    /// Stop taking part, as abruptly as a crash: the others find out
+    /// through the membership.
+    pub fn leave(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.gossip.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -321,8 +341,14 @@ impl Cluster {
                                 .filter(|m| m.alive && m.name != self.me.name)
                                 .map(|m| m.gossip)
                                 .collect();
-                            if !to.is_empty() {
-                                self.gossip.announce(to);
+                            if let Some(g) = self
+                                .gossip
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .as_ref()
+                                .filter(|_| !to.is_empty())
+                            {
+                                g.announce(to);
                             }
                         }
                         Err(e) => {

@@ -118,3 +118,81 @@ pub fn remote_code(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
         other => panic!("expected a registry error, got {other:?}"),
     }
 }
+
+/// A registry node of a ring: a real server with its membership, over a
+/// file store in `data` (kept across a restart of the node).
+pub struct RingNode {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub cluster: Arc<wmig_registry::Cluster>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RingNode {
+    /// `creds`: the registry identity, which every node shares (clients
+    /// check the name `registry`; the membership key derives from it).
+    pub async fn start(
+        creds: &wmig_net::Credentials,
+        name: &str,
+        data: &std::path::Path,
+        seeds: Vec<SocketAddr>,
+    ) -> RingNode {
+        let store = FsStore::open(data).expect("store");
+        let registry =
+            Arc::new(Registry::open(Arc::new(store), RegistryConfig::default()).expect("registry"));
+        let mut server_config = ServerConfig::default();
+        let endpoint = wmig_net::server_endpoint(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            creds,
+            &server_config.endpoint,
+        )
+        .expect("bind");
+        let addr = endpoint.local_addr().expect("addr");
+        let mut cc = wmig_registry::ClusterConfig::new(name, addr);
+        cc.seeds = seeds;
+        cc.offline_timeout = Duration::from_millis(1500);
+        cc.repair_every = Duration::from_millis(500);
+        let cluster = wmig_registry::Cluster::start(cc, creds, registry.clone()).expect("cluster");
+        server_config.cluster = Some(cluster.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(wmig_registry::run(
+            endpoint,
+            registry.clone(),
+            server_config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        RingNode {
+            name: name.to_owned(),
+            addr,
+            registry,
+            cluster,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Alive members this node sees, itself included.
+    pub fn alive(&self) -> usize {
+        self.cluster
+            .info()
+            .members
+            .iter()
+            .filter(|m| m.alive)
+            .count()
+    }
+
+    /// Stop serving and leave the membership without a word.
+    pub async fn crash(mut self) {
+        self.cluster.leave();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
