@@ -175,7 +175,7 @@ impl Cluster {
         )
         .map_err(std::io::Error::other)?;
         let members = BTreeMap::from([(me.name.clone(), me.clone())]);
-        let ring = Arc::new(Ring::new(&[me.clone()]));
+        let ring = Arc::new(Ring::new(std::slice::from_ref(&me)));
         // Until it has seen the others' manifests, this node cannot tell
         // which of its chunks are garbage.
         registry.allow_gc(false);
@@ -282,42 +282,65 @@ impl Cluster {
     /// Follow the membership: alive nodes are on the ring.
     async fn watch(self: Arc<Self>, mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>) {
         while let Some(change) = changes.recv().await {
-            let mut st = self.lock();
-            match change {
-                Change::Up(p) if p.kind == Kind::Registry && p.name != self.me.name => {
-                    let Some(addr) = p.serves else { continue };
-                    tracing::info!(node = %p.name, %addr, "registry node up");
-                    st.members.insert(
-                        p.name.clone(),
-                        RingMember {
-                            name: p.name,
-                            addr,
-                            gossip: p.addr,
-                            vnodes: DEFAULT_VNODES,
-                            pid: p.pid,
-                            alive: true,
-                        },
-                    );
-                }
-                Change::Down(p) if p.kind == Kind::Registry => {
-                    // Only the process that went down: a restart of the same
-                    // node may have come up already.
-                    match st.members.get_mut(&p.name) {
-                        Some(m) if m.gossip == p.addr && m.pid == p.pid && m.alive => {
-                            tracing::warn!(node = %p.name, "registry node down");
-                            m.alive = false;
-                        }
-                        _ => continue,
+            let Some(stale) = self.apply(change) else {
+                continue;
+            };
+            if !stale.is_empty() {
+                let mut peers = self.peers.lock().await;
+                for addr in stale {
+                    if let Some(c) = peers.remove(&addr) {
+                        c.close();
                     }
                 }
-                _ => continue,
             }
-            let members: Vec<RingMember> = st.members.values().cloned().collect();
-            st.ring = Arc::new(Ring::new(&members));
-            st.changed_at = Instant::now();
-            drop(st);
             self.changed.notify_one();
         }
+    }
+
+    /// Take a membership change into the ring. `None`: nothing changed;
+    /// else the addresses whose connections belong to a dead process.
+    fn apply(&self, change: Change) -> Option<Vec<SocketAddr>> {
+        let mut stale = Vec::new();
+        let mut st = self.lock();
+        match change {
+            Change::Up(p) if p.kind == Kind::Registry && p.name != self.me.name => {
+                let addr = p.serves?;
+                tracing::info!(node = %p.name, %addr, "registry node up");
+                // A restart: the connection to the old process is dead.
+                if let Some(old) = st.members.get(&p.name) {
+                    if old.pid != p.pid || old.gossip != p.addr {
+                        stale.push(old.addr);
+                    }
+                }
+                st.members.insert(
+                    p.name.clone(),
+                    RingMember {
+                        name: p.name,
+                        addr,
+                        gossip: p.addr,
+                        vnodes: DEFAULT_VNODES,
+                        pid: p.pid,
+                        alive: true,
+                    },
+                );
+            }
+            Change::Down(p) if p.kind == Kind::Registry => {
+                // Only the process that went down: a restart of the same
+                // node may have come up already.
+                let m = st
+                    .members
+                    .get_mut(&p.name)
+                    .filter(|m| m.gossip == p.addr && m.pid == p.pid && m.alive)?;
+                tracing::warn!(node = %p.name, "registry node down");
+                m.alive = false;
+                stale.push(m.addr);
+            }
+            _ => return None,
+        }
+        let members: Vec<RingMember> = st.members.values().cloned().collect();
+        st.ring = Arc::new(Ring::new(&members));
+        st.changed_at = Instant::now();
+        Some(stale)
     }
 
     /// While alone, ask the seeds for the ring and announce to its members.

@@ -174,7 +174,7 @@ mod tests {
         let max = shares.iter().copied().fold(0.0, f64::max);
         // Within 25 % of the mean (0.2); one vnode per node is often 2x off.
         assert!(max < 0.25, "most loaded node has {max} of the key space");
-        let mut counts = vec![0usize; 5];
+        let mut counts = [0usize; 5];
         for h in keys(50_000) {
             counts[ring.owners_of(&h, 1)[0]] += 1;
         }

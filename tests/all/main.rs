@@ -11,5 +11,6 @@ mod migration;
 mod netns;
 mod registry;
 mod replicated;
+mod ring;
 mod runtime;
 mod support;

@@ -59,7 +59,9 @@ pub struct WorkerConfig {
     /// Every coordinator's address (several when they are replicated on
     /// etcd): the worker talks to whichever leads.
     pub coordinators: Vec<SocketAddr>,
-    pub registry: SocketAddr,
+    /// Registry addresses: one standalone registry, or any nodes of a ring
+    /// (the first that answers tells the client about the others).
+    pub registry: Vec<SocketAddr>,
     pub slots: u32,
     pub labels: BTreeMap<String, String>,
     /// Where this worker accepts live migrations from other workers.
@@ -304,7 +306,8 @@ fn local_addr_towards(peer: SocketAddr) -> SocketAddr {
 async fn connect_registry(config: &WorkerConfig) -> anyhow::Result<RegistryClient> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match RegistryClient::connect(config.registry, &config.creds, ClientConfig::default()).await
+        match RegistryClient::connect_any(&config.registry, &config.creds, ClientConfig::default())
+            .await
         {
             Ok(c) => return Ok(c),
             // Expired or revoked: no retry helps until the certificate is replaced.
@@ -314,7 +317,7 @@ async fn connect_registry(config: &WorkerConfig) -> anyhow::Result<RegistryClien
                 return Err(anyhow::Error::new(e).context("the registry refused this worker"));
             }
             Err(e) => {
-                tracing::warn!(registry = %config.registry, error = %e, "registry unreachable; retrying");
+                tracing::warn!(registry = ?config.registry, error = %e, "registry unreachable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

@@ -20,11 +20,21 @@ pub struct NodesCommand {
 impl NodesCommand {
     pub fn execute(self) -> anyhow::Result<i32> {
         let nodes = self.target.with_client(async |c| Ok(c.nodes().await?))?;
+        let registries = registry_members(&self.target);
         if self.json {
-            let all: Vec<_> = nodes
+            let mut all: Vec<_> = nodes
                 .iter()
                 .map(wmig_coordinator::server::api::node_json)
                 .collect();
+            all.extend(registries.iter().map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "role": "registry",
+                    "state": if m.alive { "online" } else { "offline" },
+                    "addr": m.addr.to_string(),
+                    "pid": m.pid,
+                })
+            }));
             println!("{}", serde_json::to_string_pretty(&all)?);
             return Ok(0);
         }
@@ -67,8 +77,40 @@ impl NodesCommand {
                 if n.addr.is_empty() { "-" } else { &n.addr }
             );
         }
+        for m in &registries {
+            println!(
+                "{:<14} {:<11} {:<9} {:>7} {:>14} {:>8}  {}",
+                m.name,
+                "registry",
+                if m.alive { "online" } else { "offline" },
+                "-",
+                "-",
+                m.pid,
+                m.addr
+            );
+        }
         Ok(0)
     }
+}
+
+/// The nodes of the cluster's registry ring, as any of them sees them
+/// (none for a standalone registry, or when none answers: `wmig registry
+/// members` says why).
+fn registry_members(target: &ControlTarget) -> Vec<wmig_proto::wire::registry::RingMember> {
+    let t = crate::cmd::registry::Target::new(None, target.cluster.clone());
+    let Ok(rt) = runtime() else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        match t.connect_with(std::time::Duration::from_secs(2)).await {
+            Ok(c) => {
+                let ring = c.ring();
+                c.close().await;
+                ring.members
+            }
+            Err(_) => Vec::new(),
+        }
+    })
 }
 
 pub(crate) fn liveness(l: Liveness) -> &'static str {

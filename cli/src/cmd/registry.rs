@@ -1,10 +1,12 @@
-//! `wmig registry serve | ls | get | stats | gc`, and how every registry
-//! client command finds its registry.
+//! `wmig registry serve | members | ls | get | stats | gc`, and how every
+//! registry client command finds its registry.
 //!
 //! Lookup order for the cluster directory: `--cluster`, `WMIG_CLUSTER`,
 //! `.wmig`; for the registry address: `--registry`, `WMIG_REGISTRY`, then
 //! `registry = "..."` in the cluster's `config.toml`, which `serve` writes
-//! once it is listening.
+//! once it is listening. Several comma-separated addresses name nodes of
+//! one ring: a client connects to the first that answers and learns the
+//! others from it.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -17,7 +19,8 @@ use anyhow::Context;
 use wmig_net::{ClusterDir, DEFAULT_CLUSTER_DIR, REGISTRY_NODE};
 use wmig_proto::wire::registry::BundleRef;
 use wmig_registry::{
-    ClientConfig, FsStore, Registry, RegistryClient, RegistryConfig, ServerConfig,
+    ClientConfig, Cluster, ClusterConfig, FsStore, Registry, RegistryClient, RegistryConfig,
+    ServerConfig,
 };
 
 #[derive(clap::Args)]
@@ -30,6 +33,8 @@ pub struct RegistryCommand {
 enum Sub {
     /// Run the registry; prints `listening on ADDR` once ready.
     Serve(Serve),
+    /// The registry nodes of a ring: state, share of the key space, chunks.
+    Members(Stats),
     /// List stored bundles with their names.
     Ls(Target),
     /// Download a bundle by hash or NAME[:TAG].
@@ -59,6 +64,10 @@ impl Target {
     /// Connect as the operator (or, from a directory issued for another
     /// identity, as that one: the registry then decides what it may do).
     pub async fn connect(&self) -> anyhow::Result<RegistryClient> {
+        self.connect_with(Duration::from_secs(5)).await
+    }
+
+    pub async fn connect_with(&self, timeout: Duration) -> anyhow::Result<RegistryClient> {
         let dir = ClusterDir::new(&self.cluster);
         let addr = match &self.registry {
             Some(a) => a.clone(),
@@ -70,13 +79,13 @@ impl Target {
                 )
             })?,
         };
-        let sock = resolve(&addr, "registry").await?;
+        let socks = resolve_all(&addr, "registry").await?;
         let creds = dir.credentials(&dir.client_identity()?)?;
         let config = ClientConfig {
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: timeout,
             ..ClientConfig::default()
         };
-        RegistryClient::connect(sock, &creds, config)
+        RegistryClient::connect_any(&socks, &creds, config)
             .await
             .with_context(|| format!("could not reach the registry at {addr}"))
     }
@@ -107,6 +116,28 @@ struct Serve {
     /// Largest bundle accepted, in MiB.
     #[arg(long, default_value_t = 256)]
     max_bundle_mib: u64,
+    /// Run as node NAME of a ring of registry nodes (unique among them;
+    /// the ring places chunks by it). Without it the registry is
+    /// standalone.
+    #[arg(long)]
+    name: Option<String>,
+    /// Registry addresses of other nodes of the ring to join through
+    /// (comma-separated; any one that answers will do).
+    #[arg(long, requires = "name", value_delimiter = ',')]
+    join: Vec<String>,
+    /// UDP port of the ring's membership (0: any free port).
+    #[arg(long, requires = "name", default_value_t = 0)]
+    gossip_port: u16,
+    /// A node silent this long is declared down and its share moves.
+    #[arg(long, requires = "name", default_value = "5s", value_parser = parse_duration)]
+    offline_timeout: Duration,
+    /// Copies of each chunk on distinct nodes.
+    #[arg(long, requires = "name", default_value_t = 2)]
+    replicas: usize,
+    /// How often a node checks that the chunks it holds are on their
+    /// owners and catches up with the others' checkpoints.
+    #[arg(long, requires = "name", default_value = "5s", value_parser = parse_duration)]
+    repair_every: Duration,
 }
 
 #[derive(clap::Args)]
@@ -175,6 +206,7 @@ impl RegistryCommand {
         rt.block_on(async {
             match self.command {
                 Sub::Serve(s) => s.run().await,
+                Sub::Members(s) => members(s).await,
                 Sub::Ls(t) => ls(t).await,
                 Sub::Get(g) => get(g).await,
                 Sub::Stats(s) => stats(s).await,
@@ -209,7 +241,37 @@ impl Serve {
         server_config.endpoint.revocations = Some(dir.revocations());
         let endpoint = wmig_net::server_endpoint(self.listen, &creds, &server_config.endpoint)?;
         let addr = crate::cmd::control::loopback_if_unspecified(endpoint.local_addr()?);
-        dir.update_config(|c| c.registry = Some(addr.to_string()))?;
+        if let Some(name) = &self.name {
+            wmig_net::certs::validate_node_name(name)
+                .map_err(|e| anyhow::anyhow!("--name {name}: {e}"))?;
+            let mut cc = ClusterConfig::new(name.clone(), addr);
+            cc.gossip_bind = SocketAddr::new(self.listen.ip(), self.gossip_port);
+            for j in &self.join {
+                cc.seeds.extend(resolve_all(j, "registry").await?);
+            }
+            cc.offline_timeout = self.offline_timeout;
+            cc.replicas = self.replicas.max(1);
+            cc.repair_every = self.repair_every;
+            let cluster = Cluster::start(cc, &creds, registry.clone())
+                .context("could not join the registry ring")?;
+            eprintln!(
+                "registry node {name}: membership on {}",
+                cluster.me().gossip
+            );
+            server_config.cluster = Some(cluster);
+        }
+        // Clients find every node of a ring through any of them; keep the
+        // addresses that are already listed, so any can be the entry.
+        dir.update_config(|c| {
+            let mut list: Vec<String> = match (&self.name, c.registry.as_deref()) {
+                (Some(_), Some(old)) => old.split(',').map(str::to_owned).collect(),
+                _ => Vec::new(),
+            };
+            if !list.contains(&addr.to_string()) {
+                list.push(addr.to_string());
+            }
+            c.registry = Some(list.join(","));
+        })?;
         println!("listening on {addr}");
         std::io::stdout().flush()?;
         wmig_registry::run(endpoint, registry, server_config, shutdown_signal()).await;
@@ -290,6 +352,90 @@ async fn stats(s: Stats) -> anyhow::Result<()> {
         st.chunks_referenced,
         dedup_saving(st.chunks_written, st.chunks_referenced) * 100.0
     );
+    Ok(())
+}
+
+/// Every address of a comma-separated list.
+pub(crate) async fn resolve_all(list: &str, role: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for a in list.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        out.push(resolve(a, role).await?);
+    }
+    anyhow::ensure!(!out.is_empty(), "no {role} address in `{list}`");
+    Ok(out)
+}
+
+/// `wmig registry members`.
+async fn members(s: Stats) -> anyhow::Result<()> {
+    let client = s.target.connect().await?;
+    let nodes = client.node_stats().await;
+    let info = client.ring();
+    client.close().await;
+    if info.members.is_empty() {
+        eprintln!(
+            "this registry is standalone (one node, no ring); `wmig registry serve --name NAME \
+             --join ADDR` starts nodes of a ring"
+        );
+        return Ok(());
+    }
+    let ring = wmig_registry::ring::Ring::new(&info.members);
+    let shares = ring.shares();
+    let share_of = |name: &str| {
+        ring.members()
+            .iter()
+            .position(|m| m.name == name)
+            .map_or(0.0, |i| shares[i])
+    };
+    if s.json {
+        let rows: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|(m, st)| {
+                serde_json::json!({
+                    "name": m.name,
+                    "role": "registry",
+                    "state": if m.alive { "alive" } else { "down" },
+                    "addr": m.addr.to_string(),
+                    "gossip": m.gossip.to_string(),
+                    "pid": m.pid,
+                    "vnodes": m.vnodes,
+                    "share": share_of(&m.name),
+                    "chunks": st.as_ref().ok().map(|s| s.chunks.count),
+                    "chunk_bytes": st.as_ref().ok().map(|s| s.chunks.bytes),
+                    "manifests": st.as_ref().ok().map(|s| s.manifests.count),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "replicas": info.replicas,
+                "members": rows,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<6} {:>6} {:>7} {:>9} {:>10} {:>8}  ADDRESS",
+        "NODE", "STATE", "VNODES", "SHARE", "CHUNKS", "BYTES", "PID"
+    );
+    for (m, st) in &nodes {
+        let (chunks, bytes) = match st {
+            Ok(s) => (s.chunks.count.to_string(), human(s.chunks.bytes)),
+            Err(_) => ("-".to_owned(), "-".to_owned()),
+        };
+        println!(
+            "{:<14} {:<6} {:>6} {:>6.1}% {:>9} {:>10} {:>8}  {}",
+            m.name,
+            if m.alive { "alive" } else { "down" },
+            m.vnodes,
+            share_of(&m.name) * 100.0,
+            chunks,
+            bytes,
+            m.pid,
+            m.addr
+        );
+    }
+    println!("each chunk is kept on {} node(s)", info.replicas);
     Ok(())
 }
 

@@ -65,6 +65,11 @@ pub struct UpCommand {
     /// which leads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
     coordinators: u32,
+    /// Registry nodes: 1 is one standalone registry; more start that many
+    /// nodes of a ring (`registry-1`…, each with its own store under
+    /// CLUSTER/registry-N), which keep each chunk on two of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    registries: u32,
     /// The coordinators' budget of check-ins per second (see `wmig
     /// coordinator --help`).
     #[arg(long, default_value_t = wmig_coordinator::server::CHECK_INS_PER_SEC)]
@@ -134,22 +139,10 @@ impl UpCommand {
         let (exited_tx, exited_rx) = mpsc::channel::<(String, String)>();
         let mut nodes: Vec<Node> = Vec::new();
         let result = (|| {
-            let mut registry = Node::new(
-                "registry",
-                &[
-                    "registry",
-                    "serve",
-                    "--cluster",
-                    &cluster,
-                    "--listen",
-                    "127.0.0.1:0",
-                ],
-                true,
-            );
-            let addr = start(&exe, &logs, &mut registry, &exited_tx, false)?.unwrap_or_default();
-            eprintln!("registry     {addr} (pid {})", registry.pid);
-            registry.pin("--listen", &addr);
-            nodes.push(registry);
+            let registries =
+                self.start_registries(&exe, &logs, &cluster, &mut nodes, &exited_tx)?;
+            // Clients and workers reach the ring through any of its nodes.
+            dir.update_config(|c| c.registry = Some(registries.join(",")))?;
             let timeout = format!("{}ms", self.offline_timeout.as_millis());
             // A node should miss several heartbeats before it is declared
             // offline: one per second, or a quarter of a short timeout.
@@ -273,6 +266,9 @@ impl UpCommand {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
+        if self.registries > 1 {
+            self.await_ring(exited, deadline).await?;
+        }
         let want: Vec<String> = (1..=self.workers).map(|i| format!("worker-{i}")).collect();
         loop {
             if let Ok((name, how)) = exited.try_recv() {
@@ -368,6 +364,118 @@ impl UpCommand {
         }
         eprintln!("stopping the cluster");
         Ok(0)
+    }
+}
+
+impl UpCommand {
+    /// Start the registry, or the nodes of a registry ring; their addresses.
+    fn start_registries(
+        &self,
+        exe: &Path,
+        logs: &Path,
+        cluster: &str,
+        nodes: &mut Vec<Node>,
+        exited_tx: &mpsc::Sender<(String, String)>,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut addrs: Vec<String> = Vec::new();
+        if self.registries == 1 {
+            let mut registry = Node::new(
+                "registry",
+                &[
+                    "registry",
+                    "serve",
+                    "--cluster",
+                    cluster,
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                true,
+            );
+            let addr = start(exe, logs, &mut registry, exited_tx, false)?.unwrap_or_default();
+            eprintln!("registry     {addr} (pid {})", registry.pid);
+            registry.pin("--listen", &addr);
+            nodes.push(registry);
+            addrs.push(addr);
+            return Ok(addrs);
+        }
+        let timeout = format!("{}ms", self.offline_timeout.as_millis());
+        for i in 1..=self.registries {
+            let name = format!("registry-{i}");
+            let data = self.cluster.join(&name).display().to_string();
+            let mut args = vec![
+                "registry",
+                "serve",
+                "--cluster",
+                cluster,
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                &data,
+                "--name",
+                &name,
+                "--offline-timeout",
+                &timeout,
+            ];
+            // Every node joins through the ones started before it (and a
+            // restarted node through all of them).
+            let join = addrs.join(",");
+            if !addrs.is_empty() {
+                args.extend(["--join", &join]);
+            }
+            let mut node = Node::new(&name, &args, true);
+            let addr = start(exe, logs, &mut node, exited_tx, false)?.unwrap_or_default();
+            eprintln!("{name:<12} {addr} (pid {})", node.pid);
+            node.pin("--listen", &addr);
+            addrs.push(addr);
+            nodes.push(node);
+        }
+        // The first node, restarted, joins through the others too.
+        let all = addrs.join(",");
+        for n in nodes.iter_mut().filter(|n| n.name.starts_with("registry-")) {
+            if let Some(i) = n.args.iter().position(|a| a == "--join") {
+                n.args[i + 1] = all.clone();
+            } else {
+                n.args.extend(["--join".to_owned(), all.clone()]);
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// Wait until every registry node sees all the others alive.
+    async fn await_ring(
+        &self,
+        exited: &mpsc::Receiver<(String, String)>,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let target = crate::cmd::registry::Target::new(None, self.cluster.clone());
+        loop {
+            if let Ok((name, how)) = exited.try_recv() {
+                anyhow::bail!(
+                    "{name} exited during start-up ({how}); see {}",
+                    log_path(&self.cluster, &name).display()
+                );
+            }
+            let alive = match target.connect_with(Duration::from_secs(2)).await {
+                Ok(c) => {
+                    let n = c.ring().members.iter().filter(|m| m.alive).count();
+                    c.close().await;
+                    n
+                }
+                Err(_) => 0,
+            };
+            if alive == self.registries as usize {
+                eprintln!("registry ring of {alive} nodes formed");
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {alive} of {} registry nodes formed a ring within {:?}; see the logs in {}",
+                self.registries,
+                self.ready_timeout,
+                self.cluster.join("logs").display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

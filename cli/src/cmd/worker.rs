@@ -12,7 +12,7 @@ use wmig_net::{CertRole, ClusterDir};
 use wmig_proto::NodeId;
 use wmig_worker::{Listen, WorkerConfig};
 
-use crate::cmd::control::{parse_key_value, resolve, shutdown_signal, ControlTarget};
+use crate::cmd::control::{parse_key_value, shutdown_signal, ControlTarget};
 use crate::cmd::registry::{parse_duration, runtime};
 
 #[derive(clap::Args)]
@@ -98,7 +98,7 @@ impl WorkerCommand {
                 )
             })?,
         };
-        let registry = resolve(&registry, "registry").await?;
+        let registry = crate::cmd::registry::resolve_all(&registry, "registry").await?;
         let cache_dir = self
             .cache_dir
             .clone()
@@ -119,10 +119,16 @@ impl WorkerCommand {
             revocations: Some(dir.revocations()),
             gossip_port: self.gossip_port,
         };
-        let list: Vec<String> = coordinators.iter().map(ToString::to_string).collect();
+        let list = |a: &[std::net::SocketAddr]| -> String {
+            a.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         eprintln!(
-            "worker {name} starting (coordinator {}, registry {registry})",
-            list.join(",")
+            "worker {name} starting (coordinator {}, registry {})",
+            list(&coordinators),
+            list(&config.registry)
         );
         wmig_worker::run(config, runtime, shutdown_signal()).await?;
         eprintln!("worker {name} stopped");

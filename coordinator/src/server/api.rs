@@ -751,13 +751,18 @@ async fn connect_registry(shared: &Shared) -> Result<RegistryClient, ApiError> {
                 "no registry address in the cluster's config.toml: start `wmig registry serve`",
             )
         })?;
-    let sock = tokio::net::lookup_host(addr.as_str())
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            ApiError::unavailable(format!("the registry address `{addr}` does not resolve"))
-        })?;
+    // One standalone registry, or any nodes of a ring.
+    let mut socks = Vec::new();
+    for a in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let sock = tokio::net::lookup_host(a)
+            .await
+            .ok()
+            .and_then(|mut s| s.next())
+            .ok_or_else(|| {
+                ApiError::unavailable(format!("the registry address `{a}` does not resolve"))
+            })?;
+        socks.push(sock);
+    }
     let creds = dir
         .credentials(COORDINATOR_NODE)
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -765,7 +770,7 @@ async fn connect_registry(shared: &Shared) -> Result<RegistryClient, ApiError> {
         connect_timeout: Duration::from_secs(3),
         ..ClientConfig::default()
     };
-    RegistryClient::connect(sock, &creds, config)
+    RegistryClient::connect_any(&socks, &creds, config)
         .await
         .map_err(|e| {
             ApiError::new(

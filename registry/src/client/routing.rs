@@ -225,6 +225,26 @@ impl RegistryClient {
     fn learn(&self, info: RingInfo) {
         let mut r = lock(&self.inner.routes);
         let now = Instant::now();
+        // A node restarted on the same address is another process: the
+        // connection to the old one would only time out.
+        let restarted: Vec<SocketAddr> = info
+            .members
+            .iter()
+            .filter(|m| {
+                r.info
+                    .members
+                    .iter()
+                    .any(|o| o.addr == m.addr && o.pid != m.pid)
+            })
+            .map(|m| m.addr)
+            .collect();
+        for addr in restarted {
+            if let Some(c) = r.conns.remove(&addr) {
+                tracing::debug!(%addr, "registry node restarted; connecting anew");
+                c.close();
+            }
+            r.failed.remove(&addr);
+        }
         r.failed
             .retain(|_, at| now.duration_since(*at) < SKIP_FAILED);
         let members: Vec<RingMember> = info
@@ -236,7 +256,8 @@ impl RegistryClient {
         r.ring = Arc::new(Ring::new(&members));
         // Members the ring no longer lists alive lose their connections,
         // so requests hung on a dead node fail now, not at an idle timeout.
-        let alive: HashSet<SocketAddr> = members.iter().map(|m| m.addr).collect();
+        let alive: HashSet<SocketAddr> =
+            members.iter().filter(|m| m.alive).map(|m| m.addr).collect();
         if !info.members.is_empty() {
             r.conns.retain(|addr, c| {
                 let keep = alive.contains(addr);
@@ -246,7 +267,7 @@ impl RegistryClient {
                 keep
             });
             if r.home.is_some_and(|h| !alive.contains(&h)) {
-                r.home = members.first().map(|m| m.addr);
+                r.home = members.iter().find(|m| m.alive).map(|m| m.addr);
             }
         }
         r.info = info;
@@ -404,11 +425,12 @@ impl RegistryClient {
         name: Option<&NameTag>,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<BundleStored, ClientError> {
-        let progress = std::sync::Mutex::new(progress);
+        // Each try reports from zero again; one try at a time holds it.
+        let progress = tokio::sync::Mutex::new(progress);
         self.first_ok(self.plan().all(), |n| {
             let progress = &progress;
             async move {
-                let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                let mut p = progress.lock().await;
                 n.upload_bundle(wasm, name, &mut **p).await
             }
         })

@@ -1,0 +1,166 @@
+//! A ring of three registry nodes through real processes: `wmig up
+//! --registries 3` starts them, one is killed with SIGKILL while a task
+//! keeps checkpointing, the task still migrates and recovers from its
+//! checkpoints after its owner is killed too, its output is that of a
+//! local run; the killed node comes back and catches up, and a fourth node
+//! joins and takes its share.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use wmig_tests::artifacts;
+
+use crate::cluster::{kill9, local_stdout, wait_until, Reaped, Up};
+use crate::support::run;
+
+/// `wmig registry members --json`'s rows.
+fn members(up: &Up) -> Vec<Value> {
+    up.json(&["registry", "members", "--json"])["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn member(up: &Up, name: &str) -> Value {
+    members(up)
+        .into_iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no registry node {name}"))
+}
+
+fn alive(up: &Up) -> usize {
+    members(up)
+        .iter()
+        .filter(|m| m["state"] == "alive" && !m["chunks"].is_null())
+        .count()
+}
+
+fn checkpoint_seq(up: &Up, id: &str) -> Option<u64> {
+    up.json(&["inspect", id, "--json"])["checkpoint_seq"].as_u64()
+}
+
+#[test]
+fn a_registry_node_killed_mid_checkpoint_loses_nothing_and_the_ring_heals() {
+    let up = Up::start_supervised(3, &["--registries", "3", "--offline-timeout", "2000ms"]);
+    let nodes = up.json(&["nodes", "--json"]);
+    let registries: Vec<&Value> = nodes
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|n| n["role"] == "registry")
+        .collect();
+    assert_eq!(registries.len(), 3, "{nodes}");
+    assert!(registries
+        .iter()
+        .all(|r| r["pid"].as_u64().unwrap_or(0) > 0 && r["state"] == "online"));
+
+    // 16 MiB of memory, scattered page writes for ~30 s, a checkpoint
+    // every 300 ms: the registry takes a steady stream of chunks.
+    let args = ["16", "150000", "0", "5000"];
+    let id = up.submit(
+        artifacts::HOLDMEM,
+        &["--on", "worker-1", "--checkpoint-every", "300ms"],
+        &args,
+    );
+    wait_until("a first checkpoint", Duration::from_secs(60), || {
+        checkpoint_seq(&up, &id).is_some()
+    });
+
+    // Kill a registry node in the middle of it.
+    let victim = member(&up, "registry-2")["pid"].as_u64().expect("pid");
+    kill9(victim);
+    let seq = checkpoint_seq(&up, &id).unwrap_or(0);
+    wait_until(
+        "checkpoints go on without registry-2",
+        Duration::from_secs(30),
+        || checkpoint_seq(&up, &id).is_some_and(|s| s >= seq + 3),
+    );
+
+    // The task moves, then its new owner dies: it resumes from its last
+    // checkpoint, which must be whole on the surviving nodes.
+    let report = up.json(&["migrate", &id, "worker-2", "--json"]);
+    assert_eq!(report["to"], "worker-2", "{report}");
+    let seq = checkpoint_seq(&up, &id).unwrap_or(0);
+    wait_until(
+        "worker-2 checkpoints the task",
+        Duration::from_secs(30),
+        || checkpoint_seq(&up, &id).is_some_and(|s| s > seq),
+    );
+    let owner_pid = up.node("worker-2")["pid"].as_u64().expect("pid");
+    kill9(owner_pid);
+    wait_until(
+        "the task resumes on another worker",
+        Duration::from_secs(30),
+        || {
+            let t = up.json(&["inspect", &id, "--json"]);
+            t["owner"] != "worker-2" && t["state"] == "running"
+        },
+    );
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "300s"]));
+    assert_eq!(o.status.code(), Some(0), "the task did not complete");
+    assert_eq!(
+        up.ok(&["logs", &id]),
+        local_stdout(artifacts::HOLDMEM, &args),
+        "output differs from an uninterrupted local run"
+    );
+
+    // `wmig up` started registry-2 again; it catches up with the
+    // checkpoints it missed.
+    wait_until("registry-2 is back", Duration::from_secs(30), || {
+        let m = member(&up, "registry-2");
+        m["state"] == "alive" && m["pid"].as_u64() != Some(victim)
+    });
+    wait_until(
+        "every node keeps the same checkpoints",
+        Duration::from_secs(30),
+        || {
+            let m = members(&up);
+            m.len() == 3 && m.iter().all(|n| n["manifests"] == m[0]["manifests"])
+        },
+    );
+
+    // A fourth node joins and receives its share of the chunks.
+    let first = member(&up, "registry-1")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    let data = up.dir.join("registry-4");
+    let fourth = Reaped(
+        up.cmd(&[
+            "registry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "registry-4",
+            "--join",
+            &first,
+            "--offline-timeout",
+            "2000ms",
+            "--repair-every",
+            "1s",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start registry-4"),
+    );
+    wait_until("the ring has four nodes", Duration::from_secs(30), || {
+        alive(&up) == 4
+    });
+    wait_until(
+        "registry-4 holds its share",
+        Duration::from_secs(60),
+        || {
+            let m = members(&up);
+            let total: u64 = m.iter().filter_map(|n| n["chunks"].as_u64()).sum();
+            let four = member(&up, "registry-4")["chunks"].as_u64().unwrap_or(0);
+            // A quarter of the copies, give or take the ring's imbalance.
+            total > 0 && four * 8 > total
+        },
+    );
+    drop(fourth);
+}
