@@ -1,6 +1,8 @@
-//! Registry benchmark: chunk upload throughput over loopback QUIC (mutual
-//! TLS, real server, real store) and the `can_store` rate for batches of
-//! 1,000 hashes. Prints a table: metric, result, goal, ratio to goal.
+//! Registry benchmark: chunk upload and download throughput over loopback
+//! QUIC (mutual TLS, real servers, real stores), one node and a ring of
+//! three (each chunk written to two of them), the `can_store` rate for
+//! batches of 1,000 hashes, and the ring's balance. Prints a table: metric,
+//! result, goal, ratio to goal.
 //!
 //! `cargo bench -p wmig-registry`; `WMIG_BENCH_MIB` changes the upload size
 //! (default 256), `WMIG_BENCH_DIR` where the file store lives (default: the
@@ -16,7 +18,8 @@ use wmig_net::{ClusterCa, OPERATOR};
 use wmig_proto::checkpoint::CHUNK_SIZE;
 use wmig_proto::Hash;
 use wmig_registry::{
-    ClientConfig, FsStore, MemStore, Registry, RegistryClient, RegistryConfig, ServerConfig, Store,
+    ClientConfig, Cluster, ClusterConfig, FsStore, MemStore, Registry, RegistryClient,
+    RegistryConfig, ServerConfig, Store,
 };
 
 struct Row {
@@ -211,6 +214,135 @@ fn can_store_in_process() -> Row {
     }
 }
 
+/// Upload then download `mib` MiB through a ring of three registry nodes,
+/// each over its own file store: (upload, download) rows.
+async fn ring_transfer(mib: usize) -> Result<(Row, Row), Box<dyn std::error::Error>> {
+    let ca = ClusterCa::generate()?;
+    let id = ca.credentials("registry")?;
+    let dir = tempfile::tempdir_in(bench_dir())?;
+    let mut nodes = Vec::new();
+    let mut seeds: Vec<SocketAddr> = Vec::new();
+    for i in 1..=3 {
+        let store = Arc::new(FsStore::open(dir.path().join(i.to_string()))?);
+        let registry = Arc::new(Registry::open(store, RegistryConfig::default())?);
+        let mut config = ServerConfig::default();
+        let endpoint = wmig_net::server_endpoint(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &id,
+            &config.endpoint,
+        )?;
+        let addr = endpoint.local_addr()?;
+        let mut cc = ClusterConfig::new(format!("registry-{i}"), addr);
+        cc.seeds = seeds.clone();
+        cc.offline_timeout = Duration::from_secs(2);
+        // The bench measures transfers, not the repair.
+        cc.repair_every = Duration::from_secs(3600);
+        let cluster = Cluster::start(cc, &id, registry.clone())?;
+        config.cluster = Some(cluster.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(wmig_registry::run(endpoint, registry, config, async move {
+            let _ = stopped.await;
+        }));
+        seeds.push(addr);
+        nodes.push((cluster, stop, task));
+    }
+    let formed = Instant::now() + Duration::from_secs(20);
+    while nodes
+        .iter()
+        .any(|(c, _, _)| c.info().members.iter().filter(|m| m.alive).count() < 3)
+    {
+        if Instant::now() > formed {
+            return Err("the ring did not form within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client =
+        RegistryClient::connect(seeds[0], &ca.credentials(OPERATOR)?, ClientConfig::default())
+            .await?;
+    let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, 7 + mib as u64);
+    let hashes: Vec<Hash> = data.iter().map(|(h, _)| *h).collect();
+    client.put_chunks(chunks(64, 1 << 41)).await?;
+    let start = Instant::now();
+    client.put_chunks(data).await?;
+    let up = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let back = client.get_chunks(&hashes).await?;
+    let down = start.elapsed().as_secs_f64();
+    assert_eq!(back.len(), hashes.len());
+    client.close().await;
+    for (cluster, stop, task) in nodes {
+        cluster.leave();
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    let bytes = (mib * 1024 * 1024) as f64;
+    Ok((
+        Row {
+            metric: format!("upload {mib} MiB, 3-node ring, 2 copies (file stores)"),
+            result: bytes / up / 1e9,
+            unit: "GB/s",
+            goal: Some(1.0),
+        },
+        Row {
+            metric: format!("download {mib} MiB, 3-node ring"),
+            result: bytes / down / 1e9,
+            unit: "GB/s",
+            goal: None,
+        },
+    ))
+}
+
+/// Download what one node holds: `mib` MiB over one connection.
+async fn download(mib: usize, label: &str) -> Result<Row, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir_in(bench_dir())?;
+    let server = serve(Arc::new(FsStore::open(dir.path())?), None).await?;
+    let client = server.client().await?;
+    let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, 11 + mib as u64);
+    let hashes: Vec<Hash> = data.iter().map(|(h, _)| *h).collect();
+    client.put_chunks(data).await?;
+    let start = Instant::now();
+    let back = client.get_chunks(&hashes).await?;
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(back.len(), hashes.len());
+    client.close().await;
+    server.shutdown().await;
+    Ok(Row {
+        metric: format!("download {mib} MiB of chunks, {label}"),
+        result: (mib * 1024 * 1024) as f64 / secs / 1e9,
+        unit: "GB/s",
+        goal: None,
+    })
+}
+
+/// Keys per node at 128 virtual nodes each: the most loaded node's count
+/// over the mean (1.0 is perfect balance).
+fn ring_balance(nodes: usize) -> Row {
+    use wmig_proto::wire::registry::RingMember;
+    let members: Vec<RingMember> = (1..=nodes)
+        .map(|i| RingMember {
+            name: format!("registry-{i}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7700 + i as u16)),
+            gossip: SocketAddr::from(([127, 0, 0, 1], 7800 + i as u16)),
+            vnodes: wmig_registry::ring::DEFAULT_VNODES,
+            pid: 0,
+            alive: true,
+        })
+        .collect();
+    let ring = wmig_registry::ring::Ring::new(&members);
+    let mut counts = vec![0u64; nodes];
+    let keys = 1_000_000u64;
+    for k in 0..keys {
+        counts[ring.owners_of(&Hash::of(&k.to_le_bytes()), 1)[0]] += 1;
+    }
+    let max = counts.iter().copied().max().unwrap_or(0) as f64;
+    Row {
+        metric: format!("ring balance, {nodes} nodes x 128 vnodes: max/mean keys"),
+        result: max / (keys as f64 / nodes as f64),
+        unit: "x",
+        goal: None,
+    }
+}
+
 fn bench_dir() -> PathBuf {
     std::env::var_os("WMIG_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
 }
@@ -234,10 +366,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir_in(bench_dir())?;
         let store = Arc::new(FsStore::open(dir.path())?);
         rows.push(upload(store, mib, None, "file store (fsync each)").await?);
+        rows.push(download(mib, "file store").await?);
+        let (up, down) = ring_transfer(mib).await?;
+        rows.push(up);
+        rows.push(down);
         rows.push(can_store_rate(4).await?);
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
     rows.push(can_store_in_process());
+    for n in [3, 4, 5, 10] {
+        rows.push(ring_balance(n));
+    }
     println!(
         "\n{:<62} {:>16} {:>14} {:>8}",
         "metric", "result", "goal", "ratio"
