@@ -256,9 +256,12 @@ async fn ring_transfer(mib: usize) -> Result<(Row, Row), Box<dyn std::error::Err
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let client =
-        RegistryClient::connect(seeds[0], &ca.credentials(OPERATOR)?, ClientConfig::default())
-            .await?;
+    let client = RegistryClient::connect(
+        seeds[0],
+        &ca.credentials(OPERATOR)?,
+        ClientConfig::default(),
+    )
+    .await?;
     let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, 7 + mib as u64);
     let hashes: Vec<Hash> = data.iter().map(|(h, _)| *h).collect();
     client.put_chunks(chunks(64, 1 << 41)).await?;

@@ -26,6 +26,9 @@
 //!   for an offline timeout, the copy here is deleted: the ring moved it.
 //!   Until a node has pulled every peer's manifests once, it does not
 //!   collect garbage.
+//! - **Shared storage** (all nodes on one S3 bucket): one copy of each
+//!   chunk, written through its owner, whose lease it is; the repair only
+//!   catches up metadata, since every node reads every object.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -68,6 +71,10 @@ pub struct ClusterConfig {
     pub offline_timeout: Duration,
     pub replicas: usize,
     pub repair_every: Duration,
+    /// The nodes share one object store (S3): its bytes are everyone's, so
+    /// there is one copy of each chunk and nothing for the repair to move;
+    /// the ring shards the leases and the nodes' indexes.
+    pub shared_storage: bool,
 }
 
 impl ClusterConfig {
@@ -80,6 +87,7 @@ impl ClusterConfig {
             offline_timeout: Duration::from_secs(5),
             replicas: DEFAULT_REPLICAS,
             repair_every: Duration::from_secs(5),
+            shared_storage: false,
         }
     }
 }
@@ -498,6 +506,10 @@ impl Cluster {
         if everyone {
             registry.allow_gc(true);
         }
+        if self.config.shared_storage {
+            // Deleting "this node's copy" would delete everyone's.
+            return Ok(());
+        }
         let (ring, stable_since) = {
             let st = self.lock();
             (st.ring.clone(), st.changed_at)
@@ -659,7 +671,7 @@ impl Cluster {
             blocking(move || reg.put_name(&name, hash)).await?;
         }
         for (task, seq) in inv.manifests {
-            if registry.has_manifest(task, seq) {
+            if registry.has_manifest(task, seq) || registry.was_evicted(task, seq) {
                 continue;
             }
             let m = match n.manifest(task, Some(seq)).await {

@@ -48,6 +48,13 @@ pub struct RegistryConfig {
     pub gc_grace: Duration,
     /// Run garbage collection this often (`None`: only on request).
     pub gc_interval: Option<Duration>,
+    /// Most chunk bytes this node stores (`None`: the disk's size); see
+    /// `evict.rs`.
+    pub capacity: Option<u64>,
+    /// Eviction starts past this fraction of the capacity...
+    pub high_water: f64,
+    /// ...and stops under this one.
+    pub low_water: f64,
 }
 
 impl Default for RegistryConfig {
@@ -59,6 +66,9 @@ impl Default for RegistryConfig {
             keep_checkpoints: 3,
             gc_grace: Duration::from_secs(600),
             gc_interval: Some(Duration::from_secs(3600)),
+            capacity: None,
+            high_water: 0.9,
+            low_water: 0.8,
         }
     }
 }

@@ -20,6 +20,8 @@ pub enum StoreError {
     },
     #[error("object {0} is not stored")]
     NotFound(Hash),
+    #[error("object storage {url}: {reason}")]
+    Remote { url: String, reason: String },
     #[error("bytes sent as {claimed} hash to {actual}; nothing was stored")]
     HashMismatch { claimed: Hash, actual: Hash },
     #[error("stored object {hash} is corrupt: its bytes hash to {actual}")]

@@ -127,6 +127,16 @@ impl LeaseTable {
                 .is_some_and(|t| now.saturating_duration_since(*t) < self.protect_for)
     }
 
+    /// [`Self::is_protected`] with a shorter window for touched chunks:
+    /// eviction under a full disk cannot wait out the whole grace period.
+    pub fn is_protected_for(&self, hash: &Hash, now: Instant, window: Duration) -> bool {
+        self.leases.get(hash).is_some_and(|l| l.expires > now)
+            || self
+                .touched
+                .get(hash)
+                .is_some_and(|t| now.saturating_duration_since(*t) < window.min(self.protect_for))
+    }
+
     /// When the next lease runs out, so a driver knows when to call `expire`.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.leases.values().map(|l| l.expires).min()

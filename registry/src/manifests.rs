@@ -12,7 +12,7 @@
 //! recent upload protects.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use wmig_proto::checkpoint::Manifest;
 use wmig_proto::wire::registry::{GcReport, ManifestStored};
@@ -208,6 +208,12 @@ impl Registry {
                     .into(),
             ));
         }
+        self.collect(now, self.config.gc_grace)
+    }
+
+    /// Garbage collection sparing only chunks younger than `grace` (or
+    /// leased, or touched within it).
+    pub(crate) fn collect(&self, now: Instant, grace: Duration) -> Result<GcReport, RegistryError> {
         let _gc = self.gc_lock.write().unwrap_or_else(|e| e.into_inner());
         let kept: Vec<(TaskId, u64)> = lock(&self.manifests)
             .iter()
@@ -218,7 +224,6 @@ impl Registry {
             referenced.extend(self.manifest(task, Some(seq))?.chunk_hashes());
         }
         let wall = SystemTime::now();
-        let grace = self.config.gc_grace;
         let mut report = GcReport::default();
         // Hold the lease table while deleting so no `AlreadyStored` answer is
         // given for a chunk that is about to go.
@@ -230,7 +235,7 @@ impl Registry {
             let young = wall
                 .duration_since(o.stored_at)
                 .map_or(true, |age| age < grace);
-            if young || leases.is_protected(&o.hash, now) {
+            if young || leases.is_protected_for(&o.hash, now, grace) {
                 report.chunks_protected += 1;
                 continue;
             }

@@ -43,6 +43,8 @@ pub struct Registry {
     /// Garbage collection may run: false on a ring node until it has
     /// caught up with the others' manifests, which reference its chunks.
     pub(crate) gc_allowed: std::sync::atomic::AtomicBool,
+    /// Checkpoints evicted here (see `evict.rs`).
+    pub(crate) evicted: Mutex<std::collections::HashSet<(TaskId, u64)>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,6 +102,7 @@ impl Registry {
             chunks_deduplicated: AtomicU64::new(0),
             chunks_referenced: AtomicU64::new(0),
             gc_allowed: std::sync::atomic::AtomicBool::new(true),
+            evicted: Mutex::new(std::collections::HashSet::new()),
             config,
         })
     }
@@ -238,6 +241,19 @@ impl Registry {
                 len: big.len() as u64,
                 max,
             });
+        }
+        if self.config.capacity.is_some() {
+            let missing = self.store.contains_many(
+                ObjectKind::Chunk,
+                &items.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
+            );
+            let incoming = items
+                .iter()
+                .zip(missing)
+                .filter(|(_, stored)| !stored)
+                .map(|((_, b), _)| b.len() as u64)
+                .sum();
+            self.make_room(incoming, now)?;
         }
         let _gc = self.gc_lock.read().unwrap_or_else(|e| e.into_inner());
         let fresh = self.store.put_objects(ObjectKind::Chunk, items)?;

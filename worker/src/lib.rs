@@ -1105,9 +1105,14 @@ async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<u64> {
                 LeaseStatus::Leased => leased.push(c),
             }
         }
-        if !put.is_empty() {
-            reg.put_chunks(put).await?;
+        // Through the client's batcher: chunks of every task this worker
+        // checkpoints share requests (100 chunks or 10 ms), each routed by
+        // hash. A batch that failed may be reported to another task's
+        // flush; the manifest commit below still refuses missing chunks.
+        for (h, bytes) in put {
+            reg.put_chunk(h, bytes).await;
         }
+        reg.flush().await?;
         todo = leased;
         if !todo.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;

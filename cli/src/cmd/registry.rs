@@ -96,8 +96,15 @@ struct Serve {
     #[arg(long, env = "WMIG_CLUSTER", default_value = DEFAULT_CLUSTER_DIR)]
     cluster: PathBuf,
     /// Where objects are stored (default: CLUSTER/registry).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "s3")]
     data: Option<PathBuf>,
+    /// Store objects in S3-compatible object storage instead:
+    /// s3://BUCKET[/PREFIX]. Credentials and a non-AWS endpoint come from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and
+    /// AWS_ENDPOINT_URL. Nodes of a ring may share one bucket: then each
+    /// chunk is stored once, and the ring shards its leases.
+    #[arg(long)]
+    s3: Option<String>,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
@@ -116,6 +123,11 @@ struct Serve {
     /// Largest bundle accepted, in MiB.
     #[arg(long, default_value_t = 256)]
     max_bundle_mib: u64,
+    /// Most chunk bytes this node keeps (e.g. 50G): past 90 % the oldest
+    /// checkpoints of each task are evicted down to 80 %, never a task's
+    /// newest; uploads that still do not fit are refused.
+    #[arg(long, value_parser = crate::cmd::run::parse_size)]
+    capacity: Option<usize>,
     /// Run as node NAME of a ring of registry nodes (unique among them;
     /// the ring places chunks by it). Without it the registry is
     /// standalone.
@@ -221,12 +233,21 @@ impl Serve {
     async fn run(self) -> anyhow::Result<()> {
         let dir = ClusterDir::new(&self.cluster);
         let creds = dir.credentials(REGISTRY_NODE)?;
-        let data = self
-            .data
-            .clone()
-            .unwrap_or_else(|| self.cluster.join("registry"));
-        let store = FsStore::open(&data)
-            .with_context(|| format!("could not open the registry store in {}", data.display()))?;
+        let store: Arc<dyn wmig_registry::Store> = match &self.s3 {
+            Some(url) => Arc::new(
+                wmig_registry::S3Store::open(url)
+                    .with_context(|| format!("could not open the object storage at {url}"))?,
+            ),
+            None => {
+                let data = self
+                    .data
+                    .clone()
+                    .unwrap_or_else(|| self.cluster.join("registry"));
+                Arc::new(FsStore::open(&data).with_context(|| {
+                    format!("could not open the registry store in {}", data.display())
+                })?)
+            }
+        };
         let mut config = RegistryConfig {
             lease_ttl: self.lease_ttl,
             keep_checkpoints: self.keep.max(1),
@@ -235,7 +256,8 @@ impl Serve {
             ..RegistryConfig::default()
         };
         config.limits.max_bundle = self.max_bundle_mib << 20;
-        let registry = Arc::new(Registry::open(Arc::new(store), config)?);
+        config.capacity = self.capacity.map(|c| c as u64);
+        let registry = Arc::new(Registry::open(store, config)?);
         let mut server_config = ServerConfig::default();
         // `wmig cert revoke` takes effect here without a restart.
         server_config.endpoint.revocations = Some(dir.revocations());
@@ -250,7 +272,12 @@ impl Serve {
                 cc.seeds.extend(resolve_all(j, "registry").await?);
             }
             cc.offline_timeout = self.offline_timeout;
-            cc.replicas = self.replicas.max(1);
+            cc.shared_storage = self.s3.is_some();
+            cc.replicas = if cc.shared_storage {
+                1
+            } else {
+                self.replicas.max(1)
+            };
             cc.repair_every = self.repair_every;
             let cluster = Cluster::start(cc, &creds, registry.clone())
                 .context("could not join the registry ring")?;

@@ -70,6 +70,11 @@ pub struct UpCommand {
     /// CLUSTER/registry-N), which keep each chunk on two of them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     registries: u32,
+    /// The registry nodes store objects in this S3-compatible bucket
+    /// (s3://BUCKET[/PREFIX]; see `wmig registry serve --help`) instead of
+    /// local directories.
+    #[arg(long)]
+    s3: Option<String>,
     /// The coordinators' budget of check-ins per second (see `wmig
     /// coordinator --help`).
     #[arg(long, default_value_t = wmig_coordinator::server::CHECK_INS_PER_SEC)]
@@ -379,18 +384,18 @@ impl UpCommand {
     ) -> anyhow::Result<Vec<String>> {
         let mut addrs: Vec<String> = Vec::new();
         if self.registries == 1 {
-            let mut registry = Node::new(
+            let mut args = vec![
                 "registry",
-                &[
-                    "registry",
-                    "serve",
-                    "--cluster",
-                    cluster,
-                    "--listen",
-                    "127.0.0.1:0",
-                ],
-                true,
-            );
+                "serve",
+                "--cluster",
+                cluster,
+                "--listen",
+                "127.0.0.1:0",
+            ];
+            if let Some(url) = &self.s3 {
+                args.extend(["--s3", url]);
+            }
+            let mut registry = Node::new("registry", &args, true);
             let addr = start(exe, logs, &mut registry, exited_tx, false)?.unwrap_or_default();
             eprintln!("registry     {addr} (pid {})", registry.pid);
             registry.pin("--listen", &addr);
@@ -402,6 +407,10 @@ impl UpCommand {
         for i in 1..=self.registries {
             let name = format!("registry-{i}");
             let data = self.cluster.join(&name).display().to_string();
+            let store = match &self.s3 {
+                Some(url) => ["--s3", url.as_str()],
+                None => ["--data", data.as_str()],
+            };
             let mut args = vec![
                 "registry",
                 "serve",
@@ -409,8 +418,8 @@ impl UpCommand {
                 cluster,
                 "--listen",
                 "127.0.0.1:0",
-                "--data",
-                &data,
+                store[0],
+                store[1],
                 "--name",
                 &name,
                 "--offline-timeout",

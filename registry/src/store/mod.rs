@@ -23,9 +23,11 @@ use crate::error::StoreError;
 
 pub mod fs;
 pub mod mem;
+pub mod s3;
 
 pub use fs::FsStore;
 pub use mem::MemStore;
+pub use s3::{S3Options, S3Store};
 
 /// The two kinds of content-addressed objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
