@@ -317,6 +317,89 @@ async fn download(mib: usize, label: &str) -> Result<Row, Box<dyn std::error::Er
     })
 }
 
+/// An `s3s-fs` S3 server on a free loopback port (from PATH or
+/// ~/.cargo/bin, as `scripts/deps` installs it); None without one.
+fn s3_server(root: &std::path::Path) -> Option<(std::process::Child, String)> {
+    let bin = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo/bin")))
+        .map(|d| d.join("s3s-fs"))
+        .find(|p| p.is_file())?;
+    std::fs::create_dir_all(root.join("wmig")).ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
+    let child = std::process::Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "bench", "--secret-key", "bench-secret"])
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((child, format!("http://127.0.0.1:{port}")))
+}
+
+/// Upload and download through one registry node whose store is an S3
+/// server on loopback.
+async fn s3_transfer(mib: usize) -> Result<Option<(Row, Row)>, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir_in(bench_dir())?;
+    let Some((mut child, endpoint)) = s3_server(dir.path()) else {
+        eprintln!("no s3s-fs (scripts/deps installs it): skipping the S3 rows");
+        return Ok(None);
+    };
+    let options = wmig_registry::S3Options {
+        endpoint: Some(endpoint),
+        access_key: Some("bench".into()),
+        secret_key: Some("bench-secret".into()),
+        region: Some("us-east-1".into()),
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        wmig_registry::S3Store::open_with("s3://wmig/bench", &options)
+    })
+    .await??;
+    let server = serve(Arc::new(store), None).await?;
+    let client = server.client().await?;
+    let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, 13 + mib as u64);
+    let hashes: Vec<Hash> = data.iter().map(|(h, _)| *h).collect();
+    let start = Instant::now();
+    client.put_chunks(data).await?;
+    let up = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let back = client.get_chunks(&hashes).await?;
+    let down = start.elapsed().as_secs_f64();
+    assert_eq!(back.len(), hashes.len());
+    client.close().await;
+    server.shutdown().await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let bytes = (mib * 1024 * 1024) as f64;
+    Ok(Some((
+        Row {
+            metric: format!("upload {mib} MiB of chunks, S3 store (s3s-fs on loopback)"),
+            result: bytes / up / 1e9,
+            unit: "GB/s",
+            goal: Some(1.0),
+        },
+        Row {
+            metric: format!("download {mib} MiB of chunks, S3 store"),
+            result: bytes / down / 1e9,
+            unit: "GB/s",
+            goal: None,
+        },
+    )))
+}
+
 /// Keys per node at 128 virtual nodes each: the most loaded node's count
 /// over the mean (1.0 is perfect balance).
 fn ring_balance(nodes: usize) -> Row {
@@ -368,11 +451,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let dir = tempfile::tempdir_in(bench_dir())?;
         let store = Arc::new(FsStore::open(dir.path())?);
-        rows.push(upload(store, mib, None, "file store (fsync each)").await?);
+        rows.push(upload(store, mib, None, "file store (one syncfs per batch)").await?);
         rows.push(download(mib, "file store").await?);
         let (up, down) = ring_transfer(mib).await?;
         rows.push(up);
         rows.push(down);
+        if let Some((up, down)) = s3_transfer(mib).await? {
+            rows.push(up);
+            rows.push(down);
+        }
         rows.push(can_store_rate(4).await?);
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;

@@ -54,7 +54,9 @@ pub struct S3Store {
     url: String,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
-    rt: tokio::runtime::Runtime,
+    /// Taken on drop, to shut it down without blocking (the store may be
+    /// dropped on an async thread).
+    rt: Option<tokio::runtime::Runtime>,
     chunks: RwLock<Index>,
     bundles: RwLock<Index>,
 }
@@ -133,7 +135,7 @@ impl S3Store {
             url: url.to_owned(),
             store: Arc::new(store),
             prefix: Path::from(prefix),
-            rt,
+            rt: Some(rt),
             chunks: RwLock::new(HashMap::new()),
             bundles: RwLock::new(HashMap::new()),
         };
@@ -147,6 +149,26 @@ impl S3Store {
             }
         }
         Ok(s)
+    }
+
+    /// Run `fut` on this store's runtime and wait for it. Spawning rather
+    /// than `block_on` works from any thread, async ones included (the
+    /// registry opens its store there).
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, object_store::Error>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| remote(&self.url, "the store is closed"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| remote(&self.url, "an S3 request failed inside the client"))?
+            .map_err(|e| remote(&self.url, e))
     }
 
     fn index(&self, kind: ObjectKind) -> &RwLock<Index> {
@@ -183,10 +205,8 @@ impl S3Store {
         use futures_util::TryStreamExt;
         let store = self.store.clone();
         let d = dir.clone();
-        let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(async move { store.list(Some(&d)).try_collect().await })
-            .map_err(|e| remote(&self.url, e))?;
+        let metas: Vec<object_store::ObjectMeta> =
+            self.run(async move { store.list(Some(&d)).try_collect().await })?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {
@@ -204,37 +224,39 @@ impl S3Store {
     fn get(&self, path: &Path) -> Result<Option<Bytes>, StoreError> {
         let store = self.store.clone();
         let p = path.clone();
-        let got = self.rt.block_on(async move {
+        self.run(async move {
             match store.get(&p).await {
                 Ok(r) => r.bytes().await.map(Some),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
-        });
-        got.map_err(|e| remote(&self.url, e))
+        })
     }
 
     fn put(&self, path: &Path, bytes: Bytes) -> Result<(), StoreError> {
         let store = self.store.clone();
         let p = path.clone();
-        self.rt
-            .block_on(async move { store.put(&p, bytes.into()).await })
-            .map(|_| ())
-            .map_err(|e| remote(&self.url, e))
+        self.run(async move { store.put(&p, bytes.into()).await.map(|_| ()) })
     }
 
     /// Delete `path`; S3 answers a delete of nothing with success.
     fn delete(&self, path: &Path) -> Result<(), StoreError> {
         let store = self.store.clone();
         let p = path.clone();
-        self.rt
-            .block_on(async move {
-                match store.delete(&p).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            })
-            .map_err(|e| remote(&self.url, e))
+        self.run(async move {
+            match store.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+impl Drop for S3Store {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -264,37 +286,34 @@ impl Store for S3Store {
             .into_iter()
             .map(|(h, b)| (h, self.object_path(kind, &h), b))
             .collect();
-        let written: Vec<(Hash, u64)> = self
-            .rt
-            .block_on(async move {
-                let mut set = tokio::task::JoinSet::new();
-                let mut done = Vec::new();
-                for (h, path, bytes) in paths {
-                    if set.len() >= PARALLEL_PUTS {
-                        if let Some(r) = set.join_next().await {
-                            done.push(r);
-                        }
+        let written: Vec<(Hash, u64)> = self.run(async move {
+            let mut set = tokio::task::JoinSet::new();
+            let mut done = Vec::new();
+            for (h, path, bytes) in paths {
+                if set.len() >= PARALLEL_PUTS {
+                    if let Some(r) = set.join_next().await {
+                        done.push(r);
                     }
-                    let store = store.clone();
-                    set.spawn(async move {
-                        let len = bytes.len() as u64;
-                        store.put(&path, bytes.into()).await.map(|_| (h, len))
-                    });
                 }
-                while let Some(r) = set.join_next().await {
-                    done.push(r);
-                }
-                done.into_iter()
-                    .map(|r| match r {
-                        Ok(r) => r,
-                        Err(e) => Err(object_store::Error::Generic {
-                            store: "S3",
-                            source: Box::new(e),
-                        }),
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(|e| remote(&self.url, e))?;
+                let store = store.clone();
+                set.spawn(async move {
+                    let len = bytes.len() as u64;
+                    store.put(&path, bytes.into()).await.map(|_| (h, len))
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                done.push(r);
+            }
+            done.into_iter()
+                .map(|r| match r {
+                    Ok(r) => r,
+                    Err(e) => Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: Box::new(e),
+                    }),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
         let now = SystemTime::now();
         let mut index = self.index(kind).write().unwrap_or_else(|e| e.into_inner());
         for (h, len) in written {
