@@ -288,10 +288,7 @@ impl Registry {
     /// Chunks' bytes, in order; the first unknown hash is an error.
     pub fn chunks(&self, hashes: &[Hash]) -> Result<Vec<Vec<u8>>, RegistryError> {
         self.check_chunk_count(hashes.len())?;
-        hashes
-            .iter()
-            .map(|h| Ok(self.store.object(ObjectKind::Chunk, h)?))
-            .collect()
+        Ok(self.store.objects_many(ObjectKind::Chunk, hashes)?)
     }
 
     /// How many leading hashes are stored. Those are protected from garbage

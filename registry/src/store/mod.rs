@@ -87,6 +87,13 @@ pub trait Store: Send + Sync + 'static {
     /// The object's bytes, verified against `hash`.
     fn object(&self, kind: ObjectKind, hash: &Hash) -> Result<Vec<u8>, StoreError>;
 
+    /// Several objects' bytes, in order; the first missing or corrupt one
+    /// is the error. Backends with a round trip per object (S3) fetch them
+    /// concurrently.
+    fn objects_many(&self, kind: ObjectKind, hashes: &[Hash]) -> Result<Vec<Vec<u8>>, StoreError> {
+        hashes.iter().map(|h| self.object(kind, h)).collect()
+    }
+
     /// Whether each hash is stored, from the index.
     fn contains_many(&self, kind: ObjectKind, hashes: &[Hash]) -> Vec<bool>;
 

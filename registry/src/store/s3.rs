@@ -35,7 +35,7 @@ use wmig_proto::Hash;
 use super::{verify_all, ObjectInfo, ObjectKind, RefSpace, Store};
 use crate::error::StoreError;
 
-/// Requests one `put_objects` keeps in flight.
+/// Requests one `put_objects` or `objects_many` keeps in flight.
 const PARALLEL_PUTS: usize = 16;
 
 type Index = HashMap<Hash, (u64, SystemTime)>;
@@ -252,6 +252,19 @@ impl S3Store {
     }
 }
 
+/// A request task's result; a panicked task is an error like a failed
+/// request.
+fn joined<T>(
+    r: Result<Result<T, object_store::Error>, tokio::task::JoinError>,
+) -> Result<T, object_store::Error> {
+    r.unwrap_or_else(|e| {
+        Err(object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(e),
+        })
+    })
+}
+
 impl Drop for S3Store {
     fn drop(&mut self) {
         if let Some(rt) = self.rt.take() {
@@ -334,6 +347,48 @@ impl Store for S3Store {
             });
         }
         Ok(bytes.to_vec())
+    }
+
+    fn objects_many(&self, kind: ObjectKind, hashes: &[Hash]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let store = self.store.clone();
+        let paths: Vec<Path> = hashes.iter().map(|h| self.object_path(kind, h)).collect();
+        let fetched: Vec<Option<Bytes>> = self.run(async move {
+            let mut set = tokio::task::JoinSet::new();
+            let mut out = vec![None; paths.len()];
+            for (i, path) in paths.into_iter().enumerate() {
+                if set.len() >= PARALLEL_PUTS {
+                    if let Some(r) = set.join_next().await {
+                        let (i, b) = joined(r)?;
+                        out[i] = b;
+                    }
+                }
+                let store = store.clone();
+                set.spawn(async move {
+                    match store.get(&path).await {
+                        Ok(r) => r.bytes().await.map(|b| (i, Some(b))),
+                        Err(object_store::Error::NotFound { .. }) => Ok((i, None)),
+                        Err(e) => Err(e),
+                    }
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                let (i, b) = joined(r)?;
+                out[i] = b;
+            }
+            Ok(out)
+        })?;
+        hashes
+            .iter()
+            .zip(fetched)
+            .map(|(h, bytes)| {
+                let bytes = bytes.ok_or(StoreError::NotFound(*h))?;
+                let actual = Hash::of(&bytes);
+                if actual != *h {
+                    return Err(StoreError::Corrupt { hash: *h, actual });
+                }
+                Ok(bytes.to_vec())
+            })
+            .collect()
     }
 
     fn contains_many(&self, kind: ObjectKind, hashes: &[Hash]) -> Vec<bool> {

@@ -124,6 +124,14 @@ fn a_reopened_store_finds_its_objects_and_refuses_tampered_ones() {
     assert!(again.contains(ObjectKind::Chunk, &h), "indexed by listing");
     assert_eq!(again.count(ObjectKind::Chunk).bytes, 100_000);
     assert_eq!(again.object(ObjectKind::Chunk, &h).expect("get"), data);
+    let both = again
+        .objects_many(ObjectKind::Chunk, &[h, h])
+        .expect("get many");
+    assert!(both.len() == 2 && both.iter().all(|b| *b == data));
+    assert!(matches!(
+        again.objects_many(ObjectKind::Chunk, &[h, Hash::of(b"absent")]),
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(
         again.refs(RefSpace::Manifests).expect("refs"),
         vec![("t-3/00000000000000000001".to_owned(), 1)]
