@@ -262,9 +262,32 @@ async fn ring_transfer(mib: usize) -> Result<(Row, Row), Box<dyn std::error::Err
         ClientConfig::default(),
     )
     .await?;
+    client.put_chunks(chunks(64, 1 << 41)).await?;
+    let rows = round_trip(
+        &client,
+        mib,
+        "3-node ring, 2 copies (file stores)",
+        "3-node ring",
+    )
+    .await?;
+    client.close().await;
+    for (cluster, stop, task) in nodes {
+        cluster.leave();
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    Ok(rows)
+}
+
+/// Upload `mib` MiB of fresh chunks, then download them: two rows.
+async fn round_trip(
+    client: &RegistryClient,
+    mib: usize,
+    up_label: &str,
+    down_label: &str,
+) -> Result<(Row, Row), Box<dyn std::error::Error>> {
     let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, 7 + mib as u64);
     let hashes: Vec<Hash> = data.iter().map(|(h, _)| *h).collect();
-    client.put_chunks(chunks(64, 1 << 41)).await?;
     let start = Instant::now();
     client.put_chunks(data).await?;
     let up = start.elapsed().as_secs_f64();
@@ -272,22 +295,16 @@ async fn ring_transfer(mib: usize) -> Result<(Row, Row), Box<dyn std::error::Err
     let back = client.get_chunks(&hashes).await?;
     let down = start.elapsed().as_secs_f64();
     assert_eq!(back.len(), hashes.len());
-    client.close().await;
-    for (cluster, stop, task) in nodes {
-        cluster.leave();
-        let _ = stop.send(());
-        let _ = task.await;
-    }
     let bytes = (mib * 1024 * 1024) as f64;
     Ok((
         Row {
-            metric: format!("upload {mib} MiB, 3-node ring, 2 copies (file stores)"),
+            metric: format!("upload {mib} MiB of chunks, {up_label}"),
             result: bytes / up / 1e9,
             unit: "GB/s",
             goal: Some(1.0),
         },
         Row {
-            metric: format!("download {mib} MiB, 3-node ring"),
+            metric: format!("download {mib} MiB of chunks, {down_label}"),
             result: bytes / down / 1e9,
             unit: "GB/s",
             goal: None,
@@ -300,21 +317,10 @@ async fn download(mib: usize, label: &str) -> Result<Row, Box<dyn std::error::Er
     let dir = tempfile::tempdir_in(bench_dir())?;
     let server = serve(Arc::new(FsStore::open(dir.path())?), None).await?;
     let client = server.client().await?;
-    let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, 11 + mib as u64);
-    let hashes: Vec<Hash> = data.iter().map(|(h, _)| *h).collect();
-    client.put_chunks(data).await?;
-    let start = Instant::now();
-    let back = client.get_chunks(&hashes).await?;
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(back.len(), hashes.len());
+    let (_, down) = round_trip(&client, mib, label, label).await?;
     client.close().await;
     server.shutdown().await;
-    Ok(Row {
-        metric: format!("download {mib} MiB of chunks, {label}"),
-        result: (mib * 1024 * 1024) as f64 / secs / 1e9,
-        unit: "GB/s",
-        goal: None,
-    })
+    Ok(down)
 }
 
 /// An `s3s-fs` S3 server on a free loopback port (from PATH or
@@ -370,34 +376,12 @@ async fn s3_transfer(mib: usize) -> Result<Option<(Row, Row)>, Box<dyn std::erro
     .await??;
     let server = serve(Arc::new(store), None).await?;
     let client = server.client().await?;
-    let data = chunks(mib * 1024 * 1024 / CHUNK_SIZE, 13 + mib as u64);
-    let hashes: Vec<Hash> = data.iter().map(|(h, _)| *h).collect();
-    let start = Instant::now();
-    client.put_chunks(data).await?;
-    let up = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let back = client.get_chunks(&hashes).await?;
-    let down = start.elapsed().as_secs_f64();
-    assert_eq!(back.len(), hashes.len());
+    let rows = round_trip(&client, mib, "S3 store (s3s-fs on loopback)", "S3 store").await?;
     client.close().await;
     server.shutdown().await;
     let _ = child.kill();
     let _ = child.wait();
-    let bytes = (mib * 1024 * 1024) as f64;
-    Ok(Some((
-        Row {
-            metric: format!("upload {mib} MiB of chunks, S3 store (s3s-fs on loopback)"),
-            result: bytes / up / 1e9,
-            unit: "GB/s",
-            goal: Some(1.0),
-        },
-        Row {
-            metric: format!("download {mib} MiB of chunks, S3 store"),
-            result: bytes / down / 1e9,
-            unit: "GB/s",
-            goal: None,
-        },
-    )))
+    Ok(Some(rows))
 }
 
 /// Keys per node at 128 virtual nodes each: the most loaded node's count

@@ -134,43 +134,14 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use wmig_proto::checkpoint::{Manifest, MemoryImage, CHUNK_SIZE};
+    use wmig_proto::checkpoint::CHUNK_SIZE;
     use wmig_proto::{Hash, TaskId};
 
     use crate::config::RegistryConfig;
     use crate::error::RegistryError;
+    use crate::service::tests::{chunk, manifest};
     use crate::store::MemStore;
     use crate::Registry;
-
-    fn chunk(i: u32) -> Vec<u8> {
-        let mut c = vec![(i % 251) as u8; CHUNK_SIZE];
-        c[..4].copy_from_slice(&i.to_le_bytes());
-        c
-    }
-
-    fn manifest(task: u64, seq: u64, chunks: &[Hash]) -> Manifest {
-        let wasm = b"\0asm\x01\0\0\0";
-        Manifest {
-            module: Hash::of(wasm),
-            rewriter: 1,
-            instrumented: Hash::of(wasm),
-            task: Some(TaskId(task)),
-            seq,
-            epoch: 1,
-            memories: vec![MemoryImage {
-                name: "memory".into(),
-                byte_len: (chunks.len() * CHUNK_SIZE) as u64,
-                chunks: chunks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| (i as u32, *h))
-                    .collect(),
-            }],
-            globals: Vec::new(),
-            wasi: Default::default(),
-            counters: Default::default(),
-        }
-    }
 
     /// Store `chunks` and commit them as checkpoint `seq` of `task`.
     fn checkpoint(r: &Registry, task: u64, seq: u64, chunks: &[u32], now: Instant) {

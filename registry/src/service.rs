@@ -406,4 +406,4 @@ impl Registry {
 
 #[cfg(test)]
 #[path = "service_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -15,13 +15,13 @@ fn registry(config: RegistryConfig) -> Registry {
     Registry::open(Arc::new(MemStore::new()), config).expect("open")
 }
 
-fn chunk(i: u32) -> Vec<u8> {
+pub(crate) fn chunk(i: u32) -> Vec<u8> {
     let mut c = vec![0u8; CHUNK_SIZE];
     c[..4].copy_from_slice(&i.to_le_bytes());
     c
 }
 
-fn manifest(task: u64, seq: u64, chunks: &[Hash]) -> Manifest {
+pub(crate) fn manifest(task: u64, seq: u64, chunks: &[Hash]) -> Manifest {
     Manifest {
         module: Hash::of(EMPTY_WASM),
         rewriter: 1,

@@ -383,15 +383,16 @@ impl UpCommand {
         exited_tx: &mpsc::Sender<(String, String)>,
     ) -> anyhow::Result<Vec<String>> {
         let mut addrs: Vec<String> = Vec::new();
+        let serve = [
+            "registry",
+            "serve",
+            "--cluster",
+            cluster,
+            "--listen",
+            "127.0.0.1:0",
+        ];
         if self.registries == 1 {
-            let mut args = vec![
-                "registry",
-                "serve",
-                "--cluster",
-                cluster,
-                "--listen",
-                "127.0.0.1:0",
-            ];
+            let mut args = serve.to_vec();
             if let Some(url) = &self.s3 {
                 args.extend(["--s3", url]);
             }
@@ -411,20 +412,9 @@ impl UpCommand {
                 Some(url) => ["--s3", url.as_str()],
                 None => ["--data", data.as_str()],
             };
-            let mut args = vec![
-                "registry",
-                "serve",
-                "--cluster",
-                cluster,
-                "--listen",
-                "127.0.0.1:0",
-                store[0],
-                store[1],
-                "--name",
-                &name,
-                "--offline-timeout",
-                &timeout,
-            ];
+            let mut args = serve.to_vec();
+            args.extend(store);
+            args.extend(["--name", &name, "--offline-timeout", &timeout]);
             // Every node joins through the ones started before it (and a
             // restarted node through all of them).
             let join = addrs.join(",");
@@ -441,8 +431,13 @@ impl UpCommand {
         // The first node, restarted, joins through the others too.
         let all = addrs.join(",");
         for n in nodes.iter_mut().filter(|n| n.name.starts_with("registry-")) {
-            if let Some(i) = n.args.iter().position(|a| a == "--join") {
-                n.args[i + 1] = all.clone();
+            if let Some(value) = n
+                .args
+                .iter()
+                .position(|a| a == "--join")
+                .and_then(|i| n.args.get_mut(i + 1))
+            {
+                *value = all.clone();
             } else {
                 n.args.extend(["--join".to_owned(), all.clone()]);
             }

@@ -107,6 +107,28 @@ impl Plan {
     }
 }
 
+impl Routes {
+    /// The ring of the reported members minus those that failed us; the
+    /// home moves off a node that is not on it. Returns the usable nodes.
+    fn rebuild(&mut self) -> HashSet<SocketAddr> {
+        let members: Vec<RingMember> = self
+            .info
+            .members
+            .iter()
+            .filter(|m| !self.failed.contains_key(&m.addr))
+            .cloned()
+            .collect();
+        self.ring = Arc::new(Ring::new(&members));
+        let alive: HashSet<SocketAddr> =
+            members.iter().filter(|m| m.alive).map(|m| m.addr).collect();
+        // A standalone registry (no members) stays home whatever happens.
+        if !self.info.members.is_empty() && self.home.is_some_and(|h| !alive.contains(&h)) {
+            self.home = members.iter().find(|m| m.alive).map(|m| m.addr);
+        }
+        alive
+    }
+}
+
 fn lock(m: &Mutex<Routes>) -> MutexGuard<'_, Routes> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -247,18 +269,11 @@ impl RegistryClient {
         }
         r.failed
             .retain(|_, at| now.duration_since(*at) < SKIP_FAILED);
-        let members: Vec<RingMember> = info
-            .members
-            .iter()
-            .filter(|m| !r.failed.contains_key(&m.addr))
-            .cloned()
-            .collect();
-        r.ring = Arc::new(Ring::new(&members));
+        r.info = info;
+        let alive = r.rebuild();
         // Members the ring no longer lists alive lose their connections,
         // so requests hung on a dead node fail now, not at an idle timeout.
-        let alive: HashSet<SocketAddr> =
-            members.iter().filter(|m| m.alive).map(|m| m.addr).collect();
-        if !info.members.is_empty() {
+        if !r.info.members.is_empty() {
             r.conns.retain(|addr, c| {
                 let keep = alive.contains(addr);
                 if !keep {
@@ -266,11 +281,7 @@ impl RegistryClient {
                 }
                 keep
             });
-            if r.home.is_some_and(|h| !alive.contains(&h)) {
-                r.home = members.iter().find(|m| m.alive).map(|m| m.addr);
-            }
         }
-        r.info = info;
     }
 
     /// A node failed a request: skip it until the ring says otherwise.
@@ -284,17 +295,7 @@ impl RegistryClient {
         if let Some(c) = r.conns.remove(&addr) {
             c.close();
         }
-        let members: Vec<RingMember> = r
-            .info
-            .members
-            .iter()
-            .filter(|m| !r.failed.contains_key(&m.addr))
-            .cloned()
-            .collect();
-        r.ring = Arc::new(Ring::new(&members));
-        if r.home == Some(addr) {
-            r.home = members.iter().find(|m| m.alive).map(|m| m.addr);
-        }
+        r.rebuild();
     }
 
     /// Ask any node for the ring.

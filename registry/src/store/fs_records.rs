@@ -8,8 +8,6 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::PathBuf;
 
-use wmig_proto::Hash;
-
 use super::FsStore;
 use crate::error::StoreError;
 use crate::store::RefSpace;
@@ -28,11 +26,8 @@ impl FsStore {
         key: &str,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        let mut body = Vec::with_capacity(value.len() + 32);
-        body.extend_from_slice(value);
-        body.extend_from_slice(Hash::of(value).as_bytes());
         let path = self.record_path(space, key);
-        self.write_file(&path, &body)?;
+        self.write_file(&path, &crate::store::seal(value))?;
         self.sync_dir(path.parent().unwrap_or(&self.root))
     }
 
@@ -42,21 +37,11 @@ impl FsStore {
         key: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.record_path(space, key);
-        let mut body = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io(path)(e)),
-        };
-        let corrupt = || StoreError::CorruptRef {
-            key: key.to_owned(),
-        };
-        let split = body.len().checked_sub(32).ok_or_else(corrupt)?;
-        let (value, trailer) = body.split_at(split);
-        if Hash::of(value).as_bytes().as_slice() != trailer {
-            return Err(corrupt());
+        match fs::read(&path) {
+            Ok(body) => crate::store::unseal(key, body).map(Some),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(path)(e)),
         }
-        body.truncate(split);
-        Ok(Some(body))
     }
 
     pub(super) fn delete_record(&self, space: RefSpace, key: &str) -> Result<bool, StoreError> {

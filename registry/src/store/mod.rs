@@ -125,6 +125,29 @@ pub trait Store: Send + Sync + 'static {
     fn refs(&self, space: RefSpace) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
+/// A record as stored: `value ‖ blake3(value)`, so a torn or flipped
+/// record is detected on read.
+pub(crate) fn seal(value: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(value.len() + 32);
+    body.extend_from_slice(value);
+    body.extend_from_slice(Hash::of(value).as_bytes());
+    body
+}
+
+/// The value of a sealed record, or `CorruptRef` naming `key`.
+pub(crate) fn unseal(key: &str, mut body: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let corrupt = || StoreError::CorruptRef {
+        key: key.to_owned(),
+    };
+    let split = body.len().checked_sub(32).ok_or_else(corrupt)?;
+    let (value, trailer) = body.split_at(split);
+    if Hash::of(value).as_bytes().as_slice() != trailer {
+        return Err(corrupt());
+    }
+    body.truncate(split);
+    Ok(body)
+}
+
 /// Check every item against its hash; the first mismatch is the error.
 pub(crate) fn verify_all(items: &[(Hash, &[u8])]) -> Result<(), StoreError> {
     for (claimed, bytes) in items {

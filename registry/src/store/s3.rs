@@ -433,25 +433,17 @@ impl Store for S3Store {
     }
 
     fn put_ref(&self, space: RefSpace, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let mut body = Vec::with_capacity(value.len() + 32);
-        body.extend_from_slice(value);
-        body.extend_from_slice(Hash::of(value).as_bytes());
-        self.put(&self.record_path(space, key), Bytes::from(body))
+        self.put(
+            &self.record_path(space, key),
+            Bytes::from(super::seal(value)),
+        )
     }
 
     fn get_ref(&self, space: RefSpace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(body) = self.get(&self.record_path(space, key))? else {
-            return Ok(None);
-        };
-        let corrupt = || StoreError::CorruptRef {
-            key: key.to_owned(),
-        };
-        let split = body.len().checked_sub(32).ok_or_else(corrupt)?;
-        let (value, trailer) = body.split_at(split);
-        if Hash::of(value).as_bytes().as_slice() != trailer {
-            return Err(corrupt());
+        match self.get(&self.record_path(space, key))? {
+            Some(body) => super::unseal(key, body.to_vec()).map(Some),
+            None => Ok(None),
         }
-        Ok(Some(value.to_vec()))
     }
 
     fn delete_ref(&self, space: RefSpace, key: &str) -> Result<bool, StoreError> {
