@@ -164,3 +164,109 @@ fn a_registry_node_killed_mid_checkpoint_loses_nothing_and_the_ring_heals() {
     );
     drop(fourth);
 }
+
+/// An `s3s-fs` S3 server on loopback (installed by `scripts/deps`), with
+/// one bucket `wmig`; killed on drop.
+struct S3Server {
+    _child: Reaped,
+    endpoint: String,
+    root: tempfile::TempDir,
+}
+
+fn s3_server() -> Option<S3Server> {
+    let bin = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo/bin")))
+        .map(|d| d.join("s3s-fs"))
+        .find(|p| p.is_file());
+    let Some(bin) = bin else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "s3s-fs is not installed; scripts/deps installs it"
+        );
+        eprintln!("skipping: s3s-fs is not installed (scripts/deps installs it)");
+        return None;
+    };
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(root.path().join("wmig")).expect("bucket");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Reaped(
+        std::process::Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "wmig", "--secret-key", "wmig-secret"])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs"),
+    );
+    wait_until("s3s-fs listens", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Some(S3Server {
+        _child: child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        root,
+    })
+}
+
+#[test]
+fn registry_nodes_sharing_an_s3_bucket_keep_one_copy_and_outlive_a_kill() {
+    let Some(s3) = s3_server() else { return };
+    let up = Up::start_env(
+        2,
+        &[
+            "--registries",
+            "3",
+            "--s3",
+            "s3://wmig/cluster",
+            "--offline-timeout",
+            "2000ms",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "wmig"),
+            ("AWS_SECRET_ACCESS_KEY", "wmig-secret"),
+            ("AWS_ENDPOINT_URL", &s3.endpoint),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let args = ["8", "60000", "0", "5000"];
+    let id = up.submit(
+        artifacts::HOLDMEM,
+        &["--on", "worker-1", "--checkpoint-every", "300ms"],
+        &args,
+    );
+    wait_until("a first checkpoint", Duration::from_secs(60), || {
+        checkpoint_seq(&up, &id).is_some()
+    });
+    // One copy of each chunk: what the nodes hold adds up to the bucket.
+    let ring = up.json(&["registry", "members", "--json"]);
+    assert_eq!(ring["replicas"], 1, "{ring}");
+    let chunks_dir = s3.root.path().join("wmig/cluster/chunks");
+    let in_bucket = || std::fs::read_dir(&chunks_dir).map_or(0, |d| d.count());
+    assert!(in_bucket() > 0, "no chunk reached the bucket");
+
+    let victim = member(&up, "registry-3")["pid"].as_u64().expect("pid");
+    kill9(victim);
+    let seq = checkpoint_seq(&up, &id).unwrap_or(0);
+    wait_until(
+        "checkpoints go on without registry-3",
+        Duration::from_secs(30),
+        || checkpoint_seq(&up, &id).is_some_and(|s| s >= seq + 3),
+    );
+    // The owner dies: the task resumes from a checkpoint whose chunks the
+    // dead node had leased and written, read from the bucket by the others.
+    kill9(up.node("worker-1")["pid"].as_u64().expect("pid"));
+    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "300s"]));
+    assert_eq!(o.status.code(), Some(0), "the task did not complete");
+    assert_eq!(
+        up.ok(&["logs", &id]),
+        local_stdout(artifacts::HOLDMEM, &args),
+        "output differs from an uninterrupted local run"
+    );
+}
