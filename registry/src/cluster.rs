@@ -121,6 +121,7 @@ pub struct Cluster {
     creds: Credentials,
     client_config: Arc<ClientConfig>,
     peers: tokio::sync::Mutex<HashMap<SocketAddr, NodeClient>>,
+    started: Instant,
     rounds: AtomicU64,
     pushed: AtomicU64,
     handed_off: AtomicU64,
@@ -202,6 +203,7 @@ impl Cluster {
             creds: creds.clone(),
             client_config: Arc::new(client_config),
             peers: tokio::sync::Mutex::new(HashMap::new()),
+            started: Instant::now(),
             rounds: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
@@ -245,6 +247,15 @@ impl Cluster {
             replicas: u32::try_from(self.config.replicas).unwrap_or(u32::MAX),
             members: self.lock().members.values().cloned().collect(),
         }
+    }
+
+    /// Started with seeds and has met nobody yet (for up to two offline
+    /// timeouts): its ring of one is not the ring, and a client routing by
+    /// it would look for every chunk here.
+    pub fn joining(&self) -> bool {
+        !self.config.seeds.iter().all(|s| *s == self.me.addr)
+            && self.peers_alive().is_empty()
+            && self.started.elapsed() < self.config.offline_timeout * 2
     }
 
     pub fn ring(&self) -> Arc<Ring> {

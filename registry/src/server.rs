@@ -487,13 +487,16 @@ async fn dispatch(
         Q::ReplicateManifest { manifest } => blocking(move || reg.put_manifest_replica(&manifest))
             .await
             .map(|s| Reply::new(A::ManifestStored(s))),
-        Q::Ring => Ok(Reply::new(A::Ring(match &shared.config.cluster {
-            Some(c) => c.info(),
-            None => wmig_proto::wire::registry::RingInfo {
+        Q::Ring => match &shared.config.cluster {
+            Some(c) if c.joining() => Err(RegistryError::Unavailable(
+                "this registry node is still joining its ring; ask another node".into(),
+            )),
+            Some(c) => Ok(Reply::new(A::Ring(c.info()))),
+            None => Ok(Reply::new(A::Ring(wmig_proto::wire::registry::RingInfo {
                 replicas: 1,
                 members: Vec::new(),
-            },
-        }))),
+            }))),
+        },
         // As many hashes as a frame holds, like `CanStore`.
         Q::Holds { hashes } => Ok(Reply::new(A::Held(reg.holds(
             &hashes,

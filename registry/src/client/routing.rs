@@ -202,7 +202,15 @@ impl RegistryClient {
                 }),
             }),
         };
-        client.learn(home.ring().await?);
+        match home.ring().await {
+            Ok(info) => client.learn(info),
+            // Joining its ring: another node knows the ring.
+            Err(e) if worth_another_node(&e) => {
+                tracing::debug!(error = %e, "asking another registry node for the ring");
+                client.refresh().await?;
+            }
+            Err(e) => return Err(e),
+        }
         if !client.plan().standalone() {
             tokio::spawn(refresh_loop(Arc::downgrade(&client.inner)));
         }
