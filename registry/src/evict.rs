@@ -13,7 +13,8 @@
 //! refused with an error that says so, rather than filling the disk.
 //!
 //! On a ring each node keeps its own capacity; a checkpoint evicted here is
-//! remembered so the repair does not fetch it back from a node that kept it.
+//! remembered (a record under `evicted/`, loaded on open) so the repair
+//! does not fetch it back from a node that kept it.
 
 use std::time::Instant;
 
@@ -115,6 +116,10 @@ impl Registry {
         if let Some(seqs) = index.get_mut(&task) {
             seqs.remove(&seq);
         }
+        // Remembered across restarts, so a ring's repair does not fetch it
+        // back from a node that kept it.
+        self.store
+            .put_ref(RefSpace::Evicted, &crate::manifests::key(task, seq), &[])?;
         lock(&self.evicted).insert((task, seq));
         Ok(())
     }
@@ -165,7 +170,8 @@ mod tests {
             lease_ttl: Duration::from_millis(1),
             ..RegistryConfig::default()
         };
-        let r = Registry::open(Arc::new(MemStore::new()), config).expect("open");
+        let store = Arc::new(MemStore::new());
+        let r = Registry::open(store.clone(), config.clone()).expect("open");
         let t0 = Instant::now();
         // Task 1: four checkpoints of 4 distinct chunks each; task 2: one.
         for seq in 1..=4u64 {
@@ -186,10 +192,17 @@ mod tests {
         assert!(r.was_evicted(TaskId(1), 1));
         assert_eq!(r.manifests(TaskId(2)), vec![1], "a chain of one is kept");
         // Every kept checkpoint is still whole.
-        for seq in kept {
-            let m = r.manifest(TaskId(1), Some(seq)).expect("manifest");
+        for seq in &kept {
+            let m = r.manifest(TaskId(1), Some(*seq)).expect("manifest");
             assert!(r.chunks_not_here(&m).is_empty());
         }
+        // Reopened, it still knows what it evicted, and refuses it back
+        // from another node.
+        let again = Registry::open(store, config).expect("reopen");
+        assert!(again.was_evicted(TaskId(1), 1));
+        assert_eq!(again.manifests(TaskId(1)), kept);
+        let back = again.put_manifest_replica(&manifest(1, 1, &[Hash::of(&chunk(10))]));
+        assert!(matches!(back, Err(RegistryError::Conflict(_))), "{back:?}");
     }
 
     #[test]

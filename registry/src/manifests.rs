@@ -105,6 +105,12 @@ impl Registry {
         })?;
         // Refuse what no worker could restore before storing it for them.
         m.validate().map_err(RegistryError::Invalid)?;
+        if !check_chunks && self.was_evicted(task, m.seq) {
+            return Err(RegistryError::Conflict(format!(
+                "checkpoint {} of task {task} was evicted here for space",
+                m.seq
+            )));
+        }
         let seq = m.seq;
         let body = encode_manifest(m)
             .map_err(|e| RegistryError::Invalid(format!("manifest does not encode: {e}")))?;

@@ -91,6 +91,12 @@ impl Registry {
                 None => tracing::warn!(%key, "ignoring a manifest record with an invalid key"),
             }
         }
+        let mut evicted = std::collections::HashSet::new();
+        for (key, _) in store.refs(RefSpace::Evicted)? {
+            if let Some(k) = crate::manifests::parse_key(&key) {
+                evicted.insert(k);
+            }
+        }
         let leases = LeaseTable::new(config.lease_ttl, config.gc_grace);
         Ok(Registry {
             store,
@@ -102,7 +108,7 @@ impl Registry {
             chunks_deduplicated: AtomicU64::new(0),
             chunks_referenced: AtomicU64::new(0),
             gc_allowed: std::sync::atomic::AtomicBool::new(true),
-            evicted: Mutex::new(std::collections::HashSet::new()),
+            evicted: Mutex::new(evicted),
             config,
         })
     }

@@ -7,6 +7,7 @@
 //! DATA/chunks/<blake3 hex>      a 64 KiB checkpoint chunk
 //! DATA/refs/names/<key>         name:tag  -> hash      (value ‖ blake3(value))
 //! DATA/refs/manifests/<key>     t-N/seq   -> manifest  (value ‖ blake3(value))
+//! DATA/refs/evicted/<key>       t-N/seq   -> nothing   (an evicted checkpoint)
 //! ```
 //!
 //! Every write goes to `tmp/`, is fdatasynced, then renamed into place, and the
@@ -102,7 +103,14 @@ impl FsStore {
             }
             Err(e) => return Err(StoreError::io(&format_path)(e)),
         }
-        for dir in ["tmp", "bundles", "chunks", "refs/names", "refs/manifests"] {
+        for dir in [
+            "tmp",
+            "bundles",
+            "chunks",
+            "refs/names",
+            "refs/manifests",
+            "refs/evicted",
+        ] {
             fs::create_dir_all(root.join(dir)).map_err(StoreError::io(root.join(dir)))?;
         }
         let store = FsStore {

@@ -41,6 +41,7 @@ fn space_id(space: RefSpace) -> u8 {
     match space {
         RefSpace::Names => 0,
         RefSpace::Manifests => 1,
+        RefSpace::Evicted => 2,
     }
 }
 

@@ -52,6 +52,9 @@ pub enum RefSpace {
     Names,
     /// `t-<task>/<seq>` → manifest envelope.
     Manifests,
+    /// `t-<task>/<seq>` → nothing: checkpoints evicted for space, which a
+    /// ring's repair must not fetch back (see `evict.rs`).
+    Evicted,
 }
 
 impl RefSpace {
@@ -59,6 +62,7 @@ impl RefSpace {
         match self {
             RefSpace::Names => "names",
             RefSpace::Manifests => "manifests",
+            RefSpace::Evicted => "evicted",
         }
     }
 }
