@@ -234,10 +234,13 @@ impl Serve {
         let dir = ClusterDir::new(&self.cluster);
         let creds = dir.credentials(REGISTRY_NODE)?;
         let store: Arc<dyn wmig_registry::Store> = match &self.s3 {
-            Some(url) => Arc::new(
-                wmig_registry::S3Store::open(url)
-                    .with_context(|| format!("could not open the object storage at {url}"))?,
-            ),
+            Some(url) => Arc::new(wmig_registry::S3Store::open(url).with_context(|| {
+                format!(
+                    "could not open the object storage at {url} (credentials and endpoint \
+                         come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and \
+                         AWS_ENDPOINT_URL; the bucket must exist)"
+                )
+            })?),
             None => {
                 let data = self
                     .data
