@@ -95,8 +95,17 @@ impl NodesCommand {
 
 /// The nodes of the cluster's registry ring, as any of them sees them
 /// (none for a standalone registry, or when none answers: `wmig registry
-/// members` says why).
+/// members` says why). Asked only when the cluster lists several registry
+/// addresses, so `wmig nodes` costs no extra handshake otherwise.
 fn registry_members(target: &ControlTarget) -> Vec<wmig_proto::wire::registry::RingMember> {
+    let listed = wmig_net::ClusterDir::new(&target.cluster)
+        .config()
+        .ok()
+        .and_then(|c| c.registry)
+        .is_some_and(|r| r.contains(','));
+    if !listed {
+        return Vec::new();
+    }
     let t = crate::cmd::registry::Target::new(None, target.cluster.clone());
     let Ok(rt) = runtime() else {
         return Vec::new();
