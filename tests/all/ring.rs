@@ -40,6 +40,34 @@ fn checkpoint_seq(up: &Up, id: &str) -> Option<u64> {
     up.json(&["inspect", id, "--json"])["checkpoint_seq"].as_u64()
 }
 
+/// `holdmem ARGS` on worker-1, checkpointed every 300 ms: a steady stream
+/// of chunks into the registry. Returns once it has a first checkpoint.
+fn checkpointing(up: &Up, args: &[&str]) -> String {
+    let id = up.submit(
+        artifacts::HOLDMEM,
+        &["--on", "worker-1", "--checkpoint-every", "300ms"],
+        args,
+    );
+    wait_until("a first checkpoint", Duration::from_secs(60), || {
+        checkpoint_seq(up, &id).is_some()
+    });
+    id
+}
+
+/// `kill -9` registry node `name` and wait until the task has committed
+/// three more checkpoints without it; returns the killed pid.
+fn kill_mid_checkpoint(up: &Up, id: &str, name: &str) -> u64 {
+    let victim = member(up, name)["pid"].as_u64().expect("pid");
+    kill9(victim);
+    let seq = checkpoint_seq(up, id).unwrap_or(0);
+    wait_until(
+        &format!("checkpoints go on without {name}"),
+        Duration::from_secs(30),
+        || checkpoint_seq(up, id).is_some_and(|s| s >= seq + 3),
+    );
+    victim
+}
+
 #[test]
 fn a_registry_node_killed_mid_checkpoint_loses_nothing_and_the_ring_heals() {
     let up = Up::start_supervised(3, &["--registries", "3", "--offline-timeout", "2000ms"]);
@@ -58,24 +86,9 @@ fn a_registry_node_killed_mid_checkpoint_loses_nothing_and_the_ring_heals() {
     // 16 MiB of memory, scattered page writes for ~30 s, a checkpoint
     // every 300 ms: the registry takes a steady stream of chunks.
     let args = ["16", "150000", "0", "5000"];
-    let id = up.submit(
-        artifacts::HOLDMEM,
-        &["--on", "worker-1", "--checkpoint-every", "300ms"],
-        &args,
-    );
-    wait_until("a first checkpoint", Duration::from_secs(60), || {
-        checkpoint_seq(&up, &id).is_some()
-    });
-
+    let id = checkpointing(&up, &args);
     // Kill a registry node in the middle of it.
-    let victim = member(&up, "registry-2")["pid"].as_u64().expect("pid");
-    kill9(victim);
-    let seq = checkpoint_seq(&up, &id).unwrap_or(0);
-    wait_until(
-        "checkpoints go on without registry-2",
-        Duration::from_secs(30),
-        || checkpoint_seq(&up, &id).is_some_and(|s| s >= seq + 3),
-    );
+    let victim = kill_mid_checkpoint(&up, &id, "registry-2");
 
     // The task moves, then its new owner dies: it resumes from its last
     // checkpoint, which must be whole on the surviving nodes.
@@ -236,14 +249,7 @@ fn registry_nodes_sharing_an_s3_bucket_keep_one_copy_and_outlive_a_kill() {
         ],
     );
     let args = ["8", "60000", "0", "5000"];
-    let id = up.submit(
-        artifacts::HOLDMEM,
-        &["--on", "worker-1", "--checkpoint-every", "300ms"],
-        &args,
-    );
-    wait_until("a first checkpoint", Duration::from_secs(60), || {
-        checkpoint_seq(&up, &id).is_some()
-    });
+    let id = checkpointing(&up, &args);
     // One copy of each chunk: what the nodes hold adds up to the bucket.
     let ring = up.json(&["registry", "members", "--json"]);
     assert_eq!(ring["replicas"], 1, "{ring}");
@@ -251,14 +257,7 @@ fn registry_nodes_sharing_an_s3_bucket_keep_one_copy_and_outlive_a_kill() {
     let in_bucket = || std::fs::read_dir(&chunks_dir).map_or(0, |d| d.count());
     assert!(in_bucket() > 0, "no chunk reached the bucket");
 
-    let victim = member(&up, "registry-3")["pid"].as_u64().expect("pid");
-    kill9(victim);
-    let seq = checkpoint_seq(&up, &id).unwrap_or(0);
-    wait_until(
-        "checkpoints go on without registry-3",
-        Duration::from_secs(30),
-        || checkpoint_seq(&up, &id).is_some_and(|s| s >= seq + 3),
-    );
+    kill_mid_checkpoint(&up, &id, "registry-3");
     // The owner dies: the task resumes from a checkpoint whose chunks the
     // dead node had leased and written, read from the bucket by the others.
     kill9(up.node("worker-1")["pid"].as_u64().expect("pid"));
