@@ -53,7 +53,7 @@ impl Drop for Restarted {
     }
 }
 
-fn assert_same_as_local(up: &Up, id: &str, module: &str, args: &[&str]) {
+pub(crate) fn assert_same_as_local(up: &Up, id: &str, module: &str, args: &[&str]) {
     let o = run(&mut up.cmd(&["wait", id, "--timeout", "180s"]));
     assert_eq!(o.status.code(), Some(0), "wait {id}: {}", stderr(&o));
     assert_eq!(

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::Value;
 use wmig_tests::artifacts;
 
-use crate::cluster::{kill9, local_stdout, wait_until, Reaped, Up};
-use crate::support::run;
+use crate::cluster::{kill9, wait_until, Reaped, Up};
+use crate::migration::assert_same_as_local;
 
 /// `wmig registry members --json`'s rows.
 fn members(up: &Up) -> Vec<Value> {
@@ -110,13 +110,7 @@ fn a_registry_node_killed_mid_checkpoint_loses_nothing_and_the_ring_heals() {
             t["owner"] != "worker-2" && t["state"] == "running"
         },
     );
-    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "300s"]));
-    assert_eq!(o.status.code(), Some(0), "the task did not complete");
-    assert_eq!(
-        up.ok(&["logs", &id]),
-        local_stdout(artifacts::HOLDMEM, &args),
-        "output differs from an uninterrupted local run"
-    );
+    assert_same_as_local(&up, &id, artifacts::HOLDMEM, &args);
 
     // `wmig up` started registry-2 again; it catches up with the
     // checkpoints it missed.
@@ -261,11 +255,5 @@ fn registry_nodes_sharing_an_s3_bucket_keep_one_copy_and_outlive_a_kill() {
     // The owner dies: the task resumes from a checkpoint whose chunks the
     // dead node had leased and written, read from the bucket by the others.
     kill9(up.node("worker-1")["pid"].as_u64().expect("pid"));
-    let o = run(&mut up.cmd(&["wait", &id, "--timeout", "300s"]));
-    assert_eq!(o.status.code(), Some(0), "the task did not complete");
-    assert_eq!(
-        up.ok(&["logs", &id]),
-        local_stdout(artifacts::HOLDMEM, &args),
-        "output differs from an uninterrupted local run"
-    );
+    assert_same_as_local(&up, &id, artifacts::HOLDMEM, &args);
 }

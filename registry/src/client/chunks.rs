@@ -126,7 +126,8 @@ impl RegistryClient {
     }
 
     /// Store chunks now on every owner, in parallel requests. Storing
-    /// releases their leases. The report counts what the first owners did.
+    /// releases their leases. The report adds up every copy: with R owners
+    /// a new chunk counts R times as written.
     pub async fn put_chunks(&self, chunks: Vec<(Hash, Bytes)>) -> Result<PutReport, ClientError> {
         let mut copies: Vec<Vec<SocketAddr>> = vec![Vec::new(); chunks.len()];
         let mut report = PutReport::default();
@@ -158,12 +159,7 @@ impl RegistryClient {
             for (addr, idx, r) in work {
                 match r {
                     Ok(r) => {
-                        if idx
-                            .first()
-                            .is_some_and(|&i| owners[i].first() == Some(&addr))
-                        {
-                            report.add(r);
-                        }
+                        report.add(r);
                         for i in idx {
                             copies[i].push(addr);
                         }
@@ -228,9 +224,15 @@ impl RegistryClient {
                 match r {
                     Ok(chunks) => {
                         for (i, c) in idx.into_iter().zip(chunks) {
-                            // Owners asked before this one lacked it.
-                            let owners = plan.owners(&hashes[i]);
-                            for missed in candidates[i][..attempt[i]].iter() {
+                            // Owners asked before this one lacked it (none
+                            // when the first asked had it: no lookup then).
+                            let missed = &candidates[i][..attempt[i]];
+                            let owners = if missed.is_empty() {
+                                Vec::new()
+                            } else {
+                                plan.owners(&hashes[i])
+                            };
+                            for missed in missed {
                                 if owners.contains(missed) {
                                     repair
                                         .entry(*missed)

@@ -27,8 +27,6 @@
 //! Directories are flat (ext4 and xfs index large directories), which keeps
 //! it to one directory fsync per batch.
 
-use std::collections::HashSet;
-
 use crate::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -264,10 +262,7 @@ impl Store for FsStore {
         verify_all(items)?;
         let todo: Vec<usize> = {
             let index = read(self.index(kind));
-            let mut seen = HashSet::new();
-            (0..items.len())
-                .filter(|&i| !index.contains_key(&items[i].0) && seen.insert(items[i].0))
-                .collect()
+            super::new_items(items, |h| index.contains_key(h))
         };
         // Phase 1: temp files, synced here only where one syncfs cannot do
         // it for the whole batch.

@@ -129,6 +129,15 @@ pub trait Store: Send + Sync + 'static {
     fn refs(&self, space: RefSpace) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
+/// Indices of the items to write: not `stored` yet, and the first of any
+/// repeats within `items`.
+pub(crate) fn new_items(items: &[(Hash, &[u8])], stored: impl Fn(&Hash) -> bool) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    (0..items.len())
+        .filter(|&i| !stored(&items[i].0) && seen.insert(items[i].0))
+        .collect()
+}
+
 /// A record as stored: `value ‖ blake3(value)`, so a torn or flipped
 /// record is detected on read.
 pub(crate) fn seal(value: &[u8]) -> Vec<u8> {

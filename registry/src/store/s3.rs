@@ -280,24 +280,23 @@ impl Store for S3Store {
         items: &[(Hash, &[u8])],
     ) -> Result<Vec<bool>, StoreError> {
         verify_all(items)?;
-        let mut fresh = Vec::with_capacity(items.len());
-        let mut todo: Vec<(Hash, Bytes)> = Vec::new();
-        {
+        let todo = {
             let index = self.index(kind).read().unwrap_or_else(|e| e.into_inner());
-            for (h, bytes) in items {
-                let new = !index.contains_key(h) && !todo.iter().any(|(t, _)| t == h);
-                if new {
-                    todo.push((*h, Bytes::copy_from_slice(bytes)));
-                }
-                fresh.push(new);
-            }
+            super::new_items(items, |h| index.contains_key(h))
+        };
+        let mut fresh = vec![false; items.len()];
+        for &i in &todo {
+            fresh[i] = true;
         }
         // Content-addressed: a put that races another of the same bytes
         // writes the same object, so no conditional put is needed.
         let store = self.store.clone();
         let paths: Vec<(Hash, Path, Bytes)> = todo
             .into_iter()
-            .map(|(h, b)| (h, self.object_path(kind, &h), b))
+            .map(|i| {
+                let (h, bytes) = items[i];
+                (h, self.object_path(kind, &h), Bytes::copy_from_slice(bytes))
+            })
             .collect();
         let written: Vec<(Hash, u64)> = self.run(async move {
             let mut set = tokio::task::JoinSet::new();
