@@ -374,9 +374,23 @@ pub fn release_later<T: Send + 'static>(what: T) {
         .spawn(move || {
             std::thread::sleep(RELEASE_DELAY);
             drop(what);
+            trim_heap();
         });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "no thread to free memory later; freeing it now");
+    }
+}
+
+/// Give the allocator's free pages back to the system. A checkpoint of a
+/// big memory is copied through many 64 KiB buffers on worker threads;
+/// glibc keeps what those threads freed in their arenas, so a worker whose
+/// task ended would otherwise go on holding the task's size in RSS.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free
+    // lists; it takes its locks and touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

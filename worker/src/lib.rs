@@ -801,6 +801,7 @@ impl Worker {
             .spawn(move || {
                 job.run();
                 me.finish_local(task, epoch);
+                crate::exec::trim_heap();
             });
         if let Err(e) = spawned {
             tracing::error!(%task, error = %e, "could not start a task thread");
