@@ -101,7 +101,7 @@ impl TaskTable {
     }
 
     pub fn submit(&self, spec: TaskSpec, options: TaskOptions) -> TaskEvent {
-        TaskEvent::SubmittedV3 {
+        TaskEvent::SubmittedV4 {
             id: self.next_id(),
             spec,
             options,
@@ -291,7 +291,8 @@ impl TaskTable {
                 self.insert(*id, spec, &TaskOptions::default());
             }
             TaskEvent::SubmittedWith { id, spec, options }
-            | TaskEvent::SubmittedV3 { id, spec, options } => {
+            | TaskEvent::SubmittedV3 { id, spec, options }
+            | TaskEvent::SubmittedV4 { id, spec, options } => {
                 self.insert(*id, spec, options);
             }
             TaskEvent::Placed { id, worker, epoch } => {

@@ -6,6 +6,7 @@
 //! - [`task`]: one running task and the yield import that pauses it.
 //! - [`snapshot`]: capture to and restore from a checkpoint manifest.
 //! - [`chunks`]: memory as content-addressed 64 KiB chunks.
+//! - [`files`]: preopened directories as trees of the same chunks.
 //! - [`live`]: live migration at page grain (dirty rounds out, an
 //!   instance filled ahead of the pause in).
 //! - [`local`]: the `wmig run` / `wmig resume` drivers (checkpoint every N
@@ -17,6 +18,7 @@ pub mod baseline;
 pub mod chunks;
 mod dirty;
 pub mod engine;
+pub mod files;
 pub mod live;
 pub mod local;
 pub mod snapshot;

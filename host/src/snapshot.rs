@@ -136,6 +136,8 @@ impl Task {
             globals,
             wasi: self.store.data().wasi.snapshot(),
             counters,
+            files: Vec::new(),
+            end: false,
         })
     }
 

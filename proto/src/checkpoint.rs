@@ -11,13 +11,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::PreopenTree;
 use crate::wasi::WasiSnapshot;
 use crate::{Hash, TaskId};
 
 /// Memory is cut into chunks of this size; it equals the wasm page size.
 pub const CHUNK_SIZE: usize = 64 * 1024;
 pub const MAGIC: [u8; 8] = *b"\0wmigckp";
-pub const FORMAT_VERSION: u16 = 1;
+/// 2 added [`Manifest::files`] and [`Manifest::end`]; version 1 files
+/// still read (with no files).
+pub const FORMAT_VERSION: u16 = 2;
 
 /// The checkpoint number after `prev` for an owner at `epoch`. Cluster
 /// checkpoints carry the owner's epoch in their high 32 bits, so successive
@@ -56,6 +59,46 @@ pub struct Manifest {
     pub globals: Vec<(String, GlobalValue)>,
     pub wasi: WasiSnapshot,
     pub counters: Counters,
+    /// The task's preopened directories as trees, in preopen order (only
+    /// those submitted as data; `--host-dir` paths are not captured).
+    pub files: Vec<PreopenTree>,
+    /// The record of a task's end: only `files` (its final tree) means
+    /// anything; it is never restored.
+    pub end: bool,
+}
+
+/// [`Manifest`] as format version 1 laid it out (before files).
+#[derive(Serialize, Deserialize)]
+pub struct ManifestV1 {
+    module: Hash,
+    rewriter: u32,
+    instrumented: Hash,
+    task: Option<TaskId>,
+    seq: u64,
+    epoch: u64,
+    memories: Vec<MemoryImage>,
+    globals: Vec<(String, GlobalValue)>,
+    wasi: WasiSnapshot,
+    counters: Counters,
+}
+
+impl From<ManifestV1> for Manifest {
+    fn from(v: ManifestV1) -> Self {
+        Manifest {
+            module: v.module,
+            rewriter: v.rewriter,
+            instrumented: v.instrumented,
+            task: v.task,
+            seq: v.seq,
+            epoch: v.epoch,
+            memories: v.memories,
+            globals: v.globals,
+            wasi: v.wasi,
+            counters: v.counters,
+            files: Vec::new(),
+            end: false,
+        }
+    }
 }
 
 /// One linear memory: its size and the non-zero chunks in it.
@@ -120,15 +163,26 @@ impl Manifest {
                 prev = Some(*idx);
             }
         }
+        for p in &self.files {
+            p.tree
+                .validate()
+                .map_err(|e| format!("the tree of `{}`: {e}", p.guest))?;
+        }
         Ok(())
     }
 
-    /// Every distinct chunk hash the manifest references.
+    /// Bytes of the task's files (all trees).
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|p| p.tree.bytes()).sum()
+    }
+
+    /// Every distinct chunk hash the manifest references, memory and files.
     pub fn chunk_hashes(&self) -> Vec<Hash> {
         let mut all: Vec<Hash> = self
             .memories
             .iter()
             .flat_map(|m| m.chunks.iter().map(|(_, h)| *h))
+            .chain(self.files.iter().flat_map(|p| p.tree.chunk_hashes()))
             .collect();
         all.sort_unstable();
         all.dedup();
@@ -143,6 +197,12 @@ pub struct CheckpointFile {
     pub manifest: Manifest,
     /// Each distinct chunk once, ascending by hash.
     pub chunks: Vec<(Hash, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointFileV1 {
+    manifest: ManifestV1,
+    chunks: Vec<(Hash, Vec<u8>)>,
 }
 
 /// Why a checkpoint could not be read.
@@ -209,7 +269,7 @@ impl CheckpointFile {
             return Err(CheckpointError::Truncated { len: bytes.len() });
         }
         let version = u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != 1 {
             return Err(CheckpointError::UnknownVersion {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -223,8 +283,19 @@ impl CheckpointFile {
         if expected != actual {
             return Err(CheckpointError::IntegrityMismatch { expected, actual });
         }
-        let (file, rest): (CheckpointFile, _) = postcard::take_from_bytes(&signed[HEADER_LEN..])
-            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let body = &signed[HEADER_LEN..];
+        let malformed = |e: postcard::Error| CheckpointError::Malformed(e.to_string());
+        let (file, rest) = if version == 1 {
+            let (v1, rest): (CheckpointFileV1, _) =
+                postcard::take_from_bytes(body).map_err(malformed)?;
+            let file = CheckpointFile {
+                manifest: v1.manifest.into(),
+                chunks: v1.chunks,
+            };
+            (file, rest)
+        } else {
+            postcard::take_from_bytes::<CheckpointFile>(body).map_err(malformed)?
+        };
         if !rest.is_empty() {
             return Err(CheckpointError::Malformed(format!(
                 "{} bytes follow the checkpoint body",
@@ -304,6 +375,8 @@ mod tests {
                     yields: 4,
                     fuel: 400,
                 },
+                files: Vec::new(),
+                end: false,
             },
             chunks: vec![(h, chunk)],
         }
@@ -332,6 +405,33 @@ mod tests {
             b[pos] ^= 0x10;
             assert!(CheckpointFile::decode(&b).is_err(), "flip at {pos}");
         }
+    }
+
+    #[test]
+    fn a_version_1_file_still_reads_with_no_files() {
+        let f = sample();
+        let m = &f.manifest;
+        let v1 = CheckpointFileV1 {
+            manifest: ManifestV1 {
+                module: m.module,
+                rewriter: m.rewriter,
+                instrumented: m.instrumented,
+                task: m.task,
+                seq: m.seq,
+                epoch: m.epoch,
+                memories: m.memories.clone(),
+                globals: m.globals.clone(),
+                wasi: m.wasi.clone(),
+                counters: m.counters,
+            },
+            chunks: f.chunks.clone(),
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&1u16.to_le_bytes());
+        let mut out = postcard::to_extend(&v1, out).expect("encodes");
+        let digest = Hash::of(&out);
+        out.extend_from_slice(digest.as_bytes());
+        assert_eq!(CheckpointFile::decode(&out).expect("decodes"), f);
     }
 
     #[test]

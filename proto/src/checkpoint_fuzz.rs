@@ -309,6 +309,8 @@ fn two_chunk_file() -> CheckpointFile {
             globals: Vec::new(),
             wasi: crate::wasi::WasiSnapshot::default(),
             counters: Counters::default(),
+            files: Vec::new(),
+            end: false,
         },
         chunks,
     }

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The protocol version this build speaks, written into every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes before the body: the length prefix and the version byte.
 pub const HEADER_LEN: usize = 5;

@@ -358,6 +358,8 @@ pub fn manifest() -> BoxedStrategy<Manifest> {
                     yields: n[2],
                     fuel: n[3],
                 },
+                files: Vec::new(),
+                end: false,
             },
         )
         .boxed()

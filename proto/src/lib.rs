@@ -7,6 +7,7 @@
 //! formats can be unit-tested, fuzzed and read by any tool.
 
 pub mod checkpoint;
+pub mod files;
 pub mod frame;
 #[cfg(test)]
 mod fuzzing;

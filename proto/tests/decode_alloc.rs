@@ -212,6 +212,8 @@ fn manifest() -> Manifest {
             ],
         },
         counters: Counters { yields: 5, fuel: 6 },
+        files: Vec::new(),
+        end: false,
     }
 }
 

@@ -23,7 +23,8 @@ use crate::service::{lock, Registry};
 use crate::store::{ObjectKind, RefSpace};
 
 pub const MANIFEST_MAGIC: [u8; 8] = *b"\0wmigmnf";
-pub const MANIFEST_VERSION: u16 = 1;
+/// 2: manifests with files; version 1 records still read.
+pub const MANIFEST_VERSION: u16 = 2;
 
 pub(crate) fn key(task: TaskId, seq: u64) -> String {
     format!("t-{}/{seq:020}", task.0)
@@ -49,12 +50,17 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         .ok_or("not a manifest envelope")?;
     let (version, body) = rest.split_first_chunk::<2>().ok_or("truncated envelope")?;
     let version = u16::from_le_bytes(*version);
-    if version != MANIFEST_VERSION {
-        return Err(format!(
-            "manifest envelope version {version}, this wmig reads {MANIFEST_VERSION}"
-        ));
+    let (manifest, rest) = match version {
+        1 => postcard::take_from_bytes::<wmig_proto::checkpoint::ManifestV1>(body)
+            .map(|(m, rest)| (Manifest::from(m), rest)),
+        MANIFEST_VERSION => postcard::take_from_bytes::<Manifest>(body),
+        _ => {
+            return Err(format!(
+                "manifest envelope version {version}, this wmig reads 1 and {MANIFEST_VERSION}"
+            ))
+        }
     }
-    let (manifest, rest) = postcard::take_from_bytes(body).map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?;
     if !rest.is_empty() {
         return Err(format!("{} bytes follow the manifest", rest.len()));
     }

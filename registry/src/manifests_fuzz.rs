@@ -95,6 +95,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                 yields: n[0],
                 fuel: n[1],
             },
+            files: Vec::new(),
+            end: false,
         })
 }
 
@@ -231,6 +233,8 @@ fn bytes_after_the_manifest_are_refused() {
         globals: Vec::new(),
         wasi: WasiSnapshot::default(),
         counters: Counters::default(),
+        files: Vec::new(),
+        end: false,
     };
     let mut bytes = encode_manifest(&m).expect("encodes");
     bytes.extend_from_slice(&[1, 2]);
@@ -260,6 +264,8 @@ fn malformed_memory_images_are_refused_at_commit() {
         globals: Vec::new(),
         wasi: WasiSnapshot::default(),
         counters: Counters::default(),
+        files: Vec::new(),
+        end: false,
     };
     let chunk = CHUNK_SIZE as u64;
     for bad in [

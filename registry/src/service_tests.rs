@@ -41,6 +41,8 @@ pub(crate) fn manifest(task: u64, seq: u64, chunks: &[Hash]) -> Manifest {
         globals: Vec::new(),
         wasi: WasiSnapshot::default(),
         counters: Counters::default(),
+        files: Vec::new(),
+        end: false,
     }
 }
 

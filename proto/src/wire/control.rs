@@ -564,7 +564,8 @@ pub struct TaskOptions {
     /// What the operator submitted (`NAME:TAG`, a file name or a hash), shown
     /// by `wmig ps`.
     pub name: String,
-    /// Preopened directories on the worker: (host path, guest path).
+    /// Preopened directories of the worker's own machine (`--host-dir`):
+    /// (host path, guest path). They do not travel with the task.
     pub dirs: Vec<(String, String)>,
     /// Largest linear memory, in bytes.
     pub memory_limit: Option<u64>,
@@ -578,6 +579,67 @@ pub struct TaskOptions {
     /// as it arrives; without it stdin is empty. (Added after
     /// [`TaskEvent::SubmittedWith`]: logged in [`TaskEvent::SubmittedV3`].)
     pub stdin: bool,
+    /// Preopened directories as data (`--dir LOCAL::GUEST`): (tree bundle
+    /// in the registry, guest path). Each worker that runs the task builds
+    /// its own working copy, and checkpoints carry what changed. (Added
+    /// after `stdin`: logged in [`TaskEvent::SubmittedV4`].)
+    pub trees: Vec<(Hash, String)>,
+    /// Most bytes the task's files may take, all trees together (default
+    /// [`crate::files::DEFAULT_FILES_LIMIT`]).
+    pub files_limit: Option<u64>,
+}
+
+impl TaskOptions {
+    /// The limit of the task's files, in bytes.
+    pub fn files_limit(&self) -> u64 {
+        self.files_limit
+            .unwrap_or(crate::files::DEFAULT_FILES_LIMIT)
+    }
+}
+
+/// [`TaskOptions`] as [`TaskEvent::SubmittedV3`] stores it: without
+/// `trees` and `files_limit`.
+mod options_v3 {
+    use super::TaskOptions;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct V3 {
+        name: String,
+        dirs: Vec<(String, String)>,
+        memory_limit: Option<u64>,
+        fuel_limit: Option<u64>,
+        wall_limit_ms: Option<u64>,
+        checkpoint_every_ms: Option<u64>,
+        stdin: bool,
+    }
+
+    pub fn serialize<S: Serializer>(o: &TaskOptions, s: S) -> Result<S::Ok, S::Error> {
+        V3 {
+            name: o.name.clone(),
+            dirs: o.dirs.clone(),
+            memory_limit: o.memory_limit,
+            fuel_limit: o.fuel_limit,
+            wall_limit_ms: o.wall_limit_ms,
+            checkpoint_every_ms: o.checkpoint_every_ms,
+            stdin: o.stdin,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TaskOptions, D::Error> {
+        let v = V3::deserialize(d)?;
+        Ok(TaskOptions {
+            name: v.name,
+            dirs: v.dirs,
+            memory_limit: v.memory_limit,
+            fuel_limit: v.fuel_limit,
+            wall_limit_ms: v.wall_limit_ms,
+            checkpoint_every_ms: v.checkpoint_every_ms,
+            stdin: v.stdin,
+            ..TaskOptions::default()
+        })
+    }
 }
 
 /// [`TaskOptions`] as [`TaskEvent::SubmittedWith`] stores it in logs written
@@ -617,7 +679,7 @@ mod options_v1 {
             fuel_limit: v.fuel_limit,
             wall_limit_ms: v.wall_limit_ms,
             checkpoint_every_ms: v.checkpoint_every_ms,
-            stdin: false,
+            ..TaskOptions::default()
         })
     }
 }
@@ -729,9 +791,16 @@ pub enum TaskEvent {
     Requeued {
         id: TaskId,
     },
-    /// `SubmittedWith` carrying every option of today, `stdin` included:
-    /// what a submission logs now.
+    /// `SubmittedWith` carrying `stdin` too (logs before file trees).
     SubmittedV3 {
+        id: TaskId,
+        spec: TaskSpec,
+        #[serde(with = "options_v3")]
+        options: TaskOptions,
+    },
+    /// Every option of today, file trees included: what a submission logs
+    /// now.
+    SubmittedV4 {
         id: TaskId,
         spec: TaskSpec,
         options: TaskOptions,

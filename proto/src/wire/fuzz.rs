@@ -71,10 +71,11 @@ fn options() -> BoxedStrategy<TaskOptions> {
     (
         text(),
         vec((text(), text()), 0..2),
-        [of(n()), of(n()), of(n()), of(n())],
+        [of(n()), of(n()), of(n()), of(n()), of(n())],
         any::<bool>(),
+        vec((hash(), text()), 0..2),
     )
-        .prop_map(|(name, dirs, l, stdin)| TaskOptions {
+        .prop_map(|(name, dirs, l, stdin, trees)| TaskOptions {
             name,
             dirs,
             memory_limit: l[0],
@@ -82,6 +83,8 @@ fn options() -> BoxedStrategy<TaskOptions> {
             wall_limit_ms: l[2],
             checkpoint_every_ms: l[3],
             stdin,
+            trees,
+            files_limit: l[4],
         })
         .boxed()
 }
@@ -281,12 +284,23 @@ fn task_event() -> BoxedStrategy<TaskEvent> {
                 spec,
                 options: TaskOptions {
                     stdin: false,
+                    trees: Vec::new(),
+                    files_limit: None,
                     ..options
                 },
             }
         }),
         task_id().prop_map(|id| TaskEvent::Requeued { id }),
         (task_id(), spec(), options()).prop_map(|(id, spec, options)| TaskEvent::SubmittedV3 {
+            id,
+            spec,
+            options: TaskOptions {
+                trees: Vec::new(),
+                files_limit: None,
+                ..options
+            }
+        }),
+        (task_id(), spec(), options()).prop_map(|(id, spec, options)| TaskEvent::SubmittedV4 {
             id,
             spec,
             options

@@ -109,6 +109,8 @@ pub fn manifest(task: u64, seq: u64, chunks: &[Hash]) -> Manifest {
         globals: Vec::new(),
         wasi: WasiSnapshot::default(),
         counters: Counters::default(),
+        files: Vec::new(),
+        end: false,
     }
 }
 

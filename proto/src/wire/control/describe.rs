@@ -20,7 +20,8 @@ impl Event {
             Event::Task(t) => match t {
                 TaskEvent::Submitted { .. }
                 | TaskEvent::SubmittedWith { .. }
-                | TaskEvent::SubmittedV3 { .. } => "submitted",
+                | TaskEvent::SubmittedV3 { .. }
+                | TaskEvent::SubmittedV4 { .. } => "submitted",
                 TaskEvent::Placed { .. } => "placed",
                 TaskEvent::Checkpointed { .. } => "checkpointed",
                 TaskEvent::Finished { .. } => "finished",
@@ -73,7 +74,8 @@ impl Event {
                     format!("task {id} submitted ({})", spec.bundle)
                 }
                 TaskEvent::SubmittedWith { id, options, .. }
-                | TaskEvent::SubmittedV3 { id, options, .. } => {
+                | TaskEvent::SubmittedV3 { id, options, .. }
+                | TaskEvent::SubmittedV4 { id, options, .. } => {
                     format!("task {id} submitted ({})", options.name)
                 }
                 TaskEvent::Placed { id, worker, epoch } => {
@@ -104,6 +106,7 @@ impl TaskEvent {
             TaskEvent::Submitted { id, .. }
             | TaskEvent::SubmittedWith { id, .. }
             | TaskEvent::SubmittedV3 { id, .. }
+            | TaskEvent::SubmittedV4 { id, .. }
             | TaskEvent::Placed { id, .. }
             | TaskEvent::Checkpointed { id, .. }
             | TaskEvent::Finished { id, .. }
