@@ -45,6 +45,8 @@ enum Command {
     Ps(cmd::task::PsCommand),
     /// Show one task: owner, epoch, checkpoints, fuel used.
     Inspect(cmd::task::InspectCommand),
+    /// List or download a task's files (its `--dir` directories).
+    Files(cmd::files::FilesCommand),
     /// Print a task's output.
     Logs(cmd::task::LogsCommand),
     /// Wait for a task to end; exits with its exit code.
@@ -90,6 +92,7 @@ impl Command {
             Command::Submit(c) => c.execute(),
             Command::Ps(c) => c.execute(),
             Command::Inspect(c) => c.execute(),
+            Command::Files(c) => c.execute(),
             Command::Logs(c) => c.execute(),
             Command::Wait(c) => c.execute(),
             Command::Cancel(c) => c.execute(),

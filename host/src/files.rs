@@ -23,6 +23,7 @@ use wmig_proto::files::{FileImage, FileTree, Node, TreeEntry};
 use wmig_proto::Hash;
 
 use crate::chunks::{ChunkSink, ChunkSource};
+use crate::MemChunks;
 
 /// A write this close to a scan may not have moved the file's timestamps.
 const RACY: Duration = Duration::from_millis(50);
@@ -251,7 +252,9 @@ fn read_file(
 /// Make `root` hold exactly `to`, given that it holds `from` now (an empty
 /// tree for an empty or new directory). Files whose image is unchanged are
 /// left alone; a changed file is written anew from chunks found in `source`
-/// or, for chunks it kept, in its own old bytes. Returns the bytes written.
+/// or, failing that, in any file of `from` (read before anything changes,
+/// so a renamed or copied file needs no bytes sent). Returns the bytes
+/// written.
 pub fn build(
     root: &Path,
     from: &FileTree,
@@ -259,6 +262,8 @@ pub fn build(
     source: &dyn ChunkSource,
 ) -> Result<u64, FilesError> {
     fs::create_dir_all(root).map_err(io(root))?;
+    let here = read_kept(root, from, to, source)?;
+    let source = Both(source, &here);
     // Remove what is gone or changed kind, deepest first.
     for e in from.entries.iter().rev() {
         let keep = match (&e.node, to.get(&e.path)) {
@@ -298,73 +303,107 @@ pub fn build(
                 }
             }
             Node::File(image) => {
-                let old = match before {
-                    Some(Node::File(old)) if old == image => continue,
-                    Some(Node::File(old)) => Some(old),
-                    _ => None,
-                };
-                written += write_file(&host, &e.path, image, old, source, old_time)?;
+                if matches!(before, Some(Node::File(old)) if old == image) {
+                    continue;
+                }
+                written += write_file(&host, &e.path, image, &source, old_time)?;
             }
         }
     }
     Ok(written)
 }
 
+struct Both<'a>(&'a dyn ChunkSource, &'a MemChunks);
+
+impl ChunkSource for Both<'_> {
+    fn chunk(&self, hash: &Hash) -> Option<&[u8]> {
+        self.0.chunk(hash).or_else(|| self.1.chunk(hash))
+    }
+}
+
+/// The chunks of `to`'s changed files that `source` lacks, read from the
+/// files of `from` that hold them.
+fn read_kept(
+    root: &Path,
+    from: &FileTree,
+    to: &FileTree,
+    source: &dyn ChunkSource,
+) -> Result<MemChunks, FilesError> {
+    let mut here = MemChunks::new();
+    let mut wanted: HashMap<Hash, ()> = HashMap::new();
+    for (path, image) in to.files() {
+        if matches!(from.get(path), Some(Node::File(old)) if old == image) {
+            continue;
+        }
+        for (_, h) in &image.chunks {
+            if source.chunk(h).is_none() {
+                wanted.insert(*h, ());
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(here);
+    }
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    for (path, image) in from.files() {
+        let mut file: Option<fs::File> = None;
+        for (idx, h) in &image.chunks {
+            if wanted.remove(h).is_none() {
+                continue;
+            }
+            let host = root.join(path);
+            if file.is_none() {
+                file = Some(fs::File::open(&host).map_err(io(&host))?);
+            }
+            let Some(f) = file.as_mut() else { continue };
+            f.seek(SeekFrom::Start(u64::from(*idx) * CHUNK_SIZE as u64))
+                .map_err(io(&host))?;
+            buf.fill(0);
+            let mut filled = 0;
+            while filled < CHUNK_SIZE {
+                let n = f.read(&mut buf[filled..]).map_err(io(&host))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            // A file changed behind our back is caught here, not copied on.
+            if Hash::of(&buf) == *h {
+                here.insert_owned(*h, buf.clone());
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+    }
+    Ok(here)
+}
+
 /// Write one file from chunks into a temporary file, then rename it over
-/// the old one (whose bytes serve chunks the source lacks).
+/// the old one.
 fn write_file(
     host: &Path,
     path: &str,
     image: &FileImage,
-    old: Option<&FileImage>,
     source: &dyn ChunkSource,
     mtime: SystemTime,
 ) -> Result<u64, FilesError> {
-    let mut old_file = match old {
-        Some(_) => Some(fs::File::open(host).map_err(io(host))?),
-        None => None,
-    };
-    let old_at: HashMap<Hash, u32> = old
-        .map(|o| o.chunks.iter().map(|(i, h)| (*h, *i)).collect())
-        .unwrap_or_default();
     let tmp = host.with_file_name(format!(
         ".wmig-{}.tmp",
-        host.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        host.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     ));
     let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    let mut buf = vec![0u8; CHUNK_SIZE];
     for (idx, hash) in &image.chunks {
         let offset = u64::from(*idx) * CHUNK_SIZE as u64;
         let want = (image.len - offset).min(CHUNK_SIZE as u64) as usize;
-        let bytes: &[u8] = match source.chunk(hash) {
-            Some(b) => b,
-            None => {
-                let (Some(of), Some(at)) = (old_file.as_mut(), old_at.get(hash)) else {
-                    return Err(FilesError::MissingChunk {
-                        hash: *hash,
-                        path: path.to_owned(),
-                    });
-                };
-                of.seek(SeekFrom::Start(u64::from(*at) * CHUNK_SIZE as u64))
-                    .map_err(io(host))?;
-                buf.fill(0);
-                let mut filled = 0;
-                while filled < CHUNK_SIZE {
-                    let n = of.read(&mut buf[filled..]).map_err(io(host))?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                &buf
-            }
-        };
-        if bytes.len() < want {
-            return Err(FilesError::MissingChunk {
+        let bytes = source
+            .chunk(hash)
+            .filter(|b| b.len() >= want)
+            .ok_or_else(|| FilesError::MissingChunk {
                 hash: *hash,
                 path: path.to_owned(),
-            });
-        }
+            })?;
         f.seek(SeekFrom::Start(offset)).map_err(io(&tmp))?;
         f.write_all(&bytes[..want]).map_err(io(&tmp))?;
     }
@@ -382,7 +421,6 @@ fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemChunks;
 
     #[derive(Default)]
     struct Sink {
@@ -495,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn kept_chunks_come_from_the_old_file_and_missing_ones_are_named() {
+    fn kept_chunks_come_from_the_files_there_and_missing_ones_are_named() {
         let src = tempfile::tempdir().expect("tmp");
         let root = src.path();
         let mut data = pattern(3 * CHUNK_SIZE, 1);
@@ -518,6 +556,12 @@ mod tests {
         only.insert_owned(h, fresh.chunks.chunk(&h).expect("chunk").to_vec());
         build(&out, &t1, &t2, &only).expect("the other chunks come from the old file");
         assert_eq!(fs::read(out.join("f")).expect("read"), data);
+        // A rename needs no bytes: they are in the old file.
+        fs::rename(root.join("f"), root.join("g")).expect("rename");
+        let t3 = scan(&mut Scanner::new(), root, &mut Sink::default());
+        build(&out, &t2, &t3, &MemChunks::new()).expect("builds from the files there");
+        assert_eq!(fs::read(out.join("g")).expect("read"), data);
+        assert!(!out.join("f").exists());
         // Into an empty directory the same source is not enough.
         let empty = tempfile::tempdir().expect("tmp");
         let err = build(empty.path(), &FileTree::default(), &t2, &only).unwrap_err();

@@ -82,6 +82,12 @@ impl Task {
         manifest: &Manifest,
         source: &dyn ChunkSource,
     ) -> Result<Task, HostError> {
+        if manifest.end {
+            return Err(HostError::corrupt(format!(
+                "checkpoint {} records the task's end (its final files), not a state to resume",
+                manifest.seq
+            )));
+        }
         check_module(module, manifest)?;
         let (wasi_config, control) = split(config);
         let wasi = WasiCtx::restore(wasi_config, &manifest.wasi)?;

@@ -235,6 +235,9 @@ fn view() -> TaskView {
         started_us: Some(7),
         memory_bytes: None,
         progress: Some((1, 2)),
+        files_bytes: Some(8),
+        files_limit: Some(9),
+        trees: vec![(hash(1), "/data".into())],
     }
 }
 

@@ -235,6 +235,7 @@ impl Registry {
         for (task, seq) in kept {
             referenced.extend(self.manifest(task, Some(seq))?.chunk_hashes());
         }
+        referenced.extend(self.tree_chunks()?);
         let wall = SystemTime::now();
         let mut report = GcReport::default();
         // Hold the lease table while deleting so no `AlreadyStored` answer is

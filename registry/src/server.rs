@@ -408,9 +408,38 @@ async fn dispatch(
             }
             let [bytes] = bufs;
             let bytes = Bytes::from(bytes);
+            // A file tree's chunks may be on other ring nodes: look there
+            // for those this node lacks (a copy from a node was checked
+            // there already).
+            let on_ring = cluster.is_some() || from_node;
+            if let (Some(c), false, Ok(tree)) = (
+                &cluster,
+                from_node,
+                wmig_proto::files::FileTree::decode(&bytes),
+            ) {
+                let hashes = tree.chunk_hashes();
+                let present = reg.store_contains_chunks(&hashes);
+                let not_here = hashes
+                    .into_iter()
+                    .zip(present)
+                    .filter(|(_, p)| !p)
+                    .map(|(h, _)| h)
+                    .collect();
+                let missing = c.not_anywhere(not_here).await;
+                if let Some(first) = missing.first() {
+                    return Some(
+                        RegistryError::MissingChunks {
+                            count: missing.len(),
+                            first: *first,
+                        }
+                        .into(),
+                    );
+                }
+            }
             let kept = bytes.clone();
             let named = name.clone();
-            let stored = blocking(move || reg.put_bundle(hash, &kept, named.as_ref())).await;
+            let stored =
+                blocking(move || reg.put_bundle_with(hash, &kept, named.as_ref(), !on_ring)).await;
             if let (Ok(_), Some(c), false) = (&stored, &cluster, from_node) {
                 c.replicate_bundle(bytes, name).await;
             }

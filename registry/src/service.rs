@@ -18,6 +18,7 @@ use std::time::Instant;
 use wmig_proto::wire::registry::{
     BundleInfo, BundleRef, BundleStored, Inventory, LeaseStatus, NameTag, PutReport, RegistryStats,
 };
+use wmig_proto::files::FileTree;
 use wmig_proto::{Hash, TaskId};
 
 use crate::config::RegistryConfig;
@@ -125,6 +126,19 @@ impl Registry {
         bytes: &[u8],
         name: Option<&NameTag>,
     ) -> Result<BundleStored, RegistryError> {
+        self.put_bundle_with(hash, bytes, name, true)
+    }
+
+    /// [`Registry::put_bundle`]; a file tree's chunks are checked here only
+    /// with `check_chunks` (on a ring they may be held by other nodes, which
+    /// the server asks first).
+    pub fn put_bundle_with(
+        &self,
+        hash: Hash,
+        bytes: &[u8],
+        name: Option<&NameTag>,
+        check_chunks: bool,
+    ) -> Result<BundleStored, RegistryError> {
         let max = self.config.limits.max_bundle;
         if bytes.len() as u64 > max {
             return Err(RegistryError::TooLarge {
@@ -145,7 +159,28 @@ impl Registry {
             }
             .into());
         }
-        wasmparser::validate(bytes).map_err(|e| RegistryError::NotWasm(e.to_string()))?;
+        if FileTree::is_tree(bytes) {
+            // A task's files: kept, like a checkpoint, only with its chunks.
+            let tree = FileTree::decode(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+            if check_chunks {
+                let hashes = tree.chunk_hashes();
+                let present = self.store.contains_many(ObjectKind::Chunk, &hashes);
+                let missing: Vec<Hash> = hashes
+                    .into_iter()
+                    .zip(present)
+                    .filter(|(_, p)| !p)
+                    .map(|(h, _)| h)
+                    .collect();
+                if let Some(first) = missing.first() {
+                    return Err(RegistryError::MissingChunks {
+                        count: missing.len(),
+                        first: *first,
+                    });
+                }
+            }
+        } else {
+            wasmparser::validate(bytes).map_err(|e| RegistryError::NotWasm(e.to_string()))?;
+        }
         let created = self
             .store
             .put_objects(ObjectKind::Bundle, &[(hash, bytes)])?
@@ -189,6 +224,26 @@ impl Registry {
     pub fn bundle(&self, bundle: &BundleRef) -> Result<(Hash, Vec<u8>), RegistryError> {
         let hash = self.resolve(bundle)?;
         Ok((hash, self.store.object(ObjectKind::Bundle, &hash)?))
+    }
+
+    /// Per hash, whether this node stores the chunk.
+    pub fn store_contains_chunks(&self, hashes: &[Hash]) -> Vec<bool> {
+        self.store.contains_many(ObjectKind::Chunk, hashes)
+    }
+
+    /// The chunks of every file tree stored as a bundle (they are kept like
+    /// a checkpoint's).
+    pub(crate) fn tree_chunks(&self) -> Result<Vec<Hash>, RegistryError> {
+        let mut out = Vec::new();
+        for o in self.store.objects(ObjectKind::Bundle) {
+            let bytes = self.store.object(ObjectKind::Bundle, &o.hash)?;
+            if FileTree::is_tree(&bytes) {
+                let tree = FileTree::decode(&bytes)
+                    .map_err(|e| RegistryError::Invalid(format!("stored tree {}: {e}", o.hash)))?;
+                out.extend(tree.chunk_hashes());
+            }
+        }
+        Ok(out)
     }
 
     /// Every bundle with the names pointing at it; named bundles first.

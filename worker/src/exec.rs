@@ -83,6 +83,8 @@ pub struct TaskControl {
     /// the link carries) raises it, as QEMU's auto-converge throttles a
     /// vCPU: the task dirties less and leaves the copy more of the CPU.
     pub throttle: AtomicU8,
+    /// Bytes of the task's files at the last scan.
+    pub files_bytes: AtomicU64,
 }
 
 /// Most a live migration throttles a task (percent of its time asleep).
@@ -102,12 +104,21 @@ const SPARE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the task thread hands the live sender.
 pub enum LiveOut {
-    Round(PageBuf),
+    /// A round's pages, and its files' changes (empty without trees).
+    Round(PageBuf, FileRound),
     /// Part of a large final round (a cold move), captured while the
     /// previous part is on the wire.
     Piece(PageBuf),
-    Final(Box<LiveFinal>, u64),
+    Final(Box<LiveFinal>, u64, FileRound),
     Failed(String),
+}
+
+/// A task's trees as scanned at a live-migration pause, and the chunks of
+/// them the target has not been sent.
+#[derive(Default)]
+pub struct FileRound {
+    pub trees: Vec<wmig_proto::files::PreopenTree>,
+    pub chunks: Vec<(Hash, Arc<[u8]>)>,
 }
 
 impl TaskControl {
@@ -226,6 +237,9 @@ pub struct Upload {
     pub chunks: Vec<(Hash, Arc<[u8]>)>,
     pub fuel_used: u64,
     pub handoff: Option<Handoff>,
+    /// The task's final files: stored, not reported as a checkpoint;
+    /// `true` is sent once they are durable.
+    pub end: Option<std::sync::mpsc::Sender<bool>>,
     /// The task's count of uploads not yet done (decremented once stored
     /// or given up).
     pub pending: Arc<std::sync::atomic::AtomicU32>,
@@ -318,6 +332,8 @@ pub struct Job {
     pub uploads: mpsc::UnboundedSender<Upload>,
     /// The task's stdin, for tasks submitted with `stdin`.
     pub stdin: Option<crate::input::StdinFeed>,
+    /// Working copies of the task's trees (tasks submitted with `--dir`).
+    pub files: Option<crate::files::TaskFiles>,
     /// Memory to free once the task runs (a live move's receive buffer).
     pub release_after_start: Option<Vec<u8>>,
     /// The worker's output not yet accepted by the coordinator.
@@ -498,14 +514,16 @@ impl Job {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            // Trees first, then host directories (as `wmig submit` lists
+            // them in the task's options).
             preopens: self
-                .options
-                .dirs
+                .files
                 .iter()
-                .map(|(host, guest)| Preopen {
+                .flat_map(|f| f.preopens())
+                .chain(self.options.dirs.iter().map(|(host, guest)| Preopen {
                     host: PathBuf::from(host),
                     guest: guest.clone(),
-                })
+                }))
                 .collect(),
             stdin: self
                 .stdin
@@ -581,6 +599,7 @@ impl Job {
             let fuel = task.counters().fuel;
             match result {
                 Ok(wmig_host::Outcome::Exited(code)) => {
+                    self.store_final_files(&mut task, *seq);
                     self.finish(Outcome::Completed { exit_code: code }, fuel);
                     return;
                 }
@@ -591,6 +610,7 @@ impl Job {
                     return;
                 }
                 Err(e) => {
+                    self.store_final_files(&mut task, *seq);
                     self.finish(
                         Outcome::Failed {
                             reason: e.to_string(),
@@ -687,6 +707,24 @@ impl Job {
                     tracing::warn!(task = %self.task, "handoff failed; carrying on here");
                 }
                 Ok(()) => {}
+                Err(CaptureError::Files(e @ wmig_host::files::FilesError::OverLimit { .. })) => {
+                    if handing_off {
+                        let _ = self.reports.send(ControlRequest::HandoffFailed {
+                            node: self.node.clone(),
+                            task: self.task,
+                            epoch: self.epoch,
+                            reason: format!("capture failed: {e}"),
+                        });
+                    }
+                    self.finish(
+                        Outcome::Failed {
+                            reason: e.to_string(),
+                            exit_code: None,
+                        },
+                        fuel,
+                    );
+                    return;
+                }
                 Err(e) => {
                     // The task itself is fine; the next period tries again.
                     tracing::warn!(task = %self.task, error = %e, "checkpoint capture failed");
@@ -715,7 +753,7 @@ impl Job {
 
     /// One live-migration step at a pause. Returns true when the task has
     /// moved and must be forgotten here.
-    fn live_step(&self, task: &mut Task, step: u8, seq: &mut u64, paused_at_us: u64) -> bool {
+    fn live_step(&mut self, task: &mut Task, step: u8, seq: &mut u64, paused_at_us: u64) -> bool {
         let out = self
             .control
             .live_out
@@ -731,15 +769,24 @@ impl Job {
             let r = if task.live_active() {
                 task.live_round(&mut buf)
             } else {
+                if let Some(f) = &mut self.files {
+                    // A new migration: its target has been sent nothing.
+                    f.sent.clear();
+                }
                 task.live_begin(&mut buf).map(|kind| {
                     tracing::debug!(task = %self.task, tracker = kind, "live migration: tracking written pages");
                 })
             };
-            let _ = out.send(match r {
-                Ok(()) => LiveOut::Round(buf),
-                Err(e) => {
+            let files = self.files_for_target();
+            let _ = out.send(match (r, files) {
+                (Ok(()), Ok(files)) => LiveOut::Round(buf, files),
+                (Err(e), _) => {
                     task.live_end();
                     LiveOut::Failed(format!("capturing memory pages: {e}"))
+                }
+                (_, Err(e)) => {
+                    task.live_end();
+                    LiveOut::Failed(format!("capturing the task's files: {e}"))
                 }
             });
             return false;
@@ -749,6 +796,9 @@ impl Job {
         // all of memory now, in pieces, so that copying one overlaps
         // sending the one before.
         if !task.live_active() {
+            if let Some(f) = &mut self.files {
+                f.sent.clear();
+            }
             if let Err(e) = task.live_track() {
                 let _ = out.send(LiveOut::Failed(format!("capturing memory pages: {e}")));
                 return false;
@@ -779,13 +829,21 @@ impl Job {
             },
             self.spare_buf(),
         );
-        let fin = match fin {
+        let mut fin = match fin {
             Ok(f) => f,
             Err(e) => {
                 let _ = out.send(LiveOut::Failed(format!("capturing the final state: {e}")));
                 return false;
             }
         };
+        let files = match self.files_for_target() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = out.send(LiveOut::Failed(format!("capturing the task's files: {e}")));
+                return false;
+            }
+        };
+        fin.manifest.files = files.trees.clone();
         *seq = next;
         let (tx, rx) = std::sync::mpsc::channel();
         *self
@@ -797,7 +855,7 @@ impl Job {
             return true;
         }
         if out
-            .send(LiveOut::Final(Box::new(fin), paused_at_us))
+            .send(LiveOut::Final(Box::new(fin), paused_at_us, files))
             .is_err()
         {
             // The sender is gone before it had the final state: no one else
@@ -820,19 +878,19 @@ impl Job {
     }
 
     fn checkpoint(
-        &self,
+        &mut self,
         task: &mut Task,
         seq: u64,
         fuel: u64,
         handoff: Option<Handoff>,
-    ) -> Result<(), wmig_host::HostError> {
+    ) -> Result<(), CaptureError> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut sink = NewChunks {
             known: &known,
             new: Vec::new(),
             seen: HashSet::new(),
         };
-        let captured = task.capture(
+        let mut captured = task.capture(
             &mut sink,
             CaptureMeta {
                 task: Some(self.task),
@@ -840,6 +898,12 @@ impl Job {
                 epoch: self.epoch,
             },
         )?;
+        if let Some(f) = &mut self.files {
+            captured.manifest.files = f.scan(&mut sink)?;
+            self.control
+                .files_bytes
+                .store(f.bytes(), Ordering::Relaxed);
+        }
         let chunks = sink.new;
         drop(known);
         {
@@ -860,11 +924,92 @@ impl Job {
             chunks,
             fuel_used: fuel,
             handoff,
+            end: None,
             pending: self.control.uploads_pending.clone(),
         });
         Ok(())
     }
 }
+
+/// Why a checkpoint was not captured.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Host(#[from] wmig_host::HostError),
+    #[error("{0}")]
+    Files(#[from] wmig_host::files::FilesError),
+}
+
+impl Job {
+    /// Scan the task's trees for a live-migration target.
+    fn files_for_target(&mut self) -> Result<FileRound, wmig_host::files::FilesError> {
+        let Some(f) = &mut self.files else {
+            return Ok(FileRound::default());
+        };
+        let (trees, chunks) = f.scan_for_target()?;
+        self.control
+            .files_bytes
+            .store(f.bytes(), Ordering::Relaxed);
+        Ok(FileRound { trees, chunks })
+    }
+
+    /// The task has ended: store its final tree in the registry (as a
+    /// manifest marked `end`, never restored) so `wmig files` gets it,
+    /// before the end is reported. Waits for the upload.
+    fn store_final_files(&mut self, task: &mut Task, seq: u64) {
+        if self.files.is_none() {
+            return;
+        }
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut sink = NewChunks {
+            known: &known,
+            new: Vec::new(),
+            seen: HashSet::new(),
+        };
+        let trees = match self.files.as_mut().map(|f| f.scan(&mut sink)) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                tracing::warn!(task = %self.task, error = %e, "could not capture the task's final files");
+                return;
+            }
+            None => return,
+        };
+        let counters = task.counters();
+        let module = task.module();
+        let manifest = Manifest {
+            module: module.module_hash,
+            rewriter: module.rewriter,
+            instrumented: module.instrumented_hash,
+            task: Some(self.task),
+            seq: wmig_proto::checkpoint::next_seq(seq, self.epoch),
+            epoch: self.epoch,
+            memories: Vec::new(),
+            globals: Vec::new(),
+            wasi: Default::default(),
+            counters,
+            files: trees,
+            end: true,
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        self.control.uploads_pending.fetch_add(1, Ordering::SeqCst);
+        let sent = self.uploads.send(Upload {
+            task: self.task,
+            epoch: self.epoch,
+            manifest,
+            chunks: sink.new,
+            fuel_used: counters.fuel,
+            handoff: None,
+            end: Some(done_tx),
+            pending: self.control.uploads_pending.clone(),
+        });
+        if sent.is_ok() && done_rx.recv_timeout(FINAL_FILES_WAIT) != Ok(true) {
+            tracing::warn!(task = %self.task, "the task's final files were not stored; `wmig files` shows its last checkpoint's");
+        }
+    }
+}
+
+/// How long a task's end waits for its final files to be stored.
+const FINAL_FILES_WAIT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@
 
 mod exec;
 mod fence;
+mod files;
 mod gossip;
 mod heartbeat;
 mod input;
@@ -43,7 +44,7 @@ use wmig_proto::wire::control::{
     ControlRequest, ControlResponse, NodeInfo, Outcome, Role, TaskBeat, TaskOptions, TaskSpec,
     WorkerCommand,
 };
-use wmig_proto::wire::registry::{BundleRef, LeaseStatus};
+use wmig_proto::wire::registry::BundleRef;
 use wmig_proto::wire::ErrorCode;
 use wmig_proto::{Hash, NodeId, TaskId};
 use wmig_registry::{ClientConfig, RegistryClient};
@@ -160,6 +161,7 @@ pub async fn run(
     runtime: Runtime,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    files::clear_stale(&config.cache_dir);
     std::fs::create_dir_all(config.cache_dir.join("bundles"))
         .with_context(|| format!("creating {}", config.cache_dir.display()))?;
     let registry = connect_registry(&config).await?;
@@ -490,6 +492,7 @@ impl Worker {
                     fuel_used: usage.fuel,
                     memory_bytes: usage.memory_bytes,
                     progress: usage.progress,
+                    files_bytes: r.control.files_bytes.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -710,7 +713,22 @@ impl Worker {
                     .as_ref()
                     .map_or(wmig_host::REWRITER_VERSION, |(m, _, _)| m.rewriter);
                 let module = self.module_version(&spec.bundle, version).await?;
-                anyhow::Ok((module, resume))
+                // The task's files: its checkpoint's trees, or those it was
+                // submitted with, built into a working copy here.
+                let files = if options.trees.is_empty() {
+                    None
+                } else {
+                    let trees = match &resume {
+                        Some((m, _, _)) => m.files.clone(),
+                        None => self.submitted_trees(&options.trees).await?,
+                    };
+                    let none = MemChunks::new();
+                    Some(
+                        self.materialize(task, epoch, trees, &none, options.files_limit())
+                            .await?,
+                    )
+                };
+                anyhow::Ok((module, resume, files))
             }
             .await;
             attempt += 1;
@@ -727,7 +745,7 @@ impl Worker {
                 done => break done,
             }
         };
-        let (module, resume) = match prepared {
+        let (module, resume, files) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = self.reports.send(ControlRequest::Finished {
@@ -745,6 +763,7 @@ impl Worker {
             }
         };
         let mut job = self.job(task, epoch, spec, options, module, control);
+        job.files = files;
         job.resume_fetched = resume.as_ref().map_or(0, |r| r.2);
         job.resume = resume.map(|(m, c, _)| (m, c));
         self.spawn_job(task, epoch, job);
@@ -786,6 +805,7 @@ impl Worker {
             reports: self.reports.clone(),
             uploads: self.uploads.clone(),
             stdin,
+            files: None,
             release_after_start: None,
             backlog: self.backlog.clone(),
             fence: self.fence.clone(),
@@ -1025,6 +1045,16 @@ async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) 
     while let Some(up) = rx.recv().await {
         let (task, seq) = (up.task, up.manifest.seq);
         let stored = store_checkpoint(&worker, &up).await;
+        if let Some(done) = &up.end {
+            // A task's final files: nothing to report, nothing after it.
+            report::release(&up.pending);
+            if let Err(e) = &stored {
+                tracing::warn!(%task, error = %format!("{e:#}"), "final files not stored");
+                worker.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            let _ = done.send(stored.is_ok());
+            continue;
+        }
         if stored.is_ok() && up.handoff.is_none() {
             // The task may checkpoint again once the coordinator knows of
             // this one (the reporter releases it).
@@ -1083,51 +1113,18 @@ async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) 
 /// chunk bytes uploaded.
 async fn store_checkpoint(worker: &Worker, up: &Upload) -> anyhow::Result<u64> {
     let reg = &worker.registry;
-    let mut uploaded = 0u64;
-    let mut todo: Vec<&(Hash, Arc<[u8]>)> = up.chunks.iter().collect();
-    // Lease protocol: store what we are granted, skip what is stored, and
-    // wait for chunks someone else is storing right now.
-    for _ in 0..100 {
-        if todo.is_empty() {
-            break;
-        }
-        let hashes: Vec<Hash> = todo.iter().map(|(h, _)| *h).collect();
-        let answers = reg.can_store(&hashes).await?;
-        let mut put = Vec::new();
-        let mut leased = Vec::new();
-        for (c, a) in todo.into_iter().zip(answers) {
-            match a {
-                LeaseStatus::Granted => {
-                    uploaded += c.1.len() as u64;
-                    // Shares the captured bytes; no second copy of the chunk.
-                    put.push((c.0, Bytes::from_owner(c.1.clone())));
-                }
-                LeaseStatus::AlreadyStored => {}
-                LeaseStatus::Leased => leased.push(c),
-            }
-        }
-        // Through the client's batcher: chunks of every task this worker
-        // checkpoints share requests (100 chunks or 10 ms), each routed by
-        // hash. A batch that failed may be reported to another task's
-        // flush; the manifest commit below still refuses missing chunks.
-        for (h, bytes) in put {
-            reg.put_chunk(h, bytes).await;
-        }
-        reg.flush().await?;
-        todo = leased;
-        if !todo.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    anyhow::ensure!(
-        todo.is_empty(),
-        "{} chunks stayed leased by another node for 2 s",
-        todo.len()
-    );
+    // Shares the captured bytes; no second copy of a chunk.
+    let chunks: Vec<(Hash, Bytes)> = up
+        .chunks
+        .iter()
+        .map(|(h, b)| (*h, Bytes::from_owner(b.clone())))
+        .collect();
+    let uploaded = reg.store_chunks(&chunks).await?;
     reg.put_manifest(&up.manifest).await?;
-    let mut known = worker.known.lock().unwrap_or_else(|p| p.into_inner());
-    for m in &up.manifest.memories {
-        known.extend(m.chunks.iter().map(|(_, h)| *h));
-    }
+    worker
+        .known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(up.manifest.chunk_hashes());
     Ok(uploaded)
 }

@@ -20,13 +20,14 @@ use tokio::sync::mpsc;
 use wmig_host::Incoming;
 use wmig_net::stream::{read_exact, read_frame, read_payload, write_frame};
 use wmig_net::EndpointConfig;
+use wmig_proto::checkpoint::CHUNK_SIZE;
 use wmig_proto::frame::MAX_FRAME_LEN;
 use wmig_proto::wire::control::ControlRequest;
 use wmig_proto::wire::live::{LiveMessage, LiveReply, LIVE_ALPN};
 use wmig_proto::{NodeId, TaskId};
 
 use crate::exec::{
-    unix_us, LiveOut, TaskControl, FINAL_PIECE_PAGES, LIVE_END, LIVE_FINAL, LIVE_ROUND,
+    unix_us, FileRound, LiveOut, TaskControl, FINAL_PIECE_PAGES, LIVE_END, LIVE_FINAL, LIVE_ROUND,
     MAX_THROTTLE,
 };
 use crate::Worker;
@@ -213,9 +214,10 @@ async fn stream_task(
         let (mut best, mut since_best) = (u64::MAX, 0u32);
         for round in 0..MAX_ROUNDS {
             control.request_live(LIVE_ROUND);
-            let LiveOut::Round(buf) = next().await? else {
+            let LiveOut::Round(buf, files) = next().await? else {
                 anyhow::bail!("the task answered a round with something else");
             };
+            send_files(&mut send, files).await?;
             write_frame(
                 &mut send,
                 &LiveMessage::Pages {
@@ -300,7 +302,10 @@ async fn stream_task(
                 pieces += 1;
                 control.return_spare(buf);
             }
-            LiveOut::Final(fin, at) => break (fin, at),
+            LiveOut::Final(fin, at, files) => {
+                send_files(&mut send, files).await?;
+                break (fin, at);
+            }
             _ => anyhow::bail!("the task answered the final step with a round"),
         }
     };
@@ -335,6 +340,25 @@ async fn stream_task(
         LiveReply::Refused(why) => anyhow::bail!("{to} could not apply the final state: {why}"),
         other => anyhow::bail!("{to} answered the final state with {other:?}"),
     }
+}
+
+/// A round's file changes, when the task has trees.
+async fn send_files(send: &mut wmig_net::SendStream, files: FileRound) -> anyhow::Result<()> {
+    if files.trees.is_empty() {
+        return Ok(());
+    }
+    write_frame(
+        send,
+        &LiveMessage::Files {
+            trees: files.trees,
+            chunks: files.chunks.iter().map(|(h, _)| *h).collect(),
+        },
+    )
+    .await?;
+    for (_, bytes) in &files.chunks {
+        send.write_all(bytes).await?;
+    }
+    Ok(())
 }
 
 // --- target ----------------------------------------------------------------
@@ -481,6 +505,8 @@ async fn take_task(
     .context("faulting in the task's memory panicked")??;
     write_frame(send, &LiveReply::Accepted).await?;
     let max_memory = job.memory_limit_bytes();
+    let mut files: Option<crate::files::TaskFiles> = None;
+    let files_limit = job.options.files_limit();
     let (mut precopy_bytes, mut paused_bytes) = (0u64, 0u64);
     let mut round_buf = Vec::new();
     loop {
@@ -507,6 +533,36 @@ async fn take_task(
                 }
                 write_frame(send, &LiveReply::Applied(round)).await?;
             }
+            LiveMessage::Files { trees, chunks } => {
+                let max_chunks = files_limit.div_ceil(CHUNK_SIZE as u64) as usize;
+                anyhow::ensure!(
+                    chunks.len() <= max_chunks,
+                    "the source sent {} file chunks, more than the task's files limit allows",
+                    chunks.len()
+                );
+                let mut arrived = wmig_host::MemChunks::new();
+                for hash in chunks {
+                    let bytes = read_payload(recv, CHUNK_SIZE).await?;
+                    let actual = wmig_proto::Hash::of(&bytes);
+                    anyhow::ensure!(
+                        actual == hash,
+                        "file chunk {hash} arrived damaged (its bytes hash to {actual})"
+                    );
+                    arrived.insert_owned(hash, bytes);
+                }
+                let mut f = files.take().unwrap_or_else(|| {
+                    crate::files::TaskFiles::receiving(
+                        &worker.config.cache_dir,
+                        task,
+                        epoch + 1,
+                        files_limit,
+                    )
+                });
+                let f = tokio::task::spawn_blocking(move || f.apply(&trees, &arrived).map(|()| f))
+                    .await
+                    .context("updating the task's files panicked")??;
+                files = Some(f);
+            }
             LiveMessage::Final {
                 manifest,
                 memory,
@@ -519,6 +575,23 @@ async fn take_task(
                 let memory_bytes = read_payload(recv, memory.payload_len() as usize).await?;
                 let stack_bytes = read_payload(recv, stack.payload_len() as usize).await?;
                 let received_at_us = unix_us();
+                if let Some(mut f) = files.take() {
+                    anyhow::ensure!(
+                        f.trees.len() == manifest.files.len()
+                            && f.trees.iter().zip(&manifest.files).all(|(t, p)| t.last == p.tree),
+                        "the final state's files differ from those sent"
+                    );
+                    job.files = Some(
+                        tokio::task::spawn_blocking(move || f.settle().map(|()| f))
+                            .await
+                            .context("settling the task's files panicked")??,
+                    );
+                } else {
+                    anyhow::ensure!(
+                        manifest.files.is_empty(),
+                        "the final state names files that were never sent"
+                    );
+                }
                 let wasi =
                     job.wasi_config(manifest.wasi.stdout_offset, manifest.wasi.stderr_offset);
                 let t = incoming.finish(

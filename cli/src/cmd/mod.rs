@@ -6,6 +6,7 @@ pub mod coordinator;
 pub mod dashboard;
 pub mod docs;
 pub mod events;
+pub mod files;
 pub mod init;
 pub mod nodes;
 pub mod registry;

@@ -36,9 +36,20 @@ pub struct SubmitCommand {
     /// An environment variable for the guest, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_key_value)]
     env: Vec<(String, String)>,
-    /// Preopen a directory of the worker's machine: HOST::GUEST or DIR.
+    /// Give the task a directory as data: LOCAL::GUEST or DIR. The local
+    /// directory is uploaded; the task works on its own copy wherever it
+    /// runs, and its changes travel with its checkpoints (`wmig files`).
     #[arg(long = "dir")]
     dirs: Vec<String>,
+    /// Preopen a path of the worker's own machine instead: HOST::GUEST or
+    /// DIR. Its files do not travel, so the task must be pinned (--on) and
+    /// cannot be migrated.
+    #[arg(long = "host-dir")]
+    host_dirs: Vec<String>,
+    /// Most bytes the task's --dir files may take, all directories
+    /// together (default 1G).
+    #[arg(long, value_parser = crate::cmd::run::parse_size)]
+    files_limit: Option<usize>,
     /// Memory limit (bytes, or with K/M/G).
     #[arg(long, value_parser = crate::cmd::run::parse_size)]
     max_memory_size: Option<usize>,
@@ -72,15 +83,50 @@ impl SubmitCommand {
     }
 
     async fn run(self) -> anyhow::Result<i32> {
+        anyhow::ensure!(
+            self.host_dirs.is_empty() || self.on.is_some(),
+            "--host-dir names a path on one worker's machine: pin the task there with --on WORKER, \
+             or use --dir to have the directory travel with the task"
+        );
         let (bundle, name) = self.resolve_bundle().await?;
         let mut dirs = Vec::new();
-        for d in &self.dirs {
+        for d in &self.host_dirs {
             let (host, guest) = d.split_once("::").unwrap_or((d.as_str(), d.as_str()));
             // The worker runs elsewhere: give it an absolute path.
             let host = std::fs::canonicalize(host)
-                .with_context(|| format!("--dir {d}: no directory `{host}` here"))?;
+                .with_context(|| format!("--host-dir {d}: no directory `{host}` here"))?;
             dirs.push((host.display().to_string(), guest.to_owned()));
         }
+        let files_limit = self.files_limit.map(|b| b as u64);
+        let trees = if self.dirs.is_empty() {
+            Vec::new()
+        } else {
+            let registry = Target::new(self.registry.clone(), self.target.cluster.clone());
+            let client = registry.connect().await?;
+            let mut budget = files_limit.unwrap_or(wmig_proto::files::DEFAULT_FILES_LIMIT);
+            let mut trees = Vec::new();
+            for d in &self.dirs {
+                let (local, guest) = d.split_once("::").unwrap_or((d.as_str(), d.as_str()));
+                let up = crate::cmd::files::upload_tree(&client, Path::new(local), &mut budget)
+                    .await
+                    .with_context(|| format!("--dir {d}"));
+                let (hash, tree) = match up {
+                    Ok(t) => t,
+                    Err(e) => {
+                        client.close().await;
+                        return Err(e);
+                    }
+                };
+                eprintln!(
+                    "uploaded {local} for {guest}: {} files, {}",
+                    tree.files().count(),
+                    crate::cmd::registry::human(tree.bytes())
+                );
+                trees.push((hash, guest.to_owned()));
+            }
+            client.close().await;
+            trees
+        };
         let mut args = vec![name.clone()];
         args.extend(self.args.iter().cloned());
         let placement = match (&self.on, self.policy) {
@@ -103,6 +149,8 @@ impl SubmitCommand {
                 wall_limit_ms: self.timeout.map(|d| d.as_millis() as u64),
                 checkpoint_every_ms: self.checkpoint_every.map(|d| d.as_millis() as u64),
                 stdin: self.stdin,
+                trees,
+                files_limit,
             },
             placement,
         };
@@ -262,6 +310,13 @@ impl InspectCommand {
         println!("fuel used   {}", t.fuel_used);
         if let Some(m) = t.memory_bytes {
             println!("memory      {}", crate::cmd::registry::human(m));
+        }
+        if let (Some(b), Some(limit)) = (t.files_bytes, t.files_limit) {
+            println!(
+                "files       {} of {} limit",
+                crate::cmd::registry::human(b),
+                crate::cmd::registry::human(limit)
+            );
         }
         if let Some((done, total)) = t.progress {
             println!("progress    {done} of {total}");

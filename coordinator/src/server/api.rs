@@ -316,6 +316,8 @@ pub fn task_json(t: &TaskView) -> Value {
         "checkpoint": t.checkpoint_seq.map(seq_label),
         "fuel_used": t.fuel_used,
         "memory_bytes": t.memory_bytes,
+        "files_bytes": t.files_bytes,
+        "files_limit": t.files_limit,
         "progress": t.progress.map(|(done, total)| json!({ "done": done, "total": total })),
         "exit_code": t.exit_code,
         "failure": t.failure,
@@ -599,6 +601,7 @@ async fn submit(
             wall_limit_ms: b.wall_limit_ms,
             checkpoint_every_ms: b.checkpoint_every_ms,
             stdin: b.stdin,
+            ..TaskOptions::default()
         },
         placement,
     };

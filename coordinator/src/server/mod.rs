@@ -623,6 +623,9 @@ impl Shared {
             view.fuel_used = view.fuel_used.max(u.fuel_used);
             view.memory_bytes = Some(u.memory_bytes);
             view.progress = u.progress;
+            if view.files_limit.is_some() {
+                view.files_bytes = Some(u.files_bytes);
+            }
         }
         Ok(view)
     }

@@ -262,6 +262,8 @@ pub struct TaskBeat {
     pub memory_bytes: u64,
     /// What the guest last reported through the SDK (`done`, `total`).
     pub progress: Option<(u64, u64)>,
+    /// Bytes of the task's files at its last checkpoint here.
+    pub files_bytes: u64,
 }
 
 /// What a worker is told to do, on its [`ControlRequest::Attach`] stream.
@@ -370,6 +372,12 @@ pub struct TaskView {
     pub memory_bytes: Option<u64>,
     /// Progress the guest reported (`done`, `total`), from the last heartbeat.
     pub progress: Option<(u64, u64)>,
+    /// Bytes of the task's files (`--dir` trees) at its owner's last scan.
+    pub files_bytes: Option<u64>,
+    /// The limit of those files; `None` for a task without trees.
+    pub files_limit: Option<u64>,
+    /// The trees it was submitted with: (tree bundle, guest path).
+    pub trees: Vec<(Hash, String)>,
 }
 
 impl TaskView {
@@ -391,6 +399,9 @@ impl TaskView {
             started_us,
             memory_bytes: None,
             progress: None,
+            files_bytes: None,
+            files_limit: (!task.options.trees.is_empty()).then(|| task.options.files_limit()),
+            trees: task.options.trees.clone(),
         }
     }
 }

@@ -172,6 +172,9 @@ fn task_view() -> BoxedStrategy<TaskView> {
                 started_us,
                 memory_bytes,
                 progress,
+                files_bytes: memory_bytes,
+                files_limit: started_us,
+                trees: Vec::new(),
             },
         )
         .boxed()
@@ -397,14 +400,15 @@ fn command() -> BoxedStrategy<WorkerCommand> {
 }
 
 fn beat() -> BoxedStrategy<TaskBeat> {
-    (task_id(), n(), n(), n(), of((n(), n())))
+    (task_id(), n(), n(), n(), of((n(), n())), n())
         .prop_map(
-            |(task, epoch, fuel_used, memory_bytes, progress)| TaskBeat {
+            |(task, epoch, fuel_used, memory_bytes, progress, files_bytes)| TaskBeat {
                 task,
                 epoch,
                 fuel_used,
                 memory_bytes,
                 progress,
+                files_bytes,
             },
         )
         .boxed()
@@ -730,7 +734,7 @@ fn check_live_deltas(bytes: &[u8]) -> Result<(), TestCaseError> {
                 check_delta(&memory, 1 << 32)?;
                 check_delta(&stack, 1 << 32)?;
             }
-            LiveMessage::Offer { .. } => {}
+            LiveMessage::Offer { .. } | LiveMessage::Files { .. } => {}
         }
     }
     Ok(())

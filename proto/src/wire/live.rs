@@ -5,6 +5,7 @@
 //! ```text
 //! source ──Offer──────────────▶ target   module ready? instance built
 //! source ◀─Accepted─────────── target
+//! source ──Files (round k)────▶ target   changed files (tasks with trees)
 //! source ──Pages (round k)────▶ target   written into the waiting instance
 //! source ◀─Applied(k)───────── target   (then round k + 1 is taken)
 //! source ──Final──────────────▶ target   last dirty pages, stack, globals, WASI
@@ -21,7 +22,7 @@ use crate::checkpoint::Manifest;
 use crate::{Hash, NodeId, TaskId};
 
 /// ALPN of the worker-to-worker live-migration protocol.
-pub const LIVE_ALPN: &[u8] = b"wmig-live/2";
+pub const LIVE_ALPN: &[u8] = b"wmig-live/3";
 
 /// Dirty tracking and transfer grain: the host's page, not wasm's 64 KiB.
 pub const PAGE_SIZE: usize = 4096;
@@ -123,6 +124,14 @@ pub enum LiveMessage {
         round: u32,
         delta: PageDelta,
         paused: bool,
+    },
+    /// The task's file trees as they are now, and the chunks of them the
+    /// target has not been sent yet (`chunks.len()` × 64 KiB of raw bytes
+    /// follow, in this order). Sent before a round's or the final pages;
+    /// the target brings its working copy up to these trees.
+    Files {
+        trees: Vec<crate::files::PreopenTree>,
+        chunks: Vec<Hash>,
     },
     /// The task is paused for good on the source: its last pages (raw bytes
     /// of `memory`, then of `stack`, follow), and everything else the

@@ -194,6 +194,49 @@ impl RegistryClient {
         Batcher::flush(self).await
     }
 
+    /// Make sure the registry holds every chunk of `chunks` by the lease
+    /// protocol: store those granted (through the batcher, so concurrent
+    /// callers share requests), skip those already stored, and wait for
+    /// those another client is storing right now. Returns the bytes sent.
+    pub async fn store_chunks(&self, chunks: &[(Hash, Bytes)]) -> Result<u64, ClientError> {
+        let mut uploaded = 0u64;
+        let mut todo: Vec<&(Hash, Bytes)> = chunks.iter().collect();
+        for _ in 0..100 {
+            if todo.is_empty() {
+                return Ok(uploaded);
+            }
+            let hashes: Vec<Hash> = todo.iter().map(|(h, _)| *h).collect();
+            let mut leased = Vec::new();
+            for part in hashes.chunks(8192).zip(todo.chunks(8192)) {
+                let answers = self.can_store(part.0).await?;
+                for (c, a) in part.1.iter().zip(answers) {
+                    match a {
+                        LeaseStatus::Granted => {
+                            uploaded += c.1.len() as u64;
+                            self.put_chunk(c.0, c.1.clone()).await;
+                        }
+                        LeaseStatus::AlreadyStored => {}
+                        LeaseStatus::Leased => leased.push(*c),
+                    }
+                }
+            }
+            // A batch that failed may be reported to another caller's
+            // flush; a manifest or tree commit still refuses missing chunks.
+            self.flush().await?;
+            todo = leased;
+            if !todo.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Err(ClientError::Remote(wmig_proto::wire::RemoteError {
+            code: wmig_proto::wire::ErrorCode::Unavailable,
+            message: format!(
+                "{} chunks stayed leased by another client for 2 s; try again",
+                todo.len()
+            ),
+        }))
+    }
+
     /// Chunks' bytes in order, verified against their hashes. Each chunk is
     /// asked of its owners in turn, then of every other node; an owner that
     /// lacked one is given a copy.

@@ -1,0 +1,278 @@
+//! A task's files: uploading a directory as a tree (`wmig submit --dir`),
+//! and `wmig files TASK [-o DIR]`, which lists or downloads the task's
+//! current tree (its latest checkpoint's) or, once it ended, its final one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bytes::Bytes;
+use wmig_host::chunks::ChunkSink;
+use wmig_host::files::Scanner;
+use wmig_host::MemChunks;
+use wmig_proto::files::{FileTree, Node, PreopenTree};
+use wmig_proto::wire::registry::BundleRef;
+use wmig_proto::{Hash, TaskId};
+use wmig_proto::wire::ErrorCode;
+use wmig_registry::RegistryClient;
+
+use crate::cmd::control::ControlTarget;
+use crate::cmd::registry::{human, runtime, Target};
+
+/// Chunks fetched per request while downloading (32 MiB).
+const FETCH_CHUNKS: usize = 512;
+
+#[derive(Default)]
+struct Collect(Vec<(Hash, Bytes)>, std::collections::HashSet<Hash>);
+
+impl ChunkSink for Collect {
+    fn contains(&self, hash: &Hash) -> bool {
+        self.1.contains(hash)
+    }
+    fn put(&mut self, hash: Hash, bytes: &[u8]) {
+        if self.1.insert(hash) {
+            self.0.push((hash, Bytes::copy_from_slice(bytes)));
+        }
+    }
+}
+
+/// Upload the directory `local` as a tree: its chunks, then the tree as a
+/// bundle (which keeps them). `budget` is what the task's files may still
+/// take. Returns the tree's bundle hash.
+pub async fn upload_tree(
+    client: &RegistryClient,
+    local: &Path,
+    budget: &mut u64,
+) -> anyhow::Result<(Hash, FileTree)> {
+    anyhow::ensure!(
+        local.is_dir(),
+        "`{}` is not a directory here",
+        local.display()
+    );
+    let limit = *budget;
+    let (dir, mut left) = (local.to_owned(), *budget);
+    let (tree, chunks, left) = tokio::task::spawn_blocking(move || {
+        let mut sink = Collect::default();
+        let tree = Scanner::new().scan(&dir, &mut sink, &mut left, limit)?;
+        anyhow::Ok((tree, sink.0, left))
+    })
+    .await
+    .context("reading the directory panicked")??;
+    *budget = left;
+    client
+        .store_chunks(&chunks)
+        .await
+        .context("uploading the directory's chunks")?;
+    let stored = client
+        .upload_bundle(&tree.encode(), None)
+        .await
+        .context("storing the directory's tree")?;
+    Ok((stored.hash, tree))
+}
+
+#[derive(clap::Args)]
+pub struct FilesCommand {
+    task: TaskId,
+    /// Download the files into this directory (new or empty); without it
+    /// they are listed. A task with several directories gets one
+    /// subdirectory per guest path.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Machine-readable listing.
+    #[arg(long)]
+    json: bool,
+    /// Registry address (default: config.toml).
+    #[arg(long, env = "WMIG_REGISTRY")]
+    registry: Option<String>,
+    #[command(flatten)]
+    target: ControlTarget,
+}
+
+impl FilesCommand {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        runtime()?.block_on(self.run())
+    }
+
+    async fn run(self) -> anyhow::Result<i32> {
+        let view = {
+            let c = self.target.connect().await?;
+            let v = c.task(self.task).await;
+            c.close();
+            v?
+        };
+        anyhow::ensure!(
+            view.files_limit.is_some(),
+            "{} has no files: only tasks submitted with --dir LOCAL::GUEST have files that travel",
+            self.task
+        );
+        let registry = Target::new(self.registry.clone(), self.target.cluster.clone());
+        let client = registry.connect().await?;
+        let r = self.with_registry(&client, view.state).await;
+        client.close().await;
+        r
+    }
+
+    async fn with_registry(
+        &self,
+        client: &RegistryClient,
+        state: wmig_coordinator::TaskState,
+    ) -> anyhow::Result<i32> {
+        let (trees, from) = match client.manifest(self.task, None).await {
+            Ok(m) if m.end => (m.files, "final files".to_owned()),
+            Ok(m) => (
+                m.files,
+                format!(
+                    "checkpoint {}",
+                    wmig_proto::checkpoint::seq_label(m.seq)
+                ),
+            ),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                (self.submitted(client).await?, "files as submitted".into())
+            }
+            Err(e) => return Err(e).context("fetching the task's latest checkpoint"),
+        };
+        eprintln!("{} ({state}): {from}", self.task);
+        match &self.output {
+            None => list(&trees, self.json),
+            Some(out) => {
+                download(client, &trees, out).await?;
+                let bytes: u64 = trees.iter().map(|p| p.tree.bytes()).sum();
+                eprintln!("wrote {} into {}", human(bytes), out.display());
+                Ok(0)
+            }
+        }
+    }
+
+    /// The trees the task was submitted with (before its first checkpoint).
+    async fn submitted(&self, client: &RegistryClient) -> anyhow::Result<Vec<PreopenTree>> {
+        let c = self.target.connect().await?;
+        let view = c.task(self.task).await;
+        c.close();
+        let mut out = Vec::new();
+        for (hash, guest) in view?.trees {
+            let (_, bytes) = client.download_bundle(&BundleRef::Hash(hash)).await?;
+            out.push(PreopenTree {
+                guest,
+                tree: FileTree::decode(&bytes)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn list(trees: &[PreopenTree], json: bool) -> anyhow::Result<i32> {
+    if json {
+        let all: Vec<_> = trees
+            .iter()
+            .flat_map(|p| {
+                p.tree.entries.iter().map(move |e| {
+                    let (kind, len, target) = match &e.node {
+                        Node::Dir => ("dir", None, None),
+                        Node::File(f) => ("file", Some(f.len), None),
+                        Node::Symlink { target } => ("symlink", None, Some(target.clone())),
+                    };
+                    serde_json::json!({
+                        "dir": p.guest,
+                        "path": e.path,
+                        "kind": kind,
+                        "len": len,
+                        "target": target,
+                    })
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(0);
+    }
+    for p in trees {
+        for e in &p.tree.entries {
+            let path = format!("{}/{}", p.guest.trim_end_matches('/'), e.path);
+            match &e.node {
+                Node::Dir => println!("{:>10}  {path}/", "-"),
+                Node::File(f) => println!("{:>10}  {path}", f.len),
+                Node::Symlink { target } => println!("{:>10}  {path} -> {target}", "-"),
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Write `trees` under `out`, fetching chunks a group of files at a time.
+async fn download(
+    client: &RegistryClient,
+    trees: &[PreopenTree],
+    out: &Path,
+) -> anyhow::Result<()> {
+    if out.exists() {
+        anyhow::ensure!(
+            std::fs::read_dir(out)
+                .with_context(|| format!("reading {}", out.display()))?
+                .next()
+                .is_none(),
+            "{} is not empty: name a new or empty directory",
+            out.display()
+        );
+    }
+    for p in trees {
+        let dir = if trees.len() == 1 {
+            out.to_owned()
+        } else {
+            out.join(p.guest.trim_start_matches('/'))
+        };
+        let skeleton = FileTree {
+            entries: p
+                .tree
+                .entries
+                .iter()
+                .filter(|e| !matches!(e.node, Node::File(_)))
+                .cloned()
+                .collect(),
+        };
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            wmig_host::files::build(&d, &FileTree::default(), &skeleton, &MemChunks::new())
+        })
+        .await??;
+        let files: Vec<_> = p
+            .tree
+            .entries
+            .iter()
+            .filter(|e| matches!(e.node, Node::File(_)))
+            .cloned()
+            .collect();
+        let mut group = Vec::new();
+        let mut count = 0;
+        for (i, e) in files.iter().enumerate() {
+            if let Node::File(f) = &e.node {
+                count += f.chunks.len();
+            }
+            group.push(e.clone());
+            if count >= FETCH_CHUNKS || i + 1 == files.len() {
+                write_group(client, &dir, std::mem::take(&mut group)).await?;
+                count = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_group(
+    client: &RegistryClient,
+    dir: &Path,
+    group: Vec<wmig_proto::files::TreeEntry>,
+) -> anyhow::Result<()> {
+    let part = FileTree { entries: group };
+    let hashes = part.chunk_hashes();
+    let mut chunks = MemChunks::new();
+    if !hashes.is_empty() {
+        for (h, b) in hashes.iter().zip(client.get_chunks(&hashes).await?) {
+            chunks.insert_owned(*h, b);
+        }
+    }
+    // The directories exist already; `build` writes just these files.
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        wmig_host::files::build(&d, &FileTree::default(), &part, &chunks)
+    })
+    .await??;
+    Ok(())
+}
