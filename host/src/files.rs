@@ -444,7 +444,9 @@ mod tests {
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
     }
 
     fn scan(s: &mut Scanner, root: &Path, sink: &mut Sink) -> FileTree {
@@ -490,11 +492,14 @@ mod tests {
             Some(&Node::File(FileImage {
                 len: 3 * CHUNK_SIZE as u64,
                 executable: false,
-                chunks: vec![(2, Hash::of(&{
-                    let mut c = vec![0u8; CHUNK_SIZE];
-                    c[5] = 1;
-                    c
-                }))],
+                chunks: vec![(
+                    2,
+                    Hash::of(&{
+                        let mut c = vec![0u8; CHUNK_SIZE];
+                        c[5] = 1;
+                        c
+                    })
+                )],
             }))
         );
 

@@ -45,7 +45,9 @@ pub enum Node {
     File(FileImage),
     /// A symbolic link and the text it points to (resolved by the guest's
     /// WASI, which keeps it inside its preopen).
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// A regular file's bytes as chunks.
@@ -281,7 +283,10 @@ mod tests {
         ));
         let bytes = sample().encode();
         for len in 0..bytes.len() {
-            assert!(FileTree::decode(&bytes[..len]).is_err(), "truncated at {len}");
+            assert!(
+                FileTree::decode(&bytes[..len]).is_err(),
+                "truncated at {len}"
+            );
         }
     }
 }

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
+use wmig_proto::files::FileTree;
 use wmig_proto::wire::registry::{
     BundleInfo, BundleRef, BundleStored, Inventory, LeaseStatus, NameTag, PutReport, RegistryStats,
 };
-use wmig_proto::files::FileTree;
 use wmig_proto::{Hash, TaskId};
 
 use crate::config::RegistryConfig;
@@ -161,7 +161,8 @@ impl Registry {
         }
         if FileTree::is_tree(bytes) {
             // A task's files: kept, like a checkpoint, only with its chunks.
-            let tree = FileTree::decode(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+            let tree =
+                FileTree::decode(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
             if check_chunks {
                 let hashes = tree.chunk_hashes();
                 let present = self.store.contains_many(ObjectKind::Chunk, &hashes);

@@ -6,6 +6,7 @@ mod certs;
 mod cli;
 mod cluster;
 mod corpus;
+mod files;
 mod gossip;
 mod migration;
 mod netns;

@@ -900,9 +900,7 @@ impl Job {
         )?;
         if let Some(f) = &mut self.files {
             captured.manifest.files = f.scan(&mut sink)?;
-            self.control
-                .files_bytes
-                .store(f.bytes(), Ordering::Relaxed);
+            self.control.files_bytes.store(f.bytes(), Ordering::Relaxed);
         }
         let chunks = sink.new;
         drop(known);
@@ -947,9 +945,7 @@ impl Job {
             return Ok(FileRound::default());
         };
         let (trees, chunks) = f.scan_for_target()?;
-        self.control
-            .files_bytes
-            .store(f.bytes(), Ordering::Relaxed);
+        self.control.files_bytes.store(f.bytes(), Ordering::Relaxed);
         Ok(FileRound { trees, chunks })
     }
 

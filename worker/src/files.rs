@@ -97,10 +97,7 @@ impl TaskFiles {
         let trees = self.scan(&mut sink)?;
         // What the target holds once it applied these trees: a chunk sent
         // earlier whose files are gone since is sent again if it returns.
-        self.sent = trees
-            .iter()
-            .flat_map(|p| p.tree.chunk_hashes())
-            .collect();
+        self.sent = trees.iter().flat_map(|p| p.tree.chunk_hashes()).collect();
         Ok((trees, sink.out))
     }
 
@@ -119,11 +116,7 @@ impl TaskFiles {
 
     /// Bring the working copies up to `trees` (a live source's), with the
     /// chunks that came with them. Blocking.
-    pub fn apply(
-        &mut self,
-        trees: &[PreopenTree],
-        chunks: &MemChunks,
-    ) -> anyhow::Result<()> {
+    pub fn apply(&mut self, trees: &[PreopenTree], chunks: &MemChunks) -> anyhow::Result<()> {
         if self.trees.is_empty() {
             for (i, p) in trees.iter().enumerate() {
                 self.trees.push(WorkTree {
@@ -136,7 +129,11 @@ impl TaskFiles {
         }
         anyhow::ensure!(
             self.trees.len() == trees.len()
-                && self.trees.iter().zip(trees).all(|(a, b)| a.guest == b.guest),
+                && self
+                    .trees
+                    .iter()
+                    .zip(trees)
+                    .all(|(a, b)| a.guest == b.guest),
             "the source's file trees changed their preopens during the migration"
         );
         let total: u64 = trees.iter().map(|p| p.tree.bytes()).sum();
@@ -248,9 +245,10 @@ impl Worker {
                 .with_context(|| format!("building the files of {} for {task}", p.guest))?;
             let mut scanner = Scanner::new();
             let (d, t) = (dir.clone(), p.tree.clone());
-            let scanner = tokio::task::spawn_blocking(move || scanner.prime(&d, &t).map(|()| scanner))
-                .await
-                .context("building a working copy panicked")??;
+            let scanner =
+                tokio::task::spawn_blocking(move || scanner.prime(&d, &t).map(|()| scanner))
+                    .await
+                    .context("building a working copy panicked")??;
             files.trees.push(WorkTree {
                 guest: p.guest,
                 dir,

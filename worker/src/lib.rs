@@ -1050,7 +1050,11 @@ async fn uploader(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Upload>) 
             report::release(&up.pending);
             if let Err(e) = &stored {
                 tracing::warn!(%task, error = %format!("{e:#}"), "final files not stored");
-                worker.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                worker
+                    .known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
             }
             let _ = done.send(stored.is_ok());
             continue;

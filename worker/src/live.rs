@@ -578,7 +578,10 @@ async fn take_task(
                 if let Some(mut f) = files.take() {
                     anyhow::ensure!(
                         f.trees.len() == manifest.files.len()
-                            && f.trees.iter().zip(&manifest.files).all(|(t, p)| t.last == p.tree),
+                            && f.trees
+                                .iter()
+                                .zip(&manifest.files)
+                                .all(|(t, p)| t.last == p.tree),
                         "the final state's files differ from those sent"
                     );
                     job.files = Some(

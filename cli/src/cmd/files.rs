@@ -11,8 +11,8 @@ use wmig_host::files::Scanner;
 use wmig_host::MemChunks;
 use wmig_proto::files::{FileTree, Node, PreopenTree};
 use wmig_proto::wire::registry::BundleRef;
-use wmig_proto::{Hash, TaskId};
 use wmig_proto::wire::ErrorCode;
+use wmig_proto::{Hash, TaskId};
 use wmig_registry::RegistryClient;
 
 use crate::cmd::control::ControlTarget;
@@ -120,10 +120,7 @@ impl FilesCommand {
             Ok(m) if m.end => (m.files, "final files".to_owned()),
             Ok(m) => (
                 m.files,
-                format!(
-                    "checkpoint {}",
-                    wmig_proto::checkpoint::seq_label(m.seq)
-                ),
+                format!("checkpoint {}", wmig_proto::checkpoint::seq_label(m.seq)),
             ),
             Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                 (self.submitted(client).await?, "files as submitted".into())
