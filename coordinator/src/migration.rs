@@ -242,6 +242,15 @@ pub enum Refusal {
     },
     #[error("task {task} already runs on {to}")]
     AlreadyThere { task: TaskId, to: NodeId },
+    #[error(
+        "task {task} uses `{path}` of {from}'s machine (--host-dir), which does not travel; \
+         submit it with --dir LOCAL::GUEST to have its files move with it"
+    )]
+    HostDir {
+        task: TaskId,
+        from: NodeId,
+        path: String,
+    },
     /// The target cannot take one more task now.
     #[error(transparent)]
     Target(#[from] PlacementError),
@@ -358,6 +367,13 @@ impl Migrations {
             return Err(Refusal::AlreadyThere {
                 task,
                 to: to.clone(),
+            });
+        }
+        if let Some((path, _)) = t.options.dirs.first() {
+            return Err(Refusal::HostDir {
+                task,
+                from,
+                path: path.clone(),
             });
         }
         // The target must be able to take one more task right now. A pinned

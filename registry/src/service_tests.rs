@@ -290,3 +290,56 @@ fn gc_spares_recent_uploads() {
     let report = r.gc(t0).expect("gc");
     assert_eq!((report.chunks_removed, report.chunks_protected), (0, 3));
 }
+
+/// A task's files are kept as a tree bundle: it is refused while a chunk is
+/// missing, and once stored it keeps its chunks from garbage collection
+/// like a checkpoint does.
+#[test]
+fn a_tree_bundle_needs_its_chunks_and_keeps_them() {
+    use wmig_proto::files::{FileImage, FileTree, Node, TreeEntry};
+    let config = RegistryConfig {
+        gc_grace: Duration::ZERO,
+        ..RegistryConfig::default()
+    };
+    let r = registry(config);
+    let t0 = Instant::now();
+    let tree = |hashes: &[Hash]| FileTree {
+        entries: vec![
+            TreeEntry {
+                path: "d".into(),
+                node: Node::Dir,
+            },
+            TreeEntry {
+                path: "d/f".into(),
+                node: Node::File(FileImage {
+                    len: (hashes.len() * CHUNK_SIZE) as u64,
+                    executable: false,
+                    chunks: hashes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, h)| (i as u32, *h))
+                        .collect(),
+                }),
+            },
+        ],
+    };
+    let absent = Hash::of(&chunk(99));
+    let bytes = tree(&[absent]).encode();
+    match r.put_bundle(Hash::of(&bytes), &bytes, None) {
+        Err(RegistryError::MissingChunks { first, .. }) => assert_eq!(first, absent),
+        other => panic!("expected MissingChunks, got {other:?}"),
+    }
+    let hashes = store_chunks(&r, 0..4, t0);
+    let bytes = tree(&hashes[..2]).encode();
+    r.put_bundle(Hash::of(&bytes), &bytes, None)
+        .expect("stored with its chunks");
+    let report = r.gc(t0).expect("gc");
+    assert_eq!(report.chunks_removed, 2, "only the unreferenced two");
+    assert_eq!(r.has_prefix(&hashes[..2], t0), 2);
+    // A damaged tree is refused by what is wrong with it.
+    let mut bad = tree(&hashes[..1]);
+    bad.entries.remove(0);
+    let bytes = bad.encode();
+    let e = r.put_bundle(Hash::of(&bytes), &bytes, None).unwrap_err();
+    assert!(e.to_string().contains("without its directory"), "{e}");
+}

@@ -13,14 +13,14 @@ use wmig_tests::artifacts;
 use crate::cluster::{kill9, wait_until, Up};
 
 /// The API of one cluster, as a browser or a script sees it.
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: String,
     agent: ureq::Agent,
 }
 
 impl Api {
-    fn of(up: &Up) -> Api {
+    pub(crate) fn of(up: &Up) -> Api {
         let config = std::fs::read_to_string(up.dir.join("config.toml")).expect("config.toml");
         let http = config
             .lines()
@@ -67,8 +67,23 @@ impl Api {
         Self::read(resp, path)
     }
 
+    /// GET of raw bytes that must succeed.
+    pub(crate) fn bytes(&self, path: &str) -> Vec<u8> {
+        let mut resp = self
+            .agent
+            .get(self.url(path))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        resp.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}"))
+    }
+
     /// GET that must succeed.
-    fn ok(&self, path: &str) -> Value {
+    pub(crate) fn ok(&self, path: &str) -> Value {
         let (status, v) = self.get(path);
         assert_eq!(status, 200, "GET {path}: {v}");
         v

@@ -165,6 +165,24 @@ fn a_task_s_files_survive_five_migrations_and_a_kill_and_match_wasmtime() {
     same_trees(&out, &reference);
     let listing = up.ok(&["files", &id]);
     assert!(listing.contains("/data/work/r70.txt"), "{listing}");
+    // The HTTP API lists them and serves each.
+    let api = crate::api::Api::of(&up);
+    let v = api.ok(&format!("/api/tasks/{id}/files"));
+    assert_eq!(v["from"], "final", "{v}");
+    let log = v["files"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["path"] == "/data/log.txt"))
+        .unwrap_or_else(|| panic!("log.txt listed: {v}"));
+    let want = std::fs::read(reference.join("log.txt")).expect("reference log");
+    assert_eq!(log["len"], want.len());
+    assert_eq!(
+        api.bytes(&format!("/api/tasks/{id}/files/data/log.txt")),
+        want
+    );
+    assert_eq!(
+        api.bytes(&format!("/api/tasks/{id}/files/data/big.bin")),
+        std::fs::read(reference.join("big.bin")).expect("reference big.bin")
+    );
     // The submitted directory itself was never written.
     assert_eq!(tree_of(&input), before);
 }
@@ -175,7 +193,7 @@ fn limits_and_host_paths_are_clear_errors() {
     let input = dir.path().join("input");
     input_dir(&input);
     let data = format!("{}::/data", input.display());
-    let up = Up::start_with(1, FAST);
+    let up = Up::start_with(2, FAST);
 
     // Too large to upload.
     let e = up.fails(&[
@@ -208,9 +226,23 @@ fn limits_and_host_paths_are_clear_errors() {
         "{t}"
     );
 
-    // A host path must be pinned.
+    // A host path must be pinned, and does not move.
     let e = up.fails(&["submit", artifacts::FILEWORK, "--host-dir", &data]);
     assert!(e.contains("--on WORKER"), "{e}");
+    let host = dir.path().join("host");
+    copy_dir(&input, &host);
+    let host = format!("{}::/data", host.display());
+    let id = up.submit(
+        artifacts::FILEWORK,
+        &["--host-dir", &host, "--on", "worker-1"],
+        &["400", "50"],
+    );
+    wait_until("the task writes", Duration::from_secs(30), || {
+        task(&up, &id)["stdout_bytes"].as_u64() > Some(0)
+    });
+    let e = up.fails(&["migrate", &id, "worker-2"]);
+    assert!(e.contains("does not travel"), "{e}");
+    up.ok(&["cancel", &id]);
     // A task without trees has no files to show.
     let id = up.submit(artifacts::EXIT_CODE, &[], &["0"]);
     let e = up.fails(&["files", &id]);

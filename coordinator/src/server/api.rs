@@ -79,6 +79,8 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/api/tasks", get(list_tasks).post(submit))
         .route("/api/tasks/{id}", get(one_task))
         .route("/api/tasks/{id}/output", get(output))
+        .route("/api/tasks/{id}/files", get(files))
+        .route("/api/tasks/{id}/files/{*path}", get(file))
         .route("/api/tasks/{id}/cancel", post(cancel))
         .route("/api/tasks/{id}/input", post(input))
         .route("/api/tasks/{id}/checkpoint", post(checkpoint))
@@ -782,6 +784,116 @@ async fn connect_registry(shared: &Shared) -> Result<RegistryClient, ApiError> {
                 format!("could not reach the registry at {addr}: {e}"),
             )
         })
+}
+
+/// A task's trees: its final ones once it ended, else its latest
+/// checkpoint's, else those it was submitted with; and which they are.
+async fn task_trees(
+    shared: &Shared,
+    id: &str,
+) -> Result<(Vec<wmig_proto::files::PreopenTree>, String, RegistryClient), ApiError> {
+    let task = task_id(id)?;
+    let view = shared.task_view(&mut shared.lock(), task)?;
+    if view.files_limit.is_none() {
+        return Err(ApiError::not_found(format!(
+            "{task} has no files: only tasks submitted with --dir LOCAL::GUEST have files that travel"
+        )));
+    }
+    let client = registry_client(shared).await?;
+    let gateway =
+        |e: ClientError| ApiError::unavailable(format!("the registry did not answer: {e}"));
+    match client.manifest(task, None).await {
+        Ok(m) if m.end => Ok((m.files, "final".into(), client)),
+        Ok(m) => Ok((m.files, format!("checkpoint {}", seq_label(m.seq)), client)),
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+            let mut trees = Vec::new();
+            for (hash, guest) in view.trees {
+                let (_, bytes) = client
+                    .download_bundle(&wmig_proto::wire::registry::BundleRef::Hash(hash))
+                    .await
+                    .map_err(gateway)?;
+                let tree = wmig_proto::files::FileTree::decode(&bytes)
+                    .map_err(|e| ApiError::unavailable(format!("tree {hash}: {e}")))?;
+                trees.push(wmig_proto::files::PreopenTree { guest, tree });
+            }
+            Ok((trees, "submitted".into(), client))
+        }
+        Err(e) => {
+            registry_failed(shared).await;
+            Err(gateway(e))
+        }
+    }
+}
+
+/// `GET /api/tasks/{id}/files`: every entry of the task's trees.
+async fn files(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+    use wmig_proto::files::Node;
+    let (trees, from, _) = task_trees(&shared, &id).await?;
+    let entries: Vec<Value> = trees
+        .iter()
+        .flat_map(|p| {
+            p.tree.entries.iter().map(move |e| {
+                let path = format!("{}/{}", p.guest.trim_end_matches('/'), e.path);
+                match &e.node {
+                    Node::Dir => json!({ "path": path, "kind": "dir" }),
+                    Node::File(f) => json!({ "path": path, "kind": "file", "len": f.len }),
+                    Node::Symlink { target } => {
+                        json!({ "path": path, "kind": "symlink", "target": target })
+                    }
+                }
+            })
+        })
+        .collect();
+    ok(json!({ "task": id, "from": from, "files": entries }))
+}
+
+/// `GET /api/tasks/{id}/files/{path}`: one file's bytes (`path` is the
+/// guest path without its leading `/`, e.g. `data/out.txt`).
+async fn file(
+    State(shared): State<Arc<Shared>>,
+    Path((id, path)): Path<(String, String)>,
+) -> ApiResult {
+    use wmig_proto::checkpoint::CHUNK_SIZE;
+    use wmig_proto::files::Node;
+    let (trees, _, client) = task_trees(&shared, &id).await?;
+    let wanted = format!("/{}", path.trim_start_matches('/'));
+    let found = trees.iter().find_map(|p| {
+        let rel = wanted
+            .strip_prefix(p.guest.trim_end_matches('/'))?
+            .strip_prefix('/')?;
+        match p.tree.get(rel) {
+            Some(Node::File(f)) => Some(f.clone()),
+            _ => None,
+        }
+    });
+    let Some(f) = found else {
+        return Err(ApiError::not_found(format!(
+            "{id} has no file {wanted}; GET /api/tasks/{id}/files lists them"
+        )));
+    };
+    const MAX_DOWNLOAD: u64 = 256 << 20;
+    if f.len > MAX_DOWNLOAD {
+        return Err(ApiError::invalid(format!(
+            "{wanted} is {} bytes, more than this endpoint serves ({MAX_DOWNLOAD}); use `wmig files {id} -o DIR`",
+            f.len
+        )));
+    }
+    let hashes: Vec<_> = f.chunks.iter().map(|(_, h)| *h).collect();
+    let chunks = client
+        .get_chunks(&hashes)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the registry did not answer: {e}")))?;
+    let mut bytes = vec![0u8; f.len as usize];
+    for ((idx, _), c) in f.chunks.iter().zip(chunks) {
+        let at = *idx as usize * CHUNK_SIZE;
+        let n = (bytes.len() - at).min(c.len());
+        bytes[at..at + n].copy_from_slice(&c[..n]);
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn registry(State(shared): State<Arc<Shared>>) -> ApiResult {
