@@ -506,6 +506,9 @@ async fn take_task(
     write_frame(send, &LiveReply::Accepted).await?;
     let max_memory = job.memory_limit_bytes();
     let mut files: Option<crate::files::TaskFiles> = None;
+    // File chunk bytes not yet counted: pre-copy if pages of a running
+    // round follow them, else part of the pause.
+    let mut file_bytes = 0u64;
     let files_limit = job.options.files_limit();
     let (mut precopy_bytes, mut paused_bytes) = (0u64, 0u64);
     let mut round_buf = Vec::new();
@@ -526,7 +529,7 @@ async fn take_task(
                 if paused {
                     paused_bytes += bytes.len() as u64;
                 } else {
-                    precopy_bytes += bytes.len() as u64;
+                    precopy_bytes += bytes.len() as u64 + std::mem::take(&mut file_bytes);
                     if round == 0 {
                         fault("live-target-after-round").await;
                     }
@@ -548,6 +551,7 @@ async fn take_task(
                         actual == hash,
                         "file chunk {hash} arrived damaged (its bytes hash to {actual})"
                     );
+                    file_bytes += bytes.len() as u64;
                     arrived.insert_owned(hash, bytes);
                 }
                 let mut f = files.take().unwrap_or_else(|| {
@@ -603,7 +607,9 @@ async fn take_task(
                     (&memory, &memory_bytes),
                     (&stack, &stack_bytes),
                 )?;
-                let delta_bytes = paused_bytes + (memory_bytes.len() + stack_bytes.len()) as u64;
+                let delta_bytes = paused_bytes
+                    + file_bytes
+                    + (memory_bytes.len() + stack_bytes.len()) as u64;
                 tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final applied");
                 let applied_at_us = unix_us();
                 job.arrived = Some((t, manifest.seq));

@@ -829,6 +829,7 @@ async fn task_trees(
 async fn files(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
     use wmig_proto::files::Node;
     let (trees, from, _) = task_trees(&shared, &id).await?;
+    let id = id.as_str();
     let entries: Vec<Value> = trees
         .iter()
         .flat_map(|p| {
@@ -836,7 +837,12 @@ async fn files(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Api
                 let path = format!("{}/{}", p.guest.trim_end_matches('/'), e.path);
                 match &e.node {
                     Node::Dir => json!({ "path": path, "kind": "dir" }),
-                    Node::File(f) => json!({ "path": path, "kind": "file", "len": f.len }),
+                    Node::File(f) => json!({
+                        "path": path,
+                        "kind": "file",
+                        "len": f.len,
+                        "url": format!("/api/tasks/{id}/files{path}"),
+                    }),
                     Node::Symlink { target } => {
                         json!({ "path": path, "kind": "symlink", "target": target })
                     }

@@ -8,6 +8,10 @@
 //! checksum. It sleeps SLEEP_MS between rounds, so it can be caught both
 //! running and asleep in a WASI call.
 //!
+//! `filework touch [ROUNDS=40] [SLEEP_MS=50]` changes one file only: it
+//! appends a line to `/data/log.txt` each round and leaves the rest of
+//! `/data` alone (the benchmark of what a checkpoint carries).
+//!
 //! Deterministic: the same input gives the same stdout and the same final
 //! files, however often the task is paused, moved or recovered.
 
@@ -17,10 +21,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let touch = args.next_if(|a| a == "touch").is_some();
     let rounds: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(40);
     let sleep_ms: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(50);
-    match run(rounds, sleep_ms) {
+    let r = if touch {
+        run_touch(rounds, sleep_ms)
+    } else {
+        run(rounds, sleep_ms)
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("filework: {e}");
@@ -33,6 +43,19 @@ fn fnv(seed: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+fn run_touch(rounds: u32, sleep_ms: u64) -> std::io::Result<()> {
+    for r in 1..=rounds {
+        let mut log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open("/data/log.txt")?;
+        writeln!(log, "round {r}")?;
+        println!("round {r}");
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+    }
+    Ok(())
 }
 
 fn run(rounds: u32, sleep_ms: u64) -> std::io::Result<()> {
