@@ -238,7 +238,9 @@ fn main() -> anyhow::Result<()> {
         measure(&cli, &big, "1 file + 100 MiB", wasm)?,
     ];
     println!();
-    println!("task files: one file appended every 100 ms; checkpoints every 300 ms; medians of 3 moves");
+    println!(
+        "task files: one file appended every 100 ms; checkpoints every 300 ms; medians of 3 moves"
+    );
     println!(
         "| tree | submit | sent per checkpoint | tree listing | live downtime | live total | live moved | cold downtime | cold total | cold moved |"
     );

@@ -569,7 +569,7 @@ mod tests {
         assert!(!out.join("f").exists());
         // Into an empty directory the same source is not enough.
         let empty = tempfile::tempdir().expect("tmp");
-        let err = build(empty.path(), &FileTree::default(), &t2, &only).unwrap_err();
+        let err = build(empty.path(), &FileTree::default(), &t2, &only).expect_err("refused");
         assert!(err.to_string().contains("of `f` is not available"), "{err}");
     }
 
@@ -581,7 +581,7 @@ mod tests {
         let mut budget = 1000;
         let err = Scanner::new()
             .scan(src.path(), &mut Sink::default(), &mut budget, 1000)
-            .unwrap_err();
+            .expect_err("refused");
         assert!(err.to_string().contains("limit of 1000 bytes"), "{err}");
     }
 }

@@ -261,13 +261,19 @@ mod tests {
     fn bad_trees_are_refused_with_the_reason() {
         let mut t = sample();
         t.entries.swap(0, 1);
-        assert!(t.validate().unwrap_err().contains("out of order"));
+        assert!(t.validate().expect_err("refused").contains("out of order"));
         let mut t = sample();
         t.entries.remove(0);
-        assert!(t.validate().unwrap_err().contains("without its directory"));
+        assert!(t
+            .validate()
+            .expect_err("refused")
+            .contains("without its directory"));
         let mut t = sample();
         t.entries[3] = entry("c", file(3, &[(1, 1)]));
-        assert!(t.validate().unwrap_err().contains("beyond its length"));
+        assert!(t
+            .validate()
+            .expect_err("refused")
+            .contains("beyond its length"));
         for bad in ["", "/abs", "a/../b", "./a", "a//b", "a/"] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }

@@ -340,6 +340,8 @@ fn a_tree_bundle_needs_its_chunks_and_keeps_them() {
     let mut bad = tree(&hashes[..1]);
     bad.entries.remove(0);
     let bytes = bad.encode();
-    let e = r.put_bundle(Hash::of(&bytes), &bytes, None).unwrap_err();
+    let e = r
+        .put_bundle(Hash::of(&bytes), &bytes, None)
+        .expect_err("refused");
     assert!(e.to_string().contains("without its directory"), "{e}");
 }

@@ -944,9 +944,9 @@ impl Job {
         let Some(f) = &mut self.files else {
             return Ok(FileRound::default());
         };
-        let (trees, chunks) = f.scan_for_target()?;
+        let round = f.scan_for_target()?;
         self.control.files_bytes.store(f.bytes(), Ordering::Relaxed);
-        Ok(FileRound { trees, chunks })
+        Ok(round)
     }
 
     /// The task has ended: store its final tree in the registry (as a

@@ -87,9 +87,7 @@ impl TaskFiles {
 
     /// Scan for a live-migration target: chunks it has not been sent go
     /// to `out` (and count as sent).
-    pub fn scan_for_target(
-        &mut self,
-    ) -> Result<(Vec<PreopenTree>, Vec<(Hash, Arc<[u8]>)>), FilesError> {
+    pub fn scan_for_target(&mut self) -> Result<crate::exec::FileRound, FilesError> {
         let mut sink = NotSent {
             sent: std::mem::take(&mut self.sent),
             out: Vec::new(),
@@ -98,7 +96,10 @@ impl TaskFiles {
         // What the target holds once it applied these trees: a chunk sent
         // earlier whose files are gone since is sent again if it returns.
         self.sent = trees.iter().flat_map(|p| p.tree.chunk_hashes()).collect();
-        Ok((trees, sink.out))
+        Ok(crate::exec::FileRound {
+            trees,
+            chunks: sink.out,
+        })
     }
 
     /// A live-migration target's working copies, empty until the source's

@@ -607,9 +607,8 @@ async fn take_task(
                     (&memory, &memory_bytes),
                     (&stack, &stack_bytes),
                 )?;
-                let delta_bytes = paused_bytes
-                    + file_bytes
-                    + (memory_bytes.len() + stack_bytes.len()) as u64;
+                let delta_bytes =
+                    paused_bytes + file_bytes + (memory_bytes.len() + stack_bytes.len()) as u64;
                 tracing::debug!(%task, since_pause_us = unix_us().saturating_sub(paused_at_us), "live final applied");
                 let applied_at_us = unix_us();
                 job.arrived = Some((t, manifest.seq));
