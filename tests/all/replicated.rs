@@ -349,11 +349,16 @@ fn a_coordinator_on_a_fresh_disk_takes_over_with_every_task_and_node() {
 
     // coordinator-1's machine dies with its disk; a new machine takes its
     // address with an empty data directory.
-    let all = coordinators(&up);
-    let one = all
-        .iter()
-        .find(|c| c["name"] == "coordinator-1")
-        .expect("coordinator-1");
+    // Listed from its presence in etcd, which a loaded machine may let
+    // lapse for a moment: wait for it.
+    let mut one = Value::Null;
+    wait_until("coordinator-1 is listed", Duration::from_secs(30), || {
+        one = coordinators(&up)
+            .into_iter()
+            .find(|c| c["name"] == "coordinator-1")
+            .unwrap_or(Value::Null);
+        !one.is_null()
+    });
     let addr = one["addr"].as_str().unwrap_or_default().to_owned();
     kill9(one["pid"].as_u64().unwrap_or_default());
     // (A follower keeps nothing there; a former leader keeps its cache.)
