@@ -18,9 +18,17 @@
 //!   files travel while the task runs, the pause carries what changed) and
 //!   cold (`--no-precopy`: everything during the pause), and the bytes
 //!   each moved. Medians of 3 moves each way.
+//!
+//! The same for third-party code: `archiver` (bench/corpus/rust/archiver:
+//! the `tar` and `flate2` crates from crates.io) backs up a 15 MiB source
+//! directory each round and restores and checks the previous backup, so it
+//! rewrites ~17 MiB of files per round. And its run time (4 rounds) under
+//! the wasmtime CLI on a precompiled module (`wasmtime run --dir`), under
+//! `wmig run --dir` (local, no checkpoints), and as a cluster task from
+//! `wmig submit --dir` to `wmig wait`, checkpointing every 300 ms.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -149,15 +157,12 @@ fn moves(cli: &Cli, id: &str, n: usize, cold: bool) -> anyhow::Result<(f64, f64,
     Ok((median(down), median(total), median(bytes)))
 }
 
-fn measure(cli: &Cli, tree: &Path, label: &str, wasm: &str) -> anyhow::Result<Row> {
+fn measure(cli: &Cli, tree: &Path, label: &str, wasm: &str, args: &[&str]) -> anyhow::Result<Row> {
     let data = format!("{}::/data", tree.display());
     let t = Instant::now();
-    let id = cli
-        .ok(&[
-            "submit", wasm, "--dir", &data, "--on", "worker-1", "--", "touch", "100000", "100",
-        ])?
-        .trim()
-        .to_owned();
+    let mut submit = vec!["submit", wasm, "--dir", &data, "--on", "worker-1", "--"];
+    submit.extend_from_slice(args);
+    let id = cli.ok(&submit)?.trim().to_owned();
     let submit_ms = t.elapsed().as_secs_f64() * 1e3;
     let deadline = Instant::now() + Duration::from_secs(60);
     while cli.seq(&id)? == 0 {
@@ -200,6 +205,91 @@ fn measure(cli: &Cli, tree: &Path, label: &str, wasm: &str) -> anyhow::Result<Ro
     })
 }
 
+/// `archiver`'s source directory: 40 text files of random words (15 MiB).
+fn make_sources(at: &Path) -> anyhow::Result<()> {
+    let dir = at.join("src/docs");
+    std::fs::create_dir_all(&dir)?;
+    let words: Vec<&str> =
+        "alpha beta gamma delta wasm task migrate registry chunk tree file worker coordinator epoch lease"
+            .split(' ')
+            .collect();
+    let mut x: u32 = 1;
+    for i in 0..40 {
+        let mut text = String::new();
+        for _ in 0..60_000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345) & 0x7fff_ffff;
+            text.push_str(words[x as usize % words.len()]);
+            text.push(' ');
+        }
+        std::fs::write(dir.join(format!("{i:02}.txt")), text)?;
+    }
+    Ok(())
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Build `archiver` for wasm32-wasip1 from the corpus workspace.
+fn build_archiver() -> anyhow::Result<PathBuf> {
+    let target = repo().join("target/corpus-files");
+    let status = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-q",
+            "--target",
+            "wasm32-wasip1",
+        ])
+        .args(["-p", "archiver", "--manifest-path"])
+        .arg(repo().join("bench/corpus/rust/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()?;
+    anyhow::ensure!(status.success(), "building archiver failed");
+    Ok(target.join("wasm32-wasip1/release/archiver.wasm"))
+}
+
+fn wasmtime_cli() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WASMTIME") {
+        return Ok(p.into());
+    }
+    let out = Command::new(repo().join("scripts/install-wasmtime-ref"))
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "installing the wasmtime CLI failed");
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Seconds of `cmd` run to success, with a fresh copy of the sources.
+fn timed(cmd: &mut Command, fresh: &Path, sources: &Path) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_dir_all(fresh);
+    copy_dir(sources, fresh)?;
+    let t = Instant::now();
+    let o = cmd.output()?;
+    let s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(s)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &t)?;
+        } else {
+            std::fs::copy(e.path(), t)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let tmp = tempfile::TempDir::new()?;
     let root = tmp.path();
@@ -209,6 +299,10 @@ fn main() -> anyhow::Result<()> {
     let big = root.join("big");
     make_tree(&small, 0)?;
     make_tree(&big, 100)?;
+    let sources = root.join("sources");
+    make_sources(&sources)?;
+    let archiver = build_archiver()?;
+    let archiver = archiver.display().to_string();
     let wasm = wmig_tests::artifacts::FILEWORK;
     let mut child = Command::new(env!("CARGO_BIN_EXE_wmig"))
         .env("WMIG_CLUSTER", &dir)
@@ -233,10 +327,67 @@ fn main() -> anyhow::Result<()> {
         dir: &dir,
         cache: &cache,
     };
+    let touch = ["touch", "100000", "100"];
     let rows = [
-        measure(&cli, &small, "1 file (6 B)", wasm)?,
-        measure(&cli, &big, "1 file + 100 MiB", wasm)?,
+        measure(&cli, &small, "filework: 1 file (6 B)", wasm, &touch)?,
+        measure(&cli, &big, "filework: 1 file + 100 MiB", wasm, &touch)?,
+        measure(
+            &cli,
+            &sources,
+            "archiver (tar + flate2): 15 MiB",
+            &archiver,
+            &["100000"],
+        )?,
     ];
+
+    // Run time of 4 rounds of archiver, medians of 3.
+    let wasmtime = wasmtime_cli()?;
+    let cwasm = root.join("archiver.cwasm");
+    let o = Command::new(&wasmtime)
+        .args(["compile", &archiver, "-o"])
+        .arg(&cwasm)
+        .output()?;
+    anyhow::ensure!(o.status.success(), "wasmtime compile failed");
+    let fresh = root.join("fresh");
+    let dir_arg = format!("{}::/data", fresh.display());
+    // Warm wmig's module cache first.
+    timed(
+        cli.cmd(&["run", "--dir", &dir_arg, &archiver, "1"])
+            .stdout(Stdio::null()),
+        &fresh,
+        &sources,
+    )?;
+    let (mut wt, mut wr, mut wc) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        wt.push(timed(
+            Command::new(&wasmtime)
+                .args(["run", "--allow-precompiled", "--dir", &dir_arg])
+                .arg(&cwasm)
+                .arg("4"),
+            &fresh,
+            &sources,
+        )?);
+        wr.push(timed(
+            &mut cli.cmd(&["run", "--dir", &dir_arg, &archiver, "4"]),
+            &fresh,
+            &sources,
+        )?);
+        let t = Instant::now();
+        let id = cli
+            .ok(&[
+                "submit",
+                &archiver,
+                "--dir",
+                &format!("{}::/data", sources.display()),
+                "--",
+                "4",
+            ])?
+            .trim()
+            .to_owned();
+        cli.ok(&["wait", &id, "--timeout", "300s"])?;
+        wc.push(t.elapsed().as_secs_f64());
+    }
+    let (wt, wr, wc) = (median(wt), median(wr), median(wc));
     println!();
     println!(
         "task files: one file appended every 100 ms; checkpoints every 300 ms; medians of 3 moves"
@@ -260,5 +411,16 @@ fn main() -> anyhow::Result<()> {
             human(r.cold.2),
         );
     }
+    println!();
+    println!(
+        "archiver (tar + flate2 from crates.io), 4 rounds over a 15 MiB directory, medians of 3"
+    );
+    println!("| wasmtime CLI (precompiled) | wmig run | ratio | cluster task (submit → wait, checkpoints every 300 ms) | ratio |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {wt:.2} s | {wr:.2} s | {:.2}× | {wc:.2} s | {:.2}× |",
+        wr / wt,
+        wc / wt
+    );
     Ok(())
 }

@@ -722,11 +722,19 @@ impl Worker {
                         Some((m, _, _)) => m.files.clone(),
                         None => self.submitted_trees(&options.trees).await?,
                     };
+                    // Built from the registry's chunks: the first checkpoint
+                    // here need not read or offer any of them again.
+                    let stored: Vec<Hash> =
+                        trees.iter().flat_map(|p| p.tree.chunk_hashes()).collect();
                     let none = MemChunks::new();
-                    Some(
-                        self.materialize(task, epoch, trees, &none, options.files_limit())
-                            .await?,
-                    )
+                    let files = self
+                        .materialize(task, epoch, trees, &none, options.files_limit())
+                        .await?;
+                    self.known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(stored);
+                    Some(files)
                 };
                 anyhow::Ok((module, resume, files))
             }

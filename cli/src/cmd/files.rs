@@ -21,23 +21,31 @@ use crate::cmd::registry::{human, runtime, Target};
 /// Chunks fetched per request while downloading (32 MiB).
 const FETCH_CHUNKS: usize = 512;
 
-#[derive(Default)]
-struct Collect(Vec<(Hash, Bytes)>, std::collections::HashSet<Hash>);
+/// Chunks uploaded per batch while a directory is read (16 MiB): reading
+/// waits for the upload beyond that, so a large tree is never held whole.
+const UPLOAD_BATCH: usize = 256;
 
-impl ChunkSink for Collect {
+/// Hands each new chunk to the uploader, waiting when it is behind.
+struct Stream {
+    tx: tokio::sync::mpsc::Sender<(Hash, Bytes)>,
+    seen: std::collections::HashSet<Hash>,
+}
+
+impl ChunkSink for Stream {
     fn contains(&self, hash: &Hash) -> bool {
-        self.1.contains(hash)
+        self.seen.contains(hash)
     }
     fn put(&mut self, hash: Hash, bytes: &[u8]) {
-        if self.1.insert(hash) {
-            self.0.push((hash, Bytes::copy_from_slice(bytes)));
+        // A closed channel means the upload failed; its error is reported.
+        if self.seen.insert(hash) {
+            let _ = self.tx.blocking_send((hash, Bytes::copy_from_slice(bytes)));
         }
     }
 }
 
-/// Upload the directory `local` as a tree: its chunks, then the tree as a
-/// bundle (which keeps them). `budget` is what the task's files may still
-/// take. Returns the tree's bundle hash.
+/// Upload the directory `local` as a tree: its chunks as they are read,
+/// then the tree as a bundle (which keeps them). `budget` is what the
+/// task's files may still take. Returns the tree's bundle hash.
 pub async fn upload_tree(
     client: &RegistryClient,
     local: &Path,
@@ -50,18 +58,32 @@ pub async fn upload_tree(
     );
     let limit = *budget;
     let (dir, mut left) = (local.to_owned(), *budget);
-    let (tree, chunks, left) = tokio::task::spawn_blocking(move || {
-        let mut sink = Collect::default();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(UPLOAD_BATCH);
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut sink = Stream {
+            tx,
+            seen: std::collections::HashSet::new(),
+        };
         let tree = Scanner::new().scan(&dir, &mut sink, &mut left, limit)?;
-        anyhow::Ok((tree, sink.0, left))
-    })
-    .await
-    .context("reading the directory panicked")??;
-    *budget = left;
+        anyhow::Ok((tree, left))
+    });
+    let mut batch = Vec::with_capacity(UPLOAD_BATCH);
+    while let Some(c) = rx.recv().await {
+        batch.push(c);
+        if batch.len() >= UPLOAD_BATCH {
+            client
+                .store_chunks(&batch)
+                .await
+                .context("uploading the directory's chunks")?;
+            batch.clear();
+        }
+    }
+    let (tree, left) = scan.await.context("reading the directory panicked")??;
     client
-        .store_chunks(&chunks)
+        .store_chunks(&batch)
         .await
         .context("uploading the directory's chunks")?;
+    *budget = left;
     let stored = client
         .upload_bundle(&tree.encode(), None)
         .await
