@@ -388,12 +388,14 @@ fn write_file(
     source: &dyn ChunkSource,
     mtime: SystemTime,
 ) -> Result<u64, FilesError> {
-    let tmp = host.with_file_name(format!(
-        ".wmig-{}.tmp",
-        host.file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-    ));
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    // A randomly named file beside it: no name of the tree's own can clash.
+    let dir = host.parent().unwrap_or(host);
+    let tmp_file = tempfile::Builder::new()
+        .prefix(".wmig-")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    let tmp = tmp_file.path().to_owned();
+    let mut f = tmp_file.as_file().try_clone().map_err(io(&tmp))?;
     for (idx, hash) in &image.chunks {
         let offset = u64::from(*idx) * CHUNK_SIZE as u64;
         let want = (image.len - offset).min(CHUNK_SIZE as u64) as usize;
@@ -414,7 +416,7 @@ fn write_file(
         .map_err(io(&tmp))?;
     f.set_modified(mtime).map_err(io(&tmp))?;
     drop(f);
-    fs::rename(&tmp, host).map_err(io(host))?;
+    tmp_file.persist(host).map_err(|e| io(host)(e.error))?;
     Ok(image.len)
 }
 

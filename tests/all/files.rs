@@ -22,7 +22,7 @@ fn task(up: &Up, id: &str) -> Value {
 }
 
 /// The reference `wasmtime` CLI, installed once per target dir.
-fn wasmtime_cli() -> PathBuf {
+pub(crate) fn wasmtime_cli() -> PathBuf {
     if let Some(p) = std::env::var_os("WASMTIME") {
         return p.into();
     }
@@ -37,7 +37,7 @@ fn wasmtime_cli() -> PathBuf {
 }
 
 /// The input directory: a text file and a nested binary one.
-fn input_dir(at: &Path) {
+pub(crate) fn input_dir(at: &Path) {
     std::fs::create_dir_all(at.join("nested")).expect("mkdir");
     let text: String = (1..=400)
         .map(|i| format!("line {i} of the input\n"))
@@ -47,7 +47,7 @@ fn input_dir(at: &Path) {
     std::fs::write(at.join("nested/data.bin"), bin).expect("write data");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read dir").flatten() {
         let t = to.join(e.file_name());
@@ -60,7 +60,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Every path under `dir` with its kind and bytes.
-fn tree_of(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+pub(crate) fn tree_of(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -82,7 +82,7 @@ fn tree_of(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     out
 }
 
-fn same_trees(ours: &Path, theirs: &Path) {
+pub(crate) fn same_trees(ours: &Path, theirs: &Path) {
     let (a, b) = (tree_of(ours), tree_of(theirs));
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
@@ -94,6 +94,20 @@ fn same_trees(ours: &Path, theirs: &Path) {
     }
 }
 
+/// `wasmtime run --dir COPY::/data filework ARGS` on a copy of `input` at
+/// `copy`: its stdout (the copy holds its final files).
+pub(crate) fn wasmtime_reference(input: &Path, copy: &Path, args: &[&str]) -> String {
+    copy_dir(input, copy);
+    let o = run(Command::new(wasmtime_cli())
+        .arg("run")
+        .arg("--dir")
+        .arg(format!("{}::/data", copy.display()))
+        .arg(artifacts::FILEWORK)
+        .args(args));
+    assert!(o.status.success(), "wasmtime: {}", stderr(&o));
+    stdout(&o)
+}
+
 #[test]
 fn a_task_s_files_survive_five_migrations_and_a_kill_and_match_wasmtime() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -101,22 +115,17 @@ fn a_task_s_files_survive_five_migrations_and_a_kill_and_match_wasmtime() {
     input_dir(&input);
     let before = tree_of(&input);
 
-    // The reference: wasmtime on a copy of the input.
     let reference = dir.path().join("wasmtime");
-    copy_dir(&input, &reference);
     let args = ["70", "120"];
-    let o = run(Command::new(wasmtime_cli())
-        .arg("run")
-        .arg("--dir")
-        .arg(format!("{}::/data", reference.display()))
-        .arg(artifacts::FILEWORK)
-        .args(args));
-    assert!(o.status.success(), "wasmtime: {}", stderr(&o));
-    let expected = stdout(&o);
+    let expected = wasmtime_reference(&input, &reference, &args);
 
     let up = Up::start_with(3, FAST);
     let data = format!("{}::/data", input.display());
     let id = up.submit(artifacts::FILEWORK, &["--dir", &data], &args);
+    // The submitted directory moves away: the workers have only what the
+    // registry holds.
+    let moved = dir.path().join("input-moved");
+    std::fs::rename(&input, &moved).expect("move the input away");
     wait_until("the task writes", Duration::from_secs(30), || {
         task(&up, &id)["stdout_bytes"].as_u64() > Some(0)
     });
@@ -184,7 +193,7 @@ fn a_task_s_files_survive_five_migrations_and_a_kill_and_match_wasmtime() {
         std::fs::read(reference.join("big.bin")).expect("reference big.bin")
     );
     // The submitted directory itself was never written.
-    assert_eq!(tree_of(&input), before);
+    assert_eq!(tree_of(&moved), before);
 }
 
 #[test]

@@ -42,8 +42,11 @@ impl Net {
     /// `None` (with the reason) where namespaces cannot be made: not root,
     /// no `ip`, or a sandbox that forbids them.
     fn create() -> Result<Net, String> {
+        // Tests in one process run at once: a namespace set each.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let net = Net {
-            prefix: format!("wm{}", std::process::id() % 100_000),
+            prefix: format!("wm{}x{n}", std::process::id() % 100_000),
         };
         let switch = net.switch();
         ip(&["netns", "add", &switch])?;
@@ -143,6 +146,10 @@ struct Hosts {
     /// (host, process): etcd members, coordinators, registry, workers.
     procs: Vec<(String, Reaped)>,
     _tmp: tempfile::TempDir,
+    /// One set of hosts at a time: each runs three etcd members, three
+    /// coordinators, a registry and two workers, too much to double on the
+    /// test machine's two cores. Last, so it is released after the rest.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Hosts {
@@ -223,6 +230,8 @@ impl Drop for Hosts {
 
 /// Start every node on its host and wait until both workers are online.
 fn start() -> Option<Hosts> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let net = match Net::create() {
         Ok(n) => n,
         Err(e) => {
@@ -240,6 +249,7 @@ fn start() -> Option<Hosts> {
     let tmp = tempfile::TempDir::new().expect("tempdir");
     let dir = tmp.path().join("cluster");
     let mut hosts = Hosts {
+        _serial: serial,
         net,
         dir: dir.clone(),
         procs: Vec::new(),
@@ -489,4 +499,62 @@ fn partitions_and_kills_across_hosts_lose_nothing_and_run_nothing_twice() {
         hosts.ok(&["logs", &task]),
         local_stdout(artifacts::COUNTER, &args)
     );
+}
+
+/// A task's files cross hosts that share no network and no path: the
+/// operator's directory is moved away once submitted, the task moves live
+/// between the workers' hosts, then its host is cut off and it recovers on
+/// the other from a checkpoint; its output and final files are wasmtime's.
+#[test]
+fn a_task_s_files_move_between_hosts_and_survive_a_partition() {
+    let Some(hosts) = start() else { return };
+    let tmp = tempfile::TempDir::new().expect("tempdir");
+    let input = tmp.path().join("input");
+    crate::files::input_dir(&input);
+    let reference = tmp.path().join("wasmtime");
+    let args = ["80", "120"];
+    let expected = crate::files::wasmtime_reference(&input, &reference, &args);
+
+    let data = format!("{}::/data", input.display());
+    let task = hosts.ok(&[
+        "submit",
+        artifacts::FILEWORK,
+        "--dir",
+        &data,
+        "--on",
+        "worker-1",
+        "--",
+        args[0],
+        args[1],
+    ]);
+    let task = task.trim().to_owned();
+    std::fs::rename(&input, tmp.path().join("gone")).expect("move the input away");
+    wait_until("the task writes", Duration::from_secs(60), || {
+        hosts.json(&["inspect", &task, "--json"])["stdout_bytes"].as_u64() > Some(0)
+    });
+    for to in ["worker-2", "worker-1", "worker-2"] {
+        let r = hosts.json(&["migrate", &task, to, "--json"]);
+        assert_eq!(r["to"], to, "{r}");
+    }
+    let t = hosts.json(&["inspect", &task, "--json"]);
+    let epoch = t["epoch"].as_u64().unwrap_or(0);
+    wait_until("a checkpoint on worker-2", Duration::from_secs(30), || {
+        hosts.json(&["inspect", &task, "--json"])["checkpoint_seq"]
+            .as_u64()
+            .is_some_and(|s| s >> 32 == epoch)
+    });
+    hosts.net.cut(6);
+    wait_until(
+        "the task recovered on worker-1",
+        Duration::from_secs(30),
+        || {
+            let v = hosts.json(&["inspect", &task, "--json"]);
+            v["owner"] == "worker-1" && v["epoch"].as_u64() > Some(epoch)
+        },
+    );
+    hosts.ok(&["wait", &task, "--timeout", "300s"]);
+    assert_eq!(hosts.ok(&["logs", &task]), expected);
+    let out = tmp.path().join("out");
+    hosts.ok(&["files", &task, "-o", &out.display().to_string()]);
+    crate::files::same_trees(&out, &reference);
 }
