@@ -140,6 +140,12 @@ fn a_task_s_files_survive_five_migrations_and_a_kill_and_match_wasmtime() {
         assert_eq!(report["to"], workers[at], "hop {hop}: {report}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // While it runs: its files as of a checkpoint taken for the asking.
+    let now = up.ok(&["files", &id]);
+    assert!(
+        now.contains("/data/log.txt") && now.contains("/data/journal.bin"),
+        "{now}"
+    );
     let t = task(&up, &id);
     assert_eq!(t["state"], "running", "still running for the kill: {t}");
     assert!(t["files_bytes"].as_u64() > Some(1 << 20), "{t}");

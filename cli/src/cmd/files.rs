@@ -117,7 +117,7 @@ impl FilesCommand {
     async fn run(self) -> anyhow::Result<i32> {
         let view = {
             let c = self.target.connect().await?;
-            let v = c.task(self.task).await;
+            let v = self.current(&c).await;
             c.close();
             v?
         };
@@ -131,6 +131,40 @@ impl FilesCommand {
         let r = self.with_registry(&client, view.state).await;
         client.close().await;
         r
+    }
+
+    /// The task, after asking a running one for a checkpoint so that what
+    /// is shown is its files now (not up to a checkpoint period old).
+    async fn current(
+        &self,
+        c: &wmig_coordinator::ControlClient,
+    ) -> anyhow::Result<wmig_coordinator::wire::TaskView> {
+        use wmig_coordinator::wire::ControlRequest;
+        let view = c.task(self.task).await?;
+        if view.state != wmig_coordinator::TaskState::Running || view.files_limit.is_none() {
+            return Ok(view);
+        }
+        let before = view.checkpoint_seq;
+        c.call(
+            &ControlRequest::Checkpoint { task: self.task },
+            "Checkpoint",
+        )
+        .await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let v = c.task(self.task).await?;
+            if v.checkpoint_seq != before || v.state.is_terminal() {
+                return Ok(v);
+            }
+            if std::time::Instant::now() > deadline {
+                eprintln!(
+                    "{}: no fresh checkpoint within 10 s; showing the last one",
+                    self.task
+                );
+                return Ok(v);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     async fn with_registry(
