@@ -49,24 +49,14 @@ fn module() -> Vec<u8> {
 /// rewriter 1: never regenerated.
 #[test]
 fn golden_checkpoint_of_rewriter_1_still_decodes_and_resumes() {
-    check_golden(
-        "countdown-v1.ckpt",
-        "countdown.after.txt",
-        1,
-        false,
-    );
+    check_golden("countdown-v1.ckpt", "countdown.after.txt", 1, false);
 }
 
 /// A checkpoint taken by rewriter 2 (Binaryen Asyncify) still resumes, in
 /// rewriter 2, after rewriter 3 replaced Asyncify: never regenerated.
 #[test]
 fn golden_checkpoint_of_rewriter_2_still_decodes_and_resumes() {
-    check_golden(
-        "countdown-v1-r2.ckpt",
-        "countdown-r2.after.txt",
-        2,
-        false,
-    );
+    check_golden("countdown-v1-r2.ckpt", "countdown-r2.after.txt", 2, false);
 }
 
 /// A checkpoint taken by rewriter 3 (wmig's own unwind transform, sleeps as
@@ -74,24 +64,14 @@ fn golden_checkpoint_of_rewriter_2_still_decodes_and_resumes() {
 /// reads pause points too: never regenerated.
 #[test]
 fn golden_checkpoint_of_rewriter_3_still_decodes_and_resumes() {
-    check_golden(
-        "countdown-v1-r3.ckpt",
-        "countdown-r3.after.txt",
-        3,
-        false,
-    );
+    check_golden("countdown-v1-r3.ckpt", "countdown-r3.after.txt", 3, false);
 }
 
 /// A checkpoint of the current rewriter in checkpoint format 1 (before
 /// task files) still decodes and resumes: never regenerated.
 #[test]
 fn golden_checkpoint_of_format_1_still_decodes_and_resumes() {
-    check_golden(
-        "countdown-v1-r4.ckpt",
-        "countdown-r4.after.txt",
-        4,
-        false,
-    );
+    check_golden("countdown-v1-r4.ckpt", "countdown-r4.after.txt", 4, false);
 }
 
 /// The current rewriter's golden checkpoint (`WMIG_BLESS=1` writes it).

@@ -17,12 +17,14 @@
 //! | `exit_code` | `[CODE=3]`                                            | exits with CODE halfway |
 //! | `args_env`  | `[--cat PATH] [ARGS...]`                              | prints args, `TASK_*` env vars, PATH |
 //! | `holdmem`   | `[MIB=64] [ROUNDS=20000] [SLEEP_S=0] [RATE=0]`        | MIB live; ≤ 1 MiB rewritten after the fill, or RATE scattered page writes per second |
+//! | `filework`  | `[touch] [ROUNDS=40] [SLEEP_MS=50]`                   | creates, appends, renames, deletes, rewrites and re-reads files under `/data` (needs `input.txt` there); `touch` appends to one file only |
 //!
 //! All tasks are deterministic: the same arguments, environment and input files
 //! give byte-identical stdout (and output files), however often the run is paused.
 
 /// Paths of the built task modules: one `pub const` per task (`COUNTER`, `SIEVE`,
-/// `NBODY`, `BIGHEAP`, `RECURSION`, `FILEIO`, `SDK_DEMO`, `EXIT_CODE`, `ARGS_ENV`, `HOLDMEM`)
+/// `NBODY`, `BIGHEAP`, `RECURSION`, `FILEIO`, `SDK_DEMO`, `EXIT_CODE`, `ARGS_ENV`, `HOLDMEM`,
+/// `FILEWORK`)
 /// and [`artifacts::ALL`] listing `(name, path)` pairs.
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
@@ -68,7 +70,7 @@ mod tests {
 
     #[test]
     fn every_artifact_exists() {
-        assert_eq!(artifacts::ALL.len(), 11);
+        assert_eq!(artifacts::ALL.len(), 12);
         for (name, path) in artifacts::ALL {
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {path}: {e}"));
             assert_eq!(&bytes[..4], b"\0asm", "{name} is not a wasm module");
