@@ -313,6 +313,31 @@ pub fn build(
     Ok(written)
 }
 
+/// `tree` in pieces to build one after another, so that a large tree is
+/// never in memory whole: its directories and links first, then groups of
+/// files of about `max_chunks` chunks each. Each group builds with
+/// [`build`] from an empty tree once the first piece is there.
+pub fn in_groups(tree: &FileTree, max_chunks: usize) -> (FileTree, Vec<FileTree>) {
+    let mut skeleton = FileTree::default();
+    let mut groups = vec![FileTree::default()];
+    let mut in_group = 0;
+    for e in &tree.entries {
+        let Node::File(f) = &e.node else {
+            skeleton.entries.push(e.clone());
+            continue;
+        };
+        if in_group >= max_chunks {
+            groups.push(FileTree::default());
+            in_group = 0;
+        }
+        in_group += f.chunks.len();
+        if let Some(g) = groups.last_mut() {
+            g.entries.push(e.clone());
+        }
+    }
+    (skeleton, groups)
+}
+
 struct Both<'a>(&'a dyn ChunkSource, &'a MemChunks);
 
 impl ChunkSource for Both<'_> {
@@ -513,6 +538,15 @@ mod tests {
             fs::read_link(out.join("link")).expect("link"),
             Path::new("a.txt")
         );
+
+        // Built a piece at a time (one chunk's worth per group) it is the same.
+        let (skeleton, groups) = in_groups(&tree, 1);
+        assert!(groups.len() >= 3, "one group per file past the limit");
+        let pieces = dst.path().join("pieces");
+        for part in std::iter::once(skeleton).chain(groups) {
+            build(&pieces, &FileTree::default(), &part, &sink.chunks).expect("builds");
+        }
+        same_dirs(root, &pieces);
 
         // Change one file; the next scan reads only it (after the racy
         // window of the first scan's files has passed).

@@ -437,6 +437,16 @@ impl Job {
             .min(1 << 32)
     }
 
+    fn fail(&self, reason: String, fuel_used: u64) {
+        self.finish(
+            Outcome::Failed {
+                reason,
+                exit_code: None,
+            },
+            fuel_used,
+        );
+    }
+
     fn finish(&self, outcome: Outcome, fuel_used: u64) {
         let _ = self.reports.send(ControlRequest::Finished {
             node: self.node.clone(),
@@ -456,13 +466,7 @@ impl Job {
         let (task, mut seq) = match instantiated {
             Ok(t) => t,
             Err(reason) => {
-                self.finish(
-                    Outcome::Failed {
-                        reason,
-                        exit_code: None,
-                    },
-                    0,
-                );
+                self.fail(reason, 0);
                 return;
             }
         };
@@ -611,13 +615,7 @@ impl Job {
                 }
                 Err(e) => {
                     self.store_final_files(&mut task, *seq);
-                    self.finish(
-                        Outcome::Failed {
-                            reason: e.to_string(),
-                            exit_code: None,
-                        },
-                        fuel,
-                    );
+                    self.fail(e.to_string(), fuel);
                     return;
                 }
                 Ok(wmig_host::Outcome::Paused(_)) => {}
@@ -642,11 +640,8 @@ impl Job {
                 }
             }
             if let Some(w) = wall.filter(|w| started.elapsed() >= *w) {
-                self.finish(
-                    Outcome::Failed {
-                        reason: format!("wall-time limit of {} ms exceeded", w.as_millis()),
-                        exit_code: None,
-                    },
+                self.fail(
+                    format!("wall-time limit of {} ms exceeded", w.as_millis()),
                     fuel,
                 );
                 return;
@@ -716,13 +711,7 @@ impl Job {
                             reason: format!("capture failed: {e}"),
                         });
                     }
-                    self.finish(
-                        Outcome::Failed {
-                            reason: e.to_string(),
-                            exit_code: None,
-                        },
-                        fuel,
-                    );
+                    self.fail(e.to_string(), fuel);
                     return;
                 }
                 Err(e) => {
@@ -956,7 +945,7 @@ impl Job {
         if self.files.is_none() {
             return;
         }
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut sink = NewChunks {
             known: &known,
             new: Vec::new(),
@@ -970,6 +959,8 @@ impl Job {
             }
             None => return,
         };
+        let chunks = sink.new;
+        drop(known);
         let counters = task.counters();
         let module = task.module();
         let manifest = Manifest {
@@ -992,7 +983,7 @@ impl Job {
             task: self.task,
             epoch: self.epoch,
             manifest,
-            chunks: sink.new,
+            chunks,
             fuel_used: counters.fuel,
             handoff: None,
             end: Some(done_tx),

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use wmig_host::chunks::{ChunkSink, ChunkSource};
+use wmig_host::chunks::ChunkSink;
 use wmig_host::files::{FilesError, Scanner};
 use wmig_host::wasi::Preopen;
 use wmig_host::MemChunks;
-use wmig_proto::files::{FileTree, Node, PreopenTree};
+use wmig_proto::files::{FileTree, PreopenTree};
 use wmig_proto::wire::registry::BundleRef;
 use wmig_proto::{Hash, TaskId};
 
@@ -183,16 +183,6 @@ pub fn task_root(cache_dir: &Path, task: TaskId, epoch: u64) -> PathBuf {
     cache_dir.join("files").join(format!("{}.{epoch}", task.0))
 }
 
-/// Chunks from several places: what arrived with a live migration, then
-/// what was fetched.
-struct Sources<'a>(&'a MemChunks, &'a MemChunks);
-
-impl ChunkSource for Sources<'_> {
-    fn chunk(&self, hash: &Hash) -> Option<&[u8]> {
-        self.0.chunk(hash).or_else(|| self.1.chunk(hash))
-    }
-}
-
 impl Worker {
     /// The trees a task submitted with `--dir` starts from.
     pub(crate) async fn submitted_trees(
@@ -217,13 +207,12 @@ impl Worker {
     }
 
     /// Build working copies of `trees` for `task` at `epoch`, with chunks
-    /// from `arrived`, the chunk cache, or the registry.
+    /// from the chunk cache or the registry.
     pub(crate) async fn materialize(
         &self,
         task: TaskId,
         epoch: u64,
         trees: Vec<PreopenTree>,
-        arrived: &MemChunks,
         limit: u64,
     ) -> anyhow::Result<TaskFiles> {
         let root = task_root(&self.config.cache_dir, task, epoch);
@@ -241,7 +230,7 @@ impl Worker {
         );
         for (i, p) in trees.into_iter().enumerate() {
             let dir = root.join(i.to_string());
-            self.build_tree(&dir, &p.tree, arrived)
+            self.build_tree(&dir, &p.tree)
                 .await
                 .with_context(|| format!("building the files of {} for {task}", p.guest))?;
             let mut scanner = Scanner::new();
@@ -261,55 +250,18 @@ impl Worker {
     }
 
     /// Write `tree` into the empty directory `dir`, a group of files at a
-    /// time: their chunks missing here are fetched in one request.
-    async fn build_tree(
-        &self,
-        dir: &Path,
-        tree: &FileTree,
-        arrived: &MemChunks,
-    ) -> anyhow::Result<()> {
-        // Directories and links first, then files in groups.
-        let skeleton = FileTree {
-            entries: tree
-                .entries
-                .iter()
-                .filter(|e| !matches!(e.node, Node::File(_)))
-                .cloned()
-                .collect(),
-        };
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
-        let mut in_group = 0;
-        for (i, e) in tree.entries.iter().enumerate() {
-            if let Node::File(f) = &e.node {
-                if in_group >= FETCH_CHUNKS {
-                    groups.push(Vec::new());
-                    in_group = 0;
-                }
-                in_group += f.chunks.len();
-                if let Some(g) = groups.last_mut() {
-                    g.push(i);
-                }
-            }
-        }
-        let (d, s) = (dir.to_owned(), skeleton.clone());
-        tokio::task::spawn_blocking(move || {
-            wmig_host::files::build(&d, &FileTree::default(), &s, &MemChunks::new())
-        })
-        .await
-        .context("building a working copy panicked")??;
-        for group in groups {
-            let part = FileTree {
-                entries: group.iter().map(|i| tree.entries[*i].clone()).collect(),
-            };
-            let mut fetched = MemChunks::new();
+    /// time: their chunks the cache lacks are fetched in one request.
+    async fn build_tree(&self, dir: &Path, tree: &FileTree) -> anyhow::Result<()> {
+        let (skeleton, groups) = wmig_host::files::in_groups(tree, FETCH_CHUNKS);
+        for part in std::iter::once(skeleton).chain(groups) {
+            let mut chunks = MemChunks::new();
             let missing: Vec<Hash> = {
                 let cache = self.lock_cache();
                 part.chunk_hashes()
                     .into_iter()
-                    .filter(|h| arrived.chunk(h).is_none())
                     .filter(|h| match cache.shared(h) {
                         Some(b) => {
-                            fetched.insert_shared(*h, b);
+                            chunks.insert_shared(*h, b);
                             false
                         }
                         None => true,
@@ -319,56 +271,18 @@ impl Worker {
             if !missing.is_empty() {
                 let bytes = self.registry.get_chunks(&missing).await?;
                 for (h, b) in missing.into_iter().zip(bytes) {
-                    fetched.insert_owned(h, b);
+                    chunks.insert_owned(h, b);
                 }
             }
-            let (d, arrived) = (dir.to_owned(), arrived.clone());
+            let d = dir.to_owned();
             tokio::task::spawn_blocking(move || {
-                // The skeleton is there: build the files over it.
-                let from = skeleton_only(&part);
-                let to = with_dirs(&part, &from);
-                wmig_host::files::build(&d, &from, &to, &Sources(&arrived, &fetched))
+                wmig_host::files::build(&d, &FileTree::default(), &part, &chunks)
             })
             .await
             .context("building a working copy panicked")??;
         }
         Ok(())
     }
-}
-
-/// The directories `part`'s files sit in, as a tree already built.
-fn skeleton_only(part: &FileTree) -> FileTree {
-    let mut dirs: Vec<String> = Vec::new();
-    for (path, _) in part.files() {
-        let mut at = path;
-        while let Some((parent, _)) = at.rsplit_once('/') {
-            dirs.push(parent.to_owned());
-            at = parent;
-        }
-    }
-    dirs.sort_unstable();
-    dirs.dedup();
-    FileTree {
-        entries: dirs
-            .into_iter()
-            .map(|path| wmig_proto::files::TreeEntry {
-                path,
-                node: Node::Dir,
-            })
-            .collect(),
-    }
-}
-
-/// `part` with `dirs`' entries, in path order.
-fn with_dirs(part: &FileTree, dirs: &FileTree) -> FileTree {
-    let mut entries: Vec<_> = part
-        .entries
-        .iter()
-        .chain(dirs.entries.iter())
-        .cloned()
-        .collect();
-    entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    FileTree { entries }
 }
 
 /// Clear working copies a previous process of this worker left.

@@ -726,9 +726,8 @@ impl Worker {
                     // here need not read or offer any of them again.
                     let stored: Vec<Hash> =
                         trees.iter().flat_map(|p| p.tree.chunk_hashes()).collect();
-                    let none = MemChunks::new();
                     let files = self
-                        .materialize(task, epoch, trees, &none, options.files_limit())
+                        .materialize(task, epoch, trees, options.files_limit())
                         .await?;
                     self.known
                         .lock()

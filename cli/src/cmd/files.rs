@@ -271,49 +271,15 @@ async fn download(
         } else {
             out.join(p.guest.trim_start_matches('/'))
         };
-        let skeleton = FileTree {
-            entries: p
-                .tree
-                .entries
-                .iter()
-                .filter(|e| !matches!(e.node, Node::File(_)))
-                .cloned()
-                .collect(),
-        };
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            wmig_host::files::build(&d, &FileTree::default(), &skeleton, &MemChunks::new())
-        })
-        .await??;
-        let files: Vec<_> = p
-            .tree
-            .entries
-            .iter()
-            .filter(|e| matches!(e.node, Node::File(_)))
-            .cloned()
-            .collect();
-        let mut group = Vec::new();
-        let mut count = 0;
-        for (i, e) in files.iter().enumerate() {
-            if let Node::File(f) = &e.node {
-                count += f.chunks.len();
-            }
-            group.push(e.clone());
-            if count >= FETCH_CHUNKS || i + 1 == files.len() {
-                write_group(client, &dir, std::mem::take(&mut group)).await?;
-                count = 0;
-            }
+        let (skeleton, groups) = wmig_host::files::in_groups(&p.tree, FETCH_CHUNKS);
+        for part in std::iter::once(skeleton).chain(groups) {
+            write_group(client, &dir, part).await?;
         }
     }
     Ok(())
 }
 
-async fn write_group(
-    client: &RegistryClient,
-    dir: &Path,
-    group: Vec<wmig_proto::files::TreeEntry>,
-) -> anyhow::Result<()> {
-    let part = FileTree { entries: group };
+async fn write_group(client: &RegistryClient, dir: &Path, part: FileTree) -> anyhow::Result<()> {
     let hashes = part.chunk_hashes();
     let mut chunks = MemChunks::new();
     if !hashes.is_empty() {
@@ -321,7 +287,7 @@ async fn write_group(
             chunks.insert_owned(*h, b);
         }
     }
-    // The directories exist already; `build` writes just these files.
+    // The first piece made the directories; `build` writes these files.
     let d = dir.to_owned();
     tokio::task::spawn_blocking(move || {
         wmig_host::files::build(&d, &FileTree::default(), &part, &chunks)
